@@ -1,0 +1,40 @@
+# Yap Voxtral STT. `make up` runs the service, `make test` runs every test tier.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+SERVER ?= localhost:8000
+
+.PHONY: help env test lint fmt up down restart status logs warmup convo idle remote bench bench-proxy
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+env:  ## install uv if missing and sync the locked environment
+	@source scripts/lib.sh && sync_env
+
+test:  ## every test: unit, integration (fake vLLM), end to end (real vLLM on CPU)
+	@scripts/test.sh
+
+lint:  ## ruff, ruff format --check, mypy
+	@scripts/lint.sh
+
+fmt:  ## apply ruff's fixes and formatting
+	@scripts/lint.sh --fix
+
+up:  ## run the service (the real model on a GPU host; VOXTRAL_MODEL_ID=dummy on CPU)
+	@scripts/main.sh
+
+warmup: env  ## one utterance through a running server
+	@$(PY) -m clients.warmup --server $(SERVER)
+
+convo: env  ## two utterances over one socket
+	@$(PY) -m clients.convo --server $(SERVER)
+
+idle: env  ## connect, send nothing, expect the idle close
+	@$(PY) -m clients.idle --server $(SERVER)
+
+remote: env  ## warmup against a remote host (wss, longer timeouts)
+	@$(PY) -m clients.remote --server $(SERVER)
+
+bench: env  ## concurrency sweep against SERVER, with table, JSON and chart
+	@$(PY) -m clients.bench --server $(SERVER) --sweep $(or $(CONCURRENCY),8,32,64,100)

@@ -1,0 +1,287 @@
+"""The Starlette app: admission of client WebSockets, the HTTP endpoints, and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from proxy.auth import key_is_valid, presented_key
+from proxy.config import ProxyConfig
+from proxy.envelope import (
+    ID_MAX_CHARS,
+    CloseCode,
+    ErrorCode,
+    encode_event,
+    error_event,
+    server_event,
+)
+from proxy.limits import AuthFailureLimiter
+from proxy.metrics import Metrics
+from proxy.relay import Relay
+from proxy.session import Session, SessionLimits, segment_audio_limit
+from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
+
+log = structlog.get_logger("proxy.app")
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+class ProxyState:
+    """Everything shared by the connections of one server."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.monitor = UpstreamMonitor(
+            config.upstream_health_url,
+            config.served_model_name,
+            on_change=self.metrics.set_upstream_state,
+        )
+        self.auth_failures = AuthFailureLimiter(
+            config.max_auth_failures_per_window, config.auth_failure_window_s
+        )
+        self.limits = SessionLimits(
+            inbound_queue_max=config.inbound_queue_max,
+            max_messages_per_window=config.max_messages_per_window,
+            message_window_s=config.message_window_s,
+            max_cancels_per_window=config.max_cancels_per_window,
+            cancel_window_s=config.cancel_window_s,
+        )
+        # Slots are taken before the upstream is dialled, so admission cannot overshoot.
+        self.slots_taken = 0
+        self.relays: set[Relay] = set()
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.monitor.ready
+            and not self.draining
+            and self.slots_taken < self.config.max_connections
+        )
+
+    def session_created_payload(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "id": f"sess_{uuid.uuid4().hex}",
+            "model": config.served_model_name,
+            "transcription_delay_ms": config.transcription_delay_ms,
+            "audio": {"format": "pcm16", "sample_rate": 16000, "channels": 1},
+            "limits": {
+                "idle_timeout_s": _number(config.idle_timeout_s),
+                "max_duration_s": _number(config.max_duration_s),
+                "inbound_queue_max": config.inbound_queue_max,
+                "max_message_bytes": config.max_message_bytes,
+            },
+        }
+
+    async def drain(self) -> None:
+        """Stops admitting, lets open utterances finish for up to the drain timeout, then
+        closes every socket with ``shutting_down``."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        log.info("drain_started", connections=len(self.relays))
+        for relay in list(self.relays):
+            relay.wind_down()
+        pending = [relay.done.wait() for relay in self.relays]
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.drain_timeout_s):
+                    await asyncio.gather(*pending)
+        for relay in list(self.relays):
+            relay.shut()
+        leftovers = [relay.done.wait() for relay in self.relays]
+        if leftovers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*leftovers)
+        log.info("drain_finished", connections=len(self.relays))
+
+
+async def _refuse(
+    websocket: WebSocket,
+    state: ProxyState,
+    session_id: str | None,
+    code: ErrorCode,
+    close_code: int,
+    details: dict[str, Any] | None = None,
+) -> None:
+    state.metrics.refusals.labels(code.value).inc()
+    with contextlib.suppress(Exception):
+        await websocket.send_text(
+            encode_event(error_event(code, session_id, None, details=details))
+        )
+        await websocket.close(close_code)
+
+
+async def asr_streaming(websocket: WebSocket) -> None:
+    state: ProxyState = websocket.app.state.proxy
+    config = state.config
+    await websocket.accept()
+    query_session = websocket.query_params.get("session_id")
+    session_id = (
+        query_session
+        if query_session and len(query_session) <= ID_MAX_CHARS
+        else f"sess_{uuid.uuid4().hex[:16]}"
+    )
+    address = websocket.client.host if websocket.client else "unknown"
+    now = time.monotonic()
+
+    if state.draining:
+        await _refuse(websocket, state, session_id, ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY)
+        return
+    blocked = state.auth_failures.blocked(address, now)
+    if blocked is not None:
+        details = {
+            "kind": "auth_failures",
+            "limit": blocked.limit,
+            "window_seconds": blocked.window_seconds,
+            "retry_in": blocked.retry_in,
+        }
+        await _refuse(
+            websocket, state, session_id, ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED, details
+        )
+        return
+    if not key_is_valid(presented_key(websocket.query_params, websocket.headers), config.api_keys):
+        state.auth_failures.record_failure(address, now)
+        await _refuse(websocket, state, session_id, ErrorCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED)
+        return
+    if state.slots_taken >= config.max_connections:
+        await _refuse(
+            websocket, state, session_id, ErrorCode.SERVER_AT_CAPACITY, CloseCode.AT_CAPACITY
+        )
+        return
+
+    state.slots_taken += 1
+    try:
+        await _serve_session(websocket, state, session_id)
+    finally:
+        state.slots_taken -= 1
+
+
+async def _serve_session(websocket: WebSocket, state: ProxyState, session_id: str) -> None:
+    config = state.config
+    try:
+        upstream = await open_upstream(config.upstream_url, config.served_model_name)
+    except UpstreamUnavailable as exc:
+        log.warning("upstream_unavailable", reason=str(exc))
+        await _refuse(
+            websocket,
+            state,
+            session_id,
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            CloseCode.TRY_AGAIN_LATER,
+        )
+        return
+    max_model_len = state.monitor.max_model_len
+    session = Session(
+        session_id=session_id,
+        served_model=config.served_model_name,
+        limits=state.limits,
+        segment_max_bytes=(
+            segment_audio_limit(max_model_len, config.transcription_delay_ms)
+            if max_model_len
+            else None
+        ),
+    )
+    relay = Relay(websocket, session, upstream, config, state.metrics, time.monotonic)
+    created = server_event("session.created", session_id, None, state.session_created_payload())
+    try:
+        await websocket.send_text(encode_event(created))
+    except Exception:
+        await upstream.close()
+        return
+    state.metrics.connections_total.inc()
+    state.metrics.connections_open.inc()
+    state.relays.add(relay)
+    structlog.contextvars.bind_contextvars(session_id=session_id)
+    log.info("session_opened")
+    try:
+        await relay.run()
+    finally:
+        state.relays.discard(relay)
+        state.metrics.connections_open.dec()
+        log.info(
+            "session_closed",
+            utterances=session.utterances_started,
+            done=session.utterances_done,
+            cancelled=session.utterances_cancelled,
+            errored=session.utterances_errored,
+        )
+        structlog.contextvars.unbind_contextvars("session_id")
+
+
+async def healthz(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    return JSONResponse(
+        {
+            "status": "ok",
+            "upstream": state.monitor.state,
+            "connections": state.slots_taken,
+            "capacity": state.config.max_connections,
+        }
+    )
+
+
+async def readyz(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    ready = state.ready
+    return JSONResponse(
+        {
+            "ready": ready,
+            "upstream": state.monitor.state,
+            "draining": state.draining,
+            "connections": state.slots_taken,
+            "capacity": state.config.max_connections,
+        },
+        status_code=200 if ready else 503,
+    )
+
+
+async def metrics(request: Request) -> Response:
+    state: ProxyState = request.app.state.proxy
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(config: ProxyConfig) -> Starlette:
+    state = ProxyState(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.monitor.start()
+        log.info(
+            "proxy_started",
+            upstream=config.upstream_url,
+            model=config.served_model_name,
+            upstream_state=state.monitor.state,
+            capacity=config.max_connections,
+        )
+        try:
+            yield
+        finally:
+            await state.monitor.stop()
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/api/asr-streaming", asr_streaming),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.proxy = state
+    return app

@@ -1,0 +1,143 @@
+"""Proxy configuration: read from the environment once, at start, into a typed object.
+
+Every variable name here is part of the public interface (documented in ADVANCED.md and
+.env.example). A bad value raises ``ConfigError`` whose message names the variable and what is
+allowed, so ``python -m proxy`` can exit with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+DEFAULT_UPSTREAM_URL = "ws://127.0.0.1:8001/v1/realtime"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# One Voxtral step consumes 80 ms of audio; the delay must be a whole number of steps.
+DELAY_STEP_MS = 80
+DELAY_MIN_MS = 80
+DELAY_MAX_MS = 2400
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    # Kept out of repr so a logged or printed config never shows a key.
+    api_keys: tuple[str, ...] = field(repr=False)
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    bind_host: str = "0.0.0.0"
+    port: int = 8000
+    model_id: str = DEFAULT_MODEL_ID
+    served_model_name: str = DEFAULT_MODEL_ID
+    transcription_delay_ms: int = 480
+    max_connections: int = 100
+    idle_timeout_s: float = 150.0
+    max_duration_s: float = 5400.0
+    inbound_queue_max: int = 256
+    max_messages_per_window: int = 5000
+    message_window_s: float = 60.0
+    max_cancels_per_window: int = 50
+    cancel_window_s: float = 60.0
+    max_auth_failures_per_window: int = 20
+    auth_failure_window_s: float = 60.0
+    max_message_bytes: int = 1_048_576
+    drain_timeout_s: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def upstream_health_url(self) -> str:
+        """vLLM's ``/health`` on the same host and port as the realtime WebSocket."""
+        parts = urlsplit(self.upstream_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return f"{scheme}://{parts.netloc}/health"
+
+
+def validate_transcription_delay_ms(value: int) -> int:
+    """The delay must be a multiple of 80 ms within 80..2400 (what Voxtral's tokenizer accepts
+    and the model card covers)."""
+    if value % DELAY_STEP_MS or not DELAY_MIN_MS <= value <= DELAY_MAX_MS:
+        raise ConfigError(
+            f"VOXTRAL_TRANSCRIPTION_DELAY_MS={value} is invalid: use a multiple of "
+            f"{DELAY_STEP_MS} between {DELAY_MIN_MS} and {DELAY_MAX_MS} (default 480)"
+        )
+    return value
+
+
+T = TypeVar("T", int, float)
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T], minimum: T
+) -> T:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}={raw!r} is invalid: use {what} >= {minimum}") from None
+    if value < minimum or value != value:  # value != value catches NaN
+        raise ConfigError(f"{name}={raw!r} is invalid: use a value >= {minimum}")
+    return value
+
+
+def parse_api_keys(raw: str) -> tuple[str, ...]:
+    """Comma-separated keys (several allow rotation); blanks around and between are ignored."""
+    return tuple(key for key in (part.strip() for part in raw.split(",")) if key)
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
+    env = os.environ if environ is None else environ
+    keys = parse_api_keys(env.get("VOXTRAL_API_KEY", ""))
+    if not keys:
+        raise ConfigError(
+            "VOXTRAL_API_KEY is not set: set it to one key, or several separated by commas"
+        )
+
+    upstream_url = env.get("VOXTRAL_UPSTREAM_URL", "").strip() or DEFAULT_UPSTREAM_URL
+    parts = urlsplit(upstream_url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"VOXTRAL_UPSTREAM_URL={upstream_url!r} is invalid: use ws://HOST:PORT/v1/realtime"
+        )
+
+    model_id = env.get("VOXTRAL_MODEL_ID", "").strip() or DEFAULT_MODEL_ID
+    log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={log_level!r} is invalid: use one of {', '.join(LOG_LEVELS)}")
+
+    port = _number(env, "SERVER_PORT", 8000, int, 0)
+    if port > 65535:
+        raise ConfigError(f"SERVER_PORT={port} is invalid: use a port number 0..65535")
+
+    return ProxyConfig(
+        api_keys=keys,
+        upstream_url=upstream_url,
+        bind_host=env.get("SERVER_BIND_HOST", "").strip() or "0.0.0.0",
+        port=port,
+        model_id=model_id,
+        served_model_name=env.get("VOXTRAL_SERVED_MODEL_NAME", "").strip() or model_id,
+        transcription_delay_ms=validate_transcription_delay_ms(
+            _number(env, "VOXTRAL_TRANSCRIPTION_DELAY_MS", 480, int, 0)
+        ),
+        max_connections=_number(env, "MAX_CONCURRENT_CONNECTIONS", 100, int, 1),
+        idle_timeout_s=_number(env, "WS_IDLE_TIMEOUT_S", 150.0, float, 0.0),
+        max_duration_s=_number(env, "WS_MAX_CONNECTION_DURATION_S", 5400.0, float, 0.0),
+        inbound_queue_max=_number(env, "WS_INBOUND_QUEUE_MAX", 256, int, 1),
+        max_messages_per_window=_number(env, "WS_MAX_MESSAGES_PER_WINDOW", 5000, int, 1),
+        message_window_s=_number(env, "WS_MESSAGE_WINDOW_SECONDS", 60.0, float, 0.001),
+        max_cancels_per_window=_number(env, "WS_MAX_CANCELS_PER_WINDOW", 50, int, 1),
+        cancel_window_s=_number(env, "WS_CANCEL_WINDOW_SECONDS", 60.0, float, 0.001),
+        max_auth_failures_per_window=_number(env, "WS_MAX_AUTH_FAILURES_PER_WINDOW", 20, int, 1),
+        auth_failure_window_s=_number(env, "WS_AUTH_FAILURE_WINDOW_SECONDS", 60.0, float, 0.001),
+        max_message_bytes=_number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024),
+        drain_timeout_s=_number(env, "WS_DRAIN_TIMEOUT_S", 30.0, float, 0.0),
+        log_level=log_level,
+    )

@@ -1,0 +1,302 @@
+"""The client envelope ``{type, session_id, request_id, payload}``: parsing and event building.
+
+Pure functions, no I/O. ``parse_client_message`` turns one text frame into a typed message or an
+``EnvelopeError`` that says which error event to send; ``server_event`` and ``error_event`` build
+the events the server sends.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+ID_MAX_CHARS = 128
+CANCEL_REASON_MAX_CHARS = 256
+# PCM16 mono at 16 kHz: 32 bytes of audio per millisecond.
+PCM_BYTES_PER_MS = 32
+
+
+class ErrorCode(StrEnum):
+    UNAUTHORIZED = "unauthorized"
+    SERVER_AT_CAPACITY = "server_at_capacity"
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_DURATION_REACHED = "max_duration_reached"
+    INBOUND_QUEUE_FULL = "inbound_queue_full"
+    RATE_LIMITED = "rate_limited"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_MODEL = "unsupported_model"
+    NO_ACTIVE_REQUEST = "no_active_request"
+    REQUEST_ID_MISMATCH = "request_id_mismatch"
+    INVALID_AUDIO = "invalid_audio"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode:
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    IDLE_TIMEOUT = 4000
+    UNAUTHORIZED = 4001
+    AT_CAPACITY = 4002
+    MAX_DURATION = 4003
+    INBOUND_QUEUE_FULL = 4004
+    RATE_LIMITED = 4008
+
+
+# The one sentence each refusal carries by default: what happened and what to do about it.
+DEFAULT_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.UNAUTHORIZED: "Missing or wrong API key: send it as ?api_key=, X-API-Key or "
+    "Authorization: Bearer.",
+    ErrorCode.SERVER_AT_CAPACITY: "The server is at its connection limit: retry shortly or use "
+    "another instance.",
+    ErrorCode.IDLE_TIMEOUT: "No message arrived within the idle timeout: reconnect, and send a "
+    "ping to keep an idle session open.",
+    ErrorCode.MAX_DURATION_REACHED: "The connection reached its maximum duration: open a new "
+    "connection to continue.",
+    ErrorCode.INBOUND_QUEUE_FULL: "Too many messages are waiting to be forwarded: send audio at "
+    "real-time pace or in larger chunks.",
+    ErrorCode.RATE_LIMITED: "Too many messages: slow down and retry after the time in "
+    "details.retry_in.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "The message is larger than limits.max_message_bytes: split the "
+    "audio into smaller chunks.",
+    ErrorCode.INVALID_JSON: "The message is not valid JSON: send one JSON object per text frame.",
+    ErrorCode.INVALID_MESSAGE: "The message does not follow the envelope: send "
+    '{"type", "session_id", "request_id", "payload"} as documented.',
+    ErrorCode.UNKNOWN_TYPE: "Unknown message type: use session.update, input_audio_buffer.commit, "
+    "input_audio_buffer.append, cancel, ping or end.",
+    ErrorCode.UNSUPPORTED_MODEL: "This server serves another model: use the model named in "
+    "session.created, or omit session.update.",
+    ErrorCode.NO_ACTIVE_REQUEST: "No utterance with this request_id is open: open one with "
+    "input_audio_buffer.commit (final: false) first.",
+    ErrorCode.REQUEST_ID_MISMATCH: "Another utterance is open: send audio with the open "
+    "utterance's request_id, or open a new one with a commit.",
+    ErrorCode.INVALID_AUDIO: "Audio must be non-empty standard base64 of 16 kHz mono PCM16LE "
+    "(an even number of bytes).",
+    ErrorCode.UPSTREAM_ERROR: "The speech engine reported an error for this utterance: retry it.",
+    ErrorCode.UPSTREAM_UNAVAILABLE: "The speech engine is unavailable or restarting: reconnect "
+    "in a few seconds.",
+    ErrorCode.SHUTTING_DOWN: "The server is shutting down: reconnect to another instance or "
+    "retry shortly.",
+    ErrorCode.INTERNAL_ERROR: "The server hit an unexpected fault: reconnect and retry.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdate:
+    session_id: str
+    request_id: str | None
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    session_id: str
+    request_id: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    session_id: str
+    request_id: str
+    # Validated standard base64, forwarded upstream as is.
+    audio: str
+    pcm_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    session_id: str
+    request_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    session_id: str
+    request_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    session_id: str
+    request_id: str | None
+
+
+ClientMessage = SessionUpdate | Commit | Append | Cancel | Ping | End
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeError:
+    """A message that cannot be accepted: answer with this error and drop the message."""
+
+    code: ErrorCode
+    message: str
+    # Echoed when the client sent usable values, so the reply can be matched to the message.
+    session_id: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    # Whether the message counts toward the rate limit (everything but ping and end does).
+    counts_toward_rate_limit: bool = True
+
+
+_AUDIO_TYPES = ("input_audio_buffer.commit", "input_audio_buffer.append", "cancel")
+_KNOWN_TYPES = ("session.update", "ping", "end", *_AUDIO_TYPES)
+
+
+def _valid_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= ID_MAX_CHARS
+
+
+def decode_audio(audio: str) -> bytes | None:
+    """Strict standard base64 of a non-empty, even number of bytes; None when it is not."""
+    try:
+        pcm = binascii.a2b_base64(audio, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not pcm or len(pcm) % 2:
+        return None
+    return pcm
+
+
+def frame_too_large(text: str, max_bytes: int) -> bool:
+    """Whether a text frame's UTF-8 size exceeds ``max_bytes``, encoding only when it may."""
+    if len(text) > max_bytes:
+        return True
+    # A character takes at most 4 bytes in UTF-8: short frames need no encoding to decide.
+    if len(text) * 4 <= max_bytes:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > max_bytes
+
+
+def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return EnvelopeError(ErrorCode.INVALID_JSON, DEFAULT_MESSAGES[ErrorCode.INVALID_JSON])
+    if not isinstance(data, dict):
+        return EnvelopeError(
+            ErrorCode.INVALID_MESSAGE, "The message must be a JSON object with a type."
+        )
+
+    raw_session, raw_request = data.get("session_id"), data.get("request_id")
+    session_id = raw_session if _valid_id(raw_session) else None
+    request_id = raw_request if _valid_id(raw_request) else None
+    kind = data.get("type")
+
+    def refuse(code: ErrorCode, message: str, **details: Any) -> EnvelopeError:
+        return EnvelopeError(
+            code,
+            message,
+            session_id,
+            request_id,
+            details,
+            counts_toward_rate_limit=kind not in ("ping", "end"),
+        )
+
+    if not isinstance(kind, str):
+        return refuse(ErrorCode.INVALID_MESSAGE, "The message needs a string field type.")
+    if kind not in _KNOWN_TYPES:
+        return refuse(
+            ErrorCode.UNKNOWN_TYPE, DEFAULT_MESSAGES[ErrorCode.UNKNOWN_TYPE], type=kind[:64]
+        )
+    if session_id is None:
+        return refuse(
+            ErrorCode.INVALID_MESSAGE,
+            f"Every message needs session_id, a string of 1 to {ID_MAX_CHARS} characters.",
+        )
+    if raw_request is not None and request_id is None:
+        return refuse(
+            ErrorCode.INVALID_MESSAGE,
+            f"request_id must be a string of 1 to {ID_MAX_CHARS} characters.",
+        )
+    if request_id is None and kind in _AUDIO_TYPES:
+        return refuse(
+            ErrorCode.INVALID_MESSAGE,
+            f"{kind} needs request_id, a string of 1 to {ID_MAX_CHARS} characters, naming the "
+            "utterance.",
+        )
+    payload = data.get("payload")
+    if payload is None:
+        payload = {}
+    elif not isinstance(payload, dict):
+        return refuse(ErrorCode.INVALID_MESSAGE, "payload must be a JSON object when present.")
+
+    if kind == "input_audio_buffer.append":
+        assert request_id is not None
+        audio = payload.get("audio")
+        if not isinstance(audio, str):
+            return refuse(
+                ErrorCode.INVALID_MESSAGE,
+                "input_audio_buffer.append needs payload.audio, a string.",
+            )
+        pcm = decode_audio(audio)
+        if pcm is None:
+            return refuse(ErrorCode.INVALID_AUDIO, DEFAULT_MESSAGES[ErrorCode.INVALID_AUDIO])
+        return Append(session_id, request_id, audio, len(pcm))
+    if kind == "input_audio_buffer.commit":
+        assert request_id is not None
+        final = payload.get("final", False)
+        if not isinstance(final, bool):
+            return refuse(ErrorCode.INVALID_MESSAGE, "payload.final must be true or false.")
+        return Commit(session_id, request_id, final)
+    if kind == "cancel":
+        assert request_id is not None
+        reason = payload.get("reason", "client_request")
+        if not isinstance(reason, str) or not 0 < len(reason) <= CANCEL_REASON_MAX_CHARS:
+            return refuse(
+                ErrorCode.INVALID_MESSAGE,
+                f"payload.reason must be a string of 1 to {CANCEL_REASON_MAX_CHARS} characters.",
+            )
+        return Cancel(session_id, request_id, reason)
+    if kind == "session.update":
+        model = payload.get("model")
+        if not isinstance(model, str):
+            return refuse(
+                ErrorCode.INVALID_MESSAGE, "session.update needs payload.model, a string."
+            )
+        return SessionUpdate(session_id, request_id, model)
+    if kind == "ping":
+        return Ping(session_id, request_id, payload)
+    return End(session_id, request_id)
+
+
+def server_event(
+    kind: str, session_id: str | None, request_id: str | None, payload: dict[str, Any]
+) -> dict[str, Any]:
+    return {"type": kind, "session_id": session_id, "request_id": request_id, "payload": payload}
+
+
+def error_event(
+    code: ErrorCode,
+    session_id: str | None,
+    request_id: str | None,
+    message: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return server_event(
+        "error",
+        session_id,
+        request_id,
+        {
+            "code": code.value,
+            "message": message or DEFAULT_MESSAGES[code],
+            "details": details or {},
+        },
+    )
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    return orjson.dumps(event).decode()

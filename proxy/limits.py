@@ -1,0 +1,75 @@
+"""Rolling-window rate limits. Pure: the caller passes the current time (monotonic seconds)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an event was refused and when the next one would be accepted."""
+
+    limit: int
+    window_seconds: float
+    retry_in: float
+
+
+class RollingWindow:
+    """At most ``limit`` events in any ``window_seconds``; refused events do not count."""
+
+    __slots__ = ("_times", "limit", "window_seconds")
+
+    def __init__(self, limit: int, window_seconds: float) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._times: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window_seconds
+        times = self._times
+        while times and times[0] <= horizon:
+            times.popleft()
+
+    def try_acquire(self, now: float) -> Refusal | None:
+        """Counts one event at ``now``, or returns the refusal when the window is full."""
+        self._expire(now)
+        if len(self._times) >= self.limit:
+            retry_in = round(self._times[0] + self.window_seconds - now, 3)
+            return Refusal(self.limit, self.window_seconds, max(retry_in, 0.0))
+        self._times.append(now)
+        return None
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self._times)
+
+
+class AuthFailureLimiter:
+    """Failed auth attempts per client address.
+
+    Remembers at most ``max_addresses`` addresses (least recently failing forgotten first) so
+    that a scan from many addresses cannot grow memory without bound.
+    """
+
+    def __init__(self, limit: int, window_seconds: float, max_addresses: int = 10_000) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.max_addresses = max_addresses
+        self._by_address: OrderedDict[str, RollingWindow] = OrderedDict()
+
+    def blocked(self, address: str, now: float) -> Refusal | None:
+        """The refusal when ``address`` already used up its failures in the window."""
+        window = self._by_address.get(address)
+        if window is None or window.count(now) < self.limit:
+            return None
+        return window.try_acquire(now)
+
+    def record_failure(self, address: str, now: float) -> None:
+        window = self._by_address.pop(address, None)
+        if window is None:
+            window = RollingWindow(self.limit, self.window_seconds)
+        window.try_acquire(now)
+        self._by_address[address] = window
+        while len(self._by_address) > self.max_addresses:
+            self._by_address.popitem(last=False)

@@ -1,0 +1,63 @@
+"""Logging: structlog for our lines and uvicorn's, JSON when not on a terminal, keys redacted."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from proxy.auth import redact_keys
+
+
+class RedactKeys(logging.Filter):
+    """Scrubs ``api_key=...`` from every record (uvicorn logs WebSocket paths with their query
+    string); the message is rendered once here so the arguments cannot carry the key either."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args or "api_key" in str(record.msg):
+            record.msg = redact_keys(record.getMessage())
+            record.args = None
+        return True
+
+
+def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.addFilter(RedactKeys())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

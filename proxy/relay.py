@@ -1,0 +1,278 @@
+"""One client connection's I/O: moves bytes and timers around the pure ``Session``.
+
+Tasks per connection:
+- receive: reads client frames, parses them, feeds the session (answers and limits happen at
+  once, without waiting on vLLM);
+- forward: drains the bounded forward queue into the upstream socket;
+- upstream reader (one per upstream generation): feeds vLLM's events to the session;
+- write: the only writer to the client socket, so events from all of the above stay ordered;
+- timers: idle timeout and maximum duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from proxy.config import ProxyConfig
+from proxy.envelope import (
+    CloseCode,
+    EnvelopeError,
+    ErrorCode,
+    encode_event,
+    frame_too_large,
+    parse_client_message,
+)
+from proxy.metrics import Metrics
+from proxy.session import (
+    Action,
+    CloseClient,
+    OpenUpstream,
+    SendClient,
+    SendUpstream,
+    Session,
+    WindDown,
+)
+from proxy.upstream import UpstreamUnavailable, open_upstream
+
+log = structlog.get_logger("proxy.relay")
+
+_BINARY_REFUSAL = EnvelopeError(
+    ErrorCode.INVALID_MESSAGE,
+    "Binary frames are not accepted: send each message as a JSON text frame.",
+)
+
+
+class Relay:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        session: Session,
+        upstream: ClientConnection,
+        config: ProxyConfig,
+        metrics: Metrics,
+        clock: Callable[[], float],
+    ) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.forward_queue: asyncio.Queue[SendUpstream] = asyncio.Queue()
+        self.outbound: asyncio.Queue[str | CloseClient] = asyncio.Queue()
+        self.upstream: ClientConnection | None = upstream
+        self.upstream_generation = 0
+        self.upstream_changed = asyncio.Event()
+        self.last_activity = clock()
+        self.done = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outcomes_seen: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Runs until the session closes or the client goes away."""
+        self._spawn(self._read_upstream(0, self.upstream))  # type: ignore[arg-type]
+        self.apply(self.session.on_upstream_ready(0))
+        for coroutine in (self._forward(), self._idle_timer(), self._duration_timer()):
+            self._spawn(coroutine)
+        receiver = asyncio.create_task(self._receive())
+        writer = asyncio.create_task(self._write())
+        try:
+            await asyncio.wait({receiver, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiver, writer, *self._tasks):
+                task.cancel()
+            await asyncio.gather(receiver, writer, *self._tasks, return_exceptions=True)
+            # Closing the upstream socket makes vLLM abort any generation still running.
+            if self.upstream is not None:
+                await self.upstream.close()
+            self.done.set()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(self._guarded(coroutine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coroutine: Any) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("relay_task_failed", session_id=self.session.session_id)
+            self.apply(self.session.terminate(ErrorCode.INTERNAL_ERROR, CloseCode.INTERNAL_ERROR))
+
+    # ------------------------------------------------------------------ actions
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendUpstream):
+                self.forward_queue.put_nowait(action)
+            elif isinstance(action, SendClient):
+                self.outbound.put_nowait(encode_event(action.event))
+            elif isinstance(action, OpenUpstream):
+                self.metrics.upstream_reconnects.inc()
+                self._spawn(self._reopen_upstream(action.generation))
+            else:
+                self.metrics.closes.labels(str(action.code)).inc()
+                self.outbound.put_nowait(action)
+        self._sync_outcome_metrics()
+
+    def _sync_outcome_metrics(self) -> None:
+        """Adds what the session counted since the last call to the utterance counters."""
+        session, seen = self.session, self._outcomes_seen
+        for outcome, now in (
+            ("started", session.utterances_started),
+            ("done", session.utterances_done),
+            ("cancelled", session.utterances_cancelled),
+            ("errored", session.utterances_errored),
+            ("rolled_over", session.rollovers),
+        ):
+            if now != seen.get(outcome, 0):
+                self.metrics.utterances.labels(outcome).inc(now - seen.get(outcome, 0))
+                seen[outcome] = now
+
+    # ------------------------------------------------------------------ client side
+
+    async def _receive(self) -> None:
+        session = self.session
+        max_bytes = self.config.max_message_bytes
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self.metrics.client_messages.labels("binary").inc()
+                self.apply(session.on_client(_BINARY_REFUSAL, self.clock()))
+                continue
+            now = self.clock()
+            self.last_activity = now
+            if frame_too_large(text, max_bytes):
+                parsed: Any = EnvelopeError(
+                    ErrorCode.PAYLOAD_TOO_LARGE,
+                    f"The message is larger than {max_bytes} bytes: split the audio into "
+                    "smaller chunks.",
+                    details={"max_message_bytes": max_bytes},
+                )
+            else:
+                parsed = parse_client_message(text)
+            self.metrics.client_messages.labels(_message_label(parsed)).inc()
+            self.apply(session.on_client(parsed, now, self.forward_queue.qsize()))
+
+    async def _write(self) -> None:
+        while True:
+            item = await self.outbound.get()
+            if isinstance(item, CloseClient):
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(item.code)
+                return
+            await self.websocket.send_text(item)
+
+    # ------------------------------------------------------------------ upstream side
+
+    async def _forward(self) -> None:
+        while True:
+            item = await self.forward_queue.get()
+            # Stale: that upstream connection was dropped (cancel, barge-in, error).
+            while item.generation == self.session.generation != self.upstream_generation:
+                self.upstream_changed.clear()
+                await self.upstream_changed.wait()
+            if item.generation != self.upstream_generation or self.upstream is None:
+                continue
+            with contextlib.suppress(ConnectionClosed):
+                await self.upstream.send(item.text)
+
+    async def _read_upstream(self, generation: int, connection: ClientConnection) -> None:
+        try:
+            async for raw in connection:
+                try:
+                    event = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("upstream_sent_invalid_json", session_id=self.session.session_id)
+                    continue
+                if isinstance(event, dict):
+                    self.apply(self.session.on_upstream_event(generation, event))
+        except ConnectionClosed:
+            pass
+        self.apply(self.session.on_upstream_lost(generation))
+
+    async def _reopen_upstream(self, generation: int) -> None:
+        old, self.upstream = self.upstream, None
+        if old is not None:
+            await old.close()
+        try:
+            connection = await open_upstream(
+                self.config.upstream_url, self.config.served_model_name
+            )
+        except UpstreamUnavailable as exc:
+            log.warning("upstream_reopen_failed", reason=str(exc))
+            self.apply(self.session.on_upstream_lost(generation))
+            return
+        if generation != self.session.generation or self.session.closed:
+            await connection.close()
+            return
+        self.upstream, self.upstream_generation = connection, generation
+        self.upstream_changed.set()
+        self._spawn(self._read_upstream(generation, connection))
+        self.apply(self.session.on_upstream_ready(generation))
+
+    # ------------------------------------------------------------------ timers
+
+    async def _idle_timer(self) -> None:
+        timeout = self.config.idle_timeout_s
+        if not timeout:
+            return
+        while True:
+            remaining = self.last_activity + timeout - self.clock()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            if self.session.finalizing:
+                # The client is waiting on us: its idle time starts again afterwards.
+                self.last_activity = self.clock()
+                continue
+            self.apply(self.session.terminate(ErrorCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT))
+            return
+
+    async def _duration_timer(self) -> None:
+        if not self.config.max_duration_s:
+            return
+        await asyncio.sleep(self.config.max_duration_s)
+        self.apply(self.session.wind_down(WindDown.MAX_DURATION))
+        # Grace for the utterance in flight to be finalized and delivered.
+        await asyncio.sleep(self.config.drain_timeout_s)
+        self.apply(self.session.terminate(ErrorCode.MAX_DURATION_REACHED, CloseCode.MAX_DURATION))
+
+    # ------------------------------------------------------------------ shutdown
+
+    def wind_down(self) -> None:
+        self.apply(self.session.wind_down(WindDown.SHUTDOWN))
+
+    def shut(self) -> None:
+        self.apply(self.session.terminate(ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY))
+
+
+def _message_label(parsed: object) -> str:
+    if isinstance(parsed, EnvelopeError):
+        return "invalid"
+    return _MESSAGE_LABELS.get(type(parsed).__name__, "other")
+
+
+_MESSAGE_LABELS = {
+    "SessionUpdate": "session.update",
+    "Commit": "input_audio_buffer.commit",
+    "Append": "input_audio_buffer.append",
+    "Cancel": "cancel",
+    "Ping": "ping",
+    "End": "end",
+}

@@ -1,0 +1,91 @@
+"""Serving the app with uvicorn, with our own graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Generator
+
+import structlog
+import uvicorn
+
+from proxy.app import ProxyState, create_app
+from proxy.config import ProxyConfig
+
+log = structlog.get_logger("proxy.server")
+
+# Frames up to this size reach the app, which answers payload_too_large itself and keeps the
+# connection; only larger ones are cut by the WebSocket layer (close 1009).
+WS_LAYER_MAX_FACTOR = 16
+
+
+class _Server(uvicorn.Server):
+    """uvicorn closes WebSockets with 1012 the moment it shuts down; signals therefore start
+    our drain instead, and uvicorn is told to exit once the drain is over."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_signal = on_signal
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if self._on_signal is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, *, handle_signals: bool = True) -> None:
+        self.config = config
+        self.app = create_app(config)
+        self.state: ProxyState = self.app.state.proxy
+        uvicorn_config = uvicorn.Config(
+            self.app,
+            host=config.bind_host,
+            port=config.port,
+            log_config=None,
+            ws_max_size=config.max_message_bytes * WS_LAYER_MAX_FACTOR,
+            lifespan="on",
+        )
+        self._server = _Server(uvicorn_config, self.begin_shutdown if handle_signals else None)
+        self._drain_task: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._server.started
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        for server in self._server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.config.port
+
+    async def serve(self) -> None:
+        """Serves until a signal (or ``begin_shutdown``) has drained every connection."""
+        await self._server.serve()
+
+    def begin_shutdown(self) -> None:
+        """First call: drain, then exit. A second call exits at once."""
+        if self._drain_task is not None:
+            log.warning("shutdown_forced")
+            self._server.force_exit = self._server.should_exit = True
+            return
+        log.info("shutdown_requested", drain_timeout_s=self.config.drain_timeout_s)
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.state.drain()
+        finally:
+            self._server.should_exit = True
