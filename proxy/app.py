@@ -7,13 +7,15 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from proxy.auth import key_is_valid, presented_key
@@ -33,6 +35,10 @@ from proxy.session import Session, SessionLimits, segment_audio_limit
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
 
 log = structlog.get_logger("proxy.app")
+
+# The browser demo: the page and its assets, and the JS client module it imports.
+DEMO_DIR = Path(__file__).resolve().parent / "static"
+JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
 
 
 def _number(value: float) -> float | int:
@@ -256,6 +262,10 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
+async def demo_page(request: Request) -> Response:
+    return FileResponse(DEMO_DIR / "index.html")
+
+
 def create_app(config: ProxyConfig) -> Starlette:
     state = ProxyState(config)
 
@@ -274,14 +284,18 @@ def create_app(config: ProxyConfig) -> Starlette:
         finally:
             await state.monitor.stop()
 
-    app = Starlette(
-        routes=[
-            WebSocketRoute("/api/asr-streaming", asr_streaming),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-        ],
-        lifespan=lifespan,
-    )
+    routes: list[BaseRoute] = [
+        WebSocketRoute("/api/asr-streaming", asr_streaming),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    if config.demo_page:
+        routes += [
+            Route("/", demo_page),
+            Mount("/demo", StaticFiles(directory=DEMO_DIR, check_dir=False)),
+            Mount("/js", StaticFiles(directory=JS_CLIENT_DIR, check_dir=False)),
+        ]
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.proxy = state
     return app

@@ -49,6 +49,7 @@ class ProxyConfig:
     max_message_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
+    demo_page: bool = True
 
     @property
     def upstream_health_url(self) -> str:
@@ -86,6 +87,17 @@ def _number(
     if value < minimum or value != value:  # value != value catches NaN
         raise ConfigError(f"{name}={raw!r} is invalid: use a value >= {minimum}")
     return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is invalid: use 1 or 0")
 
 
 def parse_api_keys(raw: str) -> tuple[str, ...]:
@@ -140,4 +152,5 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         max_message_bytes=_number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024),
         drain_timeout_s=_number(env, "WS_DRAIN_TIMEOUT_S", 30.0, float, 0.0),
         log_level=log_level,
+        demo_page=_flag(env, "DEMO_PAGE", True),
     )
