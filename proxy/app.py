@@ -124,12 +124,15 @@ async def _refuse(
     code: ErrorCode,
     close_code: int,
     details: dict[str, Any] | None = None,
+    *,
+    message: str | None = None,
+    reason: str | None = None,
 ) -> None:
-    state.metrics.refusals.labels(code.value).inc()
+    """Refusal after the upgrade, so browsers can read why: one error event, then the close."""
+    state.metrics.refusals.labels(reason or code.value).inc()
     with contextlib.suppress(Exception):
-        await websocket.send_text(
-            encode_event(error_event(code, session_id, None, details=details))
-        )
+        event = error_event(code, session_id, None, message, details)
+        await websocket.send_text(encode_event(event))
         await websocket.close(close_code)
 
 
@@ -159,6 +162,19 @@ async def asr_streaming(websocket: WebSocket) -> None:
         }
         await _refuse(
             websocket, state, session_id, ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED, details
+        )
+        return
+    origin = websocket.headers.get("origin")
+    if config.allowed_origins and origin and origin.rstrip("/") not in config.allowed_origins:
+        await _refuse(
+            websocket,
+            state,
+            session_id,
+            ErrorCode.UNAUTHORIZED,
+            CloseCode.UNAUTHORIZED,
+            message="This page's origin may not connect: ask the operator to add it to "
+            "ALLOWED_ORIGINS.",
+            reason="origin_not_allowed",
         )
         return
     if not key_is_valid(presented_key(websocket.query_params, websocket.headers), config.api_keys):
@@ -213,7 +229,9 @@ async def _serve_session(websocket: WebSocket, state: ProxyState, session_id: st
     state.metrics.connections_total.inc()
     state.metrics.connections_open.inc()
     state.relays.add(relay)
-    structlog.contextvars.bind_contextvars(session_id=session_id)
+    structlog.contextvars.bind_contextvars(
+        session_id=session_id, connection_id=uuid.uuid4().hex[:12]
+    )
     log.info("session_opened")
     try:
         await relay.run()
@@ -227,7 +245,7 @@ async def _serve_session(websocket: WebSocket, state: ProxyState, session_id: st
             cancelled=session.utterances_cancelled,
             errored=session.utterances_errored,
         )
-        structlog.contextvars.unbind_contextvars("session_id")
+        structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
 
 async def healthz(request: Request) -> Response:

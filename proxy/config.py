@@ -48,8 +48,13 @@ class ProxyConfig:
     auth_failure_window_s: float = 60.0
     max_message_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
+    outbound_queue_max: int = 1024
+    upstream_timeout_s: float = 30.0
     log_level: str = "INFO"
     demo_page: bool = True
+    log_transcripts: bool = False
+    # Browser Origins allowed to connect; empty allows any (clients without Origin always pass).
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def upstream_health_url(self) -> str:
@@ -151,6 +156,14 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         auth_failure_window_s=_number(env, "WS_AUTH_FAILURE_WINDOW_SECONDS", 60.0, float, 0.001),
         max_message_bytes=_number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024),
         drain_timeout_s=_number(env, "WS_DRAIN_TIMEOUT_S", 30.0, float, 0.0),
+        outbound_queue_max=_number(env, "WS_OUTBOUND_QUEUE_MAX", 1024, int, 16),
+        upstream_timeout_s=_number(env, "WS_UPSTREAM_TIMEOUT_S", 30.0, float, 0.0),
         log_level=log_level,
         demo_page=_flag(env, "DEMO_PAGE", True),
+        log_transcripts=_flag(env, "LOG_TRANSCRIPTS", False),
+        allowed_origins=tuple(
+            origin.strip().rstrip("/")
+            for origin in env.get("ALLOWED_ORIGINS", "").split(",")
+            if origin.strip()
+        ),
     )

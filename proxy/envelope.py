@@ -39,11 +39,13 @@ class ErrorCode(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
+    SLOW_CONSUMER = "slow_consumer"
 
 
 class CloseCode:
     NORMAL = 1000
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013
     IDLE_TIMEOUT = 4000
@@ -89,6 +91,8 @@ DEFAULT_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.SHUTTING_DOWN: "The server is shutting down: reconnect to another instance or "
     "retry shortly.",
     ErrorCode.INTERNAL_ERROR: "The server hit an unexpected fault: reconnect and retry.",
+    ErrorCode.SLOW_CONSUMER: "Events piled up because this client stopped reading them: read the "
+    "socket continuously, then reconnect.",
 }
 
 

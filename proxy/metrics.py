@@ -6,10 +6,11 @@ request id.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Metrics:
@@ -58,11 +59,37 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge(f"{PREFIX}_draining", "1 while the server drains.", registry=r)
+        self.audio_seconds = Counter(
+            f"{PREFIX}_audio_seconds", "Seconds of audio received in valid appends.", registry=r
+        )
+        self.time_to_first_word = Histogram(
+            f"{PREFIX}_time_to_first_word_seconds",
+            "From an utterance's first audio to its first non-empty delta.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.finalization_latency = Histogram(
+            f"{PREFIX}_finalization_latency_seconds",
+            "From an utterance's final commit to its transcription.done.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inbound_queue_high_water = Gauge(
+            f"{PREFIX}_inbound_queue_high_water",
+            "Most client messages ever waiting for vLLM on one connection.",
+            registry=r,
+        )
+        self._inbound_high_water = 0
         self.set_upstream_state("starting")
 
     def set_upstream_state(self, state: str) -> None:
         for name in UPSTREAM_STATES:
             self.upstream_state.labels(name).set(1 if name == state else 0)
+
+    def note_inbound_depth(self, depth: int) -> None:
+        if depth > self._inbound_high_water:
+            self._inbound_high_water = depth
+            self.inbound_queue_high_water.set(depth)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,9 @@ from proxy.envelope import (
 )
 from proxy.metrics import Metrics
 from proxy.session import (
+    APPEND_PREFIX,
+    COMMIT_FINAL,
+    FRAME_BYTES,
     Action,
     CloseClient,
     OpenUpstream,
@@ -41,9 +45,13 @@ from proxy.session import (
     Session,
     WindDown,
 )
+from proxy.telemetry import UtteranceTelemetry
 from proxy.upstream import UpstreamUnavailable, open_upstream
 
 log = structlog.get_logger("proxy.relay")
+
+# A client whose socket accepts nothing for this long is treated as gone.
+CLIENT_WRITE_TIMEOUT_S = 15.0
 
 _BINARY_REFUSAL = EnvelopeError(
     ErrorCode.INVALID_MESSAGE,
@@ -72,9 +80,15 @@ class Relay:
         self.upstream_generation = 0
         self.upstream_changed = asyncio.Event()
         self.last_activity = clock()
+        # Since when vLLM owes us an event: a final commit, or more audio than its delay, went
+        # up after its last event. Only then is its silence a stall rather than a pause.
+        self.upstream_owes_since: float | None = None
+        self._audio_since_event = 0
+        self._owed_audio = (config.transcription_delay_ms // 80 + 2) * FRAME_BYTES
         self.done = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes_seen: dict[str, int] = {}
+        self.telemetry = UtteranceTelemetry(metrics, log_transcripts=config.log_transcripts)
 
     # ------------------------------------------------------------------ running
 
@@ -82,7 +96,8 @@ class Relay:
         """Runs until the session closes or the client goes away."""
         self._spawn(self._read_upstream(0, self.upstream))  # type: ignore[arg-type]
         self.apply(self.session.on_upstream_ready(0))
-        for coroutine in (self._forward(), self._idle_timer(), self._duration_timer()):
+        timers = (self._idle_timer(), self._duration_timer(), self._upstream_watchdog())
+        for coroutine in (self._forward(), *timers):
             self._spawn(coroutine)
         receiver = asyncio.create_task(self._receive())
         writer = asyncio.create_task(self._write())
@@ -114,10 +129,22 @@ class Relay:
     # ------------------------------------------------------------------ actions
 
     def apply(self, actions: list[Action]) -> None:
-        for action in actions:
+        pending = deque(actions)
+        while pending:
+            action = pending.popleft()
             if isinstance(action, SendUpstream):
                 self.forward_queue.put_nowait(action)
             elif isinstance(action, SendClient):
+                if self.outbound.qsize() >= self.config.outbound_queue_max:
+                    # The client stopped reading: drop what it would never read, and end it.
+                    pending.clear()
+                    while not self.outbound.empty():
+                        self.outbound.get_nowait()
+                    pending.extend(
+                        self.session.terminate(ErrorCode.SLOW_CONSUMER, CloseCode.POLICY_VIOLATION)
+                    )
+                    continue
+                self.telemetry.client_event(action.event, self.clock())
                 self.outbound.put_nowait(encode_event(action.event))
             elif isinstance(action, OpenUpstream):
                 self.metrics.upstream_reconnects.inc()
@@ -126,6 +153,7 @@ class Relay:
                 self.metrics.closes.labels(str(action.code)).inc()
                 self.outbound.put_nowait(action)
         self._sync_outcome_metrics()
+        self.telemetry.sweep(u.request_id for u in self.session.in_flight)
 
     def _sync_outcome_metrics(self) -> None:
         """Adds what the session counted since the last call to the utterance counters."""
@@ -167,7 +195,10 @@ class Relay:
             else:
                 parsed = parse_client_message(text)
             self.metrics.client_messages.labels(_message_label(parsed)).inc()
-            self.apply(session.on_client(parsed, now, self.forward_queue.qsize()))
+            backlog = self.forward_queue.qsize()
+            self.metrics.note_inbound_depth(backlog + session.held_messages)
+            self.apply(session.on_client(parsed, now, backlog))
+            self.telemetry.client_message(parsed, now, (u.request_id for u in session.in_flight))
 
     async def _write(self) -> None:
         while True:
@@ -176,7 +207,12 @@ class Relay:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(item.code)
                 return
-            await self.websocket.send_text(item)
+            try:
+                async with asyncio.timeout(CLIENT_WRITE_TIMEOUT_S):
+                    await self.websocket.send_text(item)
+            except TimeoutError:
+                log.warning("client_write_stalled", session_id=self.session.session_id)
+                return
 
     # ------------------------------------------------------------------ upstream side
 
@@ -191,6 +227,20 @@ class Relay:
                 continue
             with contextlib.suppress(ConnectionClosed):
                 await self.upstream.send(item.text)
+                self._note_sent(item.text)
+
+    def _note_sent(self, text: str) -> None:
+        if text.startswith(APPEND_PREFIX):
+            self._audio_since_event += (len(text) - len(APPEND_PREFIX) - 2) * 3 // 4
+            owed = self._audio_since_event >= self._owed_audio
+        else:
+            owed = text == COMMIT_FINAL
+        if owed and self.upstream_owes_since is None:
+            self.upstream_owes_since = self.clock()
+
+    def _note_upstream_event(self) -> None:
+        self.upstream_owes_since = None
+        self._audio_since_event = 0
 
     async def _read_upstream(self, generation: int, connection: ClientConnection) -> None:
         try:
@@ -201,6 +251,7 @@ class Relay:
                     log.warning("upstream_sent_invalid_json", session_id=self.session.session_id)
                     continue
                 if isinstance(event, dict):
+                    self._note_upstream_event()
                     self.apply(self.session.on_upstream_event(generation, event))
         except ConnectionClosed:
             pass
@@ -222,6 +273,7 @@ class Relay:
             await connection.close()
             return
         self.upstream, self.upstream_generation = connection, generation
+        self._note_upstream_event()
         self.upstream_changed.set()
         self._spawn(self._read_upstream(generation, connection))
         self.apply(self.session.on_upstream_ready(generation))
@@ -252,6 +304,18 @@ class Relay:
         # Grace for the utterance in flight to be finalized and delivered.
         await asyncio.sleep(self.config.drain_timeout_s)
         self.apply(self.session.terminate(ErrorCode.MAX_DURATION_REACHED, CloseCode.MAX_DURATION))
+
+    async def _upstream_watchdog(self) -> None:
+        timeout = self.config.upstream_timeout_s
+        if not timeout:
+            return
+        while True:
+            await asyncio.sleep(min(timeout / 4, 1.0))
+            since = self.upstream_owes_since
+            if since is not None and self.clock() - since > timeout:
+                log.warning("upstream_silent", seconds=round(self.clock() - since, 1))
+                self._note_upstream_event()
+                self.apply(self.session.on_upstream_stalled(self.upstream_generation))
 
     # ------------------------------------------------------------------ shutdown
 

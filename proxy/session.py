@@ -267,6 +267,16 @@ class Session:
             self._upstream_error(utterance, event)
         return self._flush()
 
+    def on_upstream_stalled(self, generation: int) -> list[Action]:
+        """vLLM went silent while the current utterance needed it (audio sent, or a final
+        waiting for its done): that utterance ends in error and the socket is replaced."""
+        if generation == self.generation and not self.closed and self.current is not None:
+            self._upstream_error(
+                self.current,
+                {"code": "no_response", "error": "vLLM sent nothing for this utterance in time."},
+            )
+        return self._flush()
+
     def wind_down(self, reason: WindDown) -> list[Action]:
         """Take no new utterance, finalize the open one, close once every one has ended."""
         if not self.closed and self.winding_down is None:
