@@ -16,7 +16,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, keys=config.api_keys)
     asyncio.run(ProxyServer(config).serve())
     return 0
 

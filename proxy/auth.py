@@ -7,8 +7,11 @@ import re
 from collections.abc import Mapping
 
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
-# Redacts the key wherever a query string may be logged (uvicorn's access log prints it).
-_KEY_IN_QUERY = re.compile(r"(?i)(api_key=)[^&\s\"']*")
+# Where a key can show up in a log line: a query string (uvicorn's access log prints it) and
+# the auth headers (the WebSocket layer's debug log prints request headers).
+_KEY_IN_TEXT = re.compile(
+    r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?)[^&\s\"',]*"
+)
 
 
 def presented_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
@@ -34,5 +37,10 @@ def key_is_valid(presented: str | None, configured: tuple[str, ...]) -> bool:
     return matched and presented is not None
 
 
-def redact_keys(text: str) -> str:
-    return _KEY_IN_QUERY.sub(r"\1[redacted]", text)
+def redact_keys(text: str, keys: tuple[str, ...] = ()) -> str:
+    """Hides keys in query strings and auth headers, and any of ``keys`` wherever it appears."""
+    text = _KEY_IN_TEXT.sub(r"\1[redacted]", text)
+    for key in keys:
+        if key in text:
+            text = text.replace(key, "[redacted]")
+    return text

@@ -11,17 +11,24 @@ from proxy.auth import redact_keys
 
 
 class RedactKeys(logging.Filter):
-    """Scrubs ``api_key=...`` from every record (uvicorn logs WebSocket paths with their query
-    string); the message is rendered once here so the arguments cannot carry the key either."""
+    """Scrubs keys from every stdlib record (uvicorn logs WebSocket paths with their query
+    string, and headers at debug level); the message is rendered once here so its arguments
+    cannot carry a key either."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.keys = keys
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args or "api_key" in str(record.msg):
-            record.msg = redact_keys(record.getMessage())
+        if isinstance(record.msg, str) or record.args:
+            record.msg = redact_keys(record.getMessage(), self.keys)
             record.args = None
         return True
 
 
-def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
+def configure_logging(
+    level: str, *, keys: tuple[str, ...] = (), json_lines: bool | None = None
+) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     shared: list[structlog.types.Processor] = [
@@ -45,7 +52,7 @@ def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
-    handler.addFilter(RedactKeys())
+    handler.addFilter(RedactKeys(keys))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -209,7 +209,7 @@ class Session:
         if isinstance(message, Ping):
             self._send("pong", message.request_id, message.payload)
         elif isinstance(message, End):
-            self.wind_down(WindDown.END)
+            self._wind_down(WindDown.END)
         elif not self._admit(now, message.request_id):
             pass
         elif isinstance(message, SessionUpdate):
@@ -279,11 +279,7 @@ class Session:
 
     def wind_down(self, reason: WindDown) -> list[Action]:
         """Take no new utterance, finalize the open one, close once every one has ended."""
-        if not self.closed and self.winding_down is None:
-            self.winding_down = reason
-            if self.open is not None:
-                self._finalize(self.open)
-            self._check_wound_down()
+        self._wind_down(reason)
         return self._flush()
 
     def terminate(self, code: ErrorCode, close_code: int) -> list[Action]:
@@ -364,9 +360,20 @@ class Session:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _wind_down(self, reason: WindDown) -> None:
+        if not self.closed and self.winding_down is None:
+            self.winding_down = reason
+            if self.open is not None:
+                self._finalize(self.open)
+            self._check_wound_down()
+
     def _open_utterance(self, request_id: str) -> Utterance | None:
-        """The open utterance if it is ``request_id``; otherwise tells the client why not."""
-        if self.open is None:
+        """The open utterance if it is ``request_id``; otherwise tells the client why not.
+
+        An id whose final commit was already sent is "no longer open" (no_active_request) even
+        while another utterance is open; any other id is a mismatch with the open one."""
+        finished_audio = any(u.request_id == request_id for u in self.in_flight if u.final)
+        if self.open is None or finished_audio:
             self._error(ErrorCode.NO_ACTIVE_REQUEST, request_id)
             return None
         if self.open.request_id != request_id:

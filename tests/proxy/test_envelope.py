@@ -1,0 +1,530 @@
+"""proxy.envelope: parsing client messages strictly, and building server events."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.envelope import (
+    DEFAULT_MESSAGES,
+    Append,
+    Cancel,
+    ClientMessage,
+    CloseCode,
+    Commit,
+    End,
+    EnvelopeError,
+    ErrorCode,
+    Ping,
+    SessionUpdate,
+    decode_audio,
+    encode_event,
+    error_event,
+    frame_too_large,
+    parse_client_message,
+    server_event,
+)
+
+SID = "sess-1"
+RID = "req-1"
+PCM = bytes(range(256)) * 4  # 1024 bytes, an even number
+AUDIO = base64.b64encode(PCM).decode()
+
+
+def parse(message: Any) -> ClientMessage | EnvelopeError:
+    return parse_client_message(json.dumps(message))
+
+
+def error_of(message: Any) -> EnvelopeError:
+    result = parse(message)
+    assert isinstance(result, EnvelopeError), result
+    return result
+
+
+def envelope(kind: str, payload: Any = None, **fields: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": kind, "session_id": SID, "request_id": RID}
+    if payload is not None:
+        message["payload"] = payload
+    message.update(fields)
+    return message
+
+
+# ---------------------------------------------------------------- well-formed messages
+
+
+def test_session_update() -> None:
+    assert parse(envelope("session.update", {"model": "m"})) == SessionUpdate(SID, RID, "m")
+    without_id = {"type": "session.update", "session_id": SID, "payload": {"model": "m"}}
+    assert parse(without_id) == SessionUpdate(SID, None, "m")
+
+
+def test_commit_defaults_to_not_final() -> None:
+    assert parse(envelope("input_audio_buffer.commit")) == Commit(SID, RID, False)
+    assert parse(envelope("input_audio_buffer.commit", {})) == Commit(SID, RID, False)
+    assert parse(envelope("input_audio_buffer.commit", {"final": False})) == Commit(SID, RID, False)
+
+
+def test_final_commit() -> None:
+    assert parse(envelope("input_audio_buffer.commit", {"final": True})) == Commit(SID, RID, True)
+
+
+def test_append_keeps_the_audio_and_counts_bytes() -> None:
+    result = parse(envelope("input_audio_buffer.append", {"audio": AUDIO}))
+    assert result == Append(SID, RID, AUDIO, len(PCM))
+
+
+def test_cancel_default_and_given_reason() -> None:
+    assert parse(envelope("cancel")) == Cancel(SID, RID, "client_request")
+    assert parse(envelope("cancel", {"reason": "user stop"})) == Cancel(SID, RID, "user stop")
+    assert parse(envelope("cancel", {"reason": "r" * 256})) == Cancel(SID, RID, "r" * 256)
+
+
+def test_ping_echoes_any_payload_object() -> None:
+    payload = {"n": 1, "nested": {"list": [1, "a", None]}, "f": 1.5}
+    assert parse(envelope("ping", payload)) == Ping(SID, RID, payload)
+    assert parse({"type": "ping", "session_id": SID}) == Ping(SID, None, {})
+
+
+def test_end() -> None:
+    assert parse({"type": "end", "session_id": SID}) == End(SID, None)
+    assert parse(envelope("end")) == End(SID, RID)
+
+
+def test_unknown_extra_keys_are_ignored() -> None:
+    message = envelope("input_audio_buffer.commit", {"final": True, "extra": 1}, extra={"x": 1})
+    message["another"] = [1, 2]
+    assert parse(message) == Commit(SID, RID, True)
+    ping = envelope("ping", {"a": 1}, version=2)
+    assert parse(ping) == Ping(SID, RID, {"a": 1})
+
+
+def test_null_request_id_means_absent_where_optional() -> None:
+    assert parse(envelope("ping", request_id=None)) == Ping(SID, None, {})
+
+
+@pytest.mark.parametrize("length", [1, 64, 128])
+def test_id_lengths_accepted(length: int) -> None:
+    ident = "x" * length
+    message = {"type": "cancel", "session_id": ident, "request_id": ident}
+    assert parse(message) == Cancel(ident, ident, "client_request")
+
+
+def test_non_ascii_ids_count_characters() -> None:
+    ident = "é" * 128  # 256 bytes in UTF-8, but 128 characters
+    assert parse({"type": "end", "session_id": ident}) == End(ident, None)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "{", "not json", "{'type': 'ping'}", '{"type":"ping"} x', "NaN", "[1,]"]
+)
+def test_not_json(text: str) -> None:
+    result = parse_client_message(text)
+    assert isinstance(result, EnvelopeError)
+    assert result.code is ErrorCode.INVALID_JSON
+    assert result.session_id is None
+    assert result.request_id is None
+
+
+@pytest.mark.parametrize("value", [[], [1], "ping", 1, 1.5, None, True])
+def test_json_but_not_an_object(value: Any) -> None:
+    assert error_of(value).code is ErrorCode.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize("kind", [None, 1, [], {}, True])
+def test_type_must_be_a_string(kind: Any) -> None:
+    message: dict[str, Any] = {"session_id": SID, "request_id": RID}
+    if kind is not None:
+        message["type"] = kind
+    error = error_of(message)
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert (error.session_id, error.request_id) == (SID, RID)
+
+
+@pytest.mark.parametrize("kind", ["", "PING", "input_audio_buffer.clear", "session.create", "x"])
+def test_unknown_type(kind: str) -> None:
+    error = error_of(envelope(kind))
+    assert error.code is ErrorCode.UNKNOWN_TYPE
+    assert (error.session_id, error.request_id) == (SID, RID)
+    assert error.details == {"type": kind}
+
+
+def test_unknown_type_detail_is_bounded() -> None:
+    error = error_of(envelope("z" * 5000))
+    assert error.code is ErrorCode.UNKNOWN_TYPE
+    assert len(error.details["type"]) <= 128
+
+
+KINDS = [
+    "session.update",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.append",
+    "cancel",
+    "ping",
+    "end",
+]
+VALID_PAYLOADS: dict[str, dict[str, Any]] = {
+    "session.update": {"model": "m"},
+    "input_audio_buffer.commit": {},
+    "input_audio_buffer.append": {"audio": AUDIO},
+    "cancel": {},
+    "ping": {},
+    "end": {},
+}
+BAD_IDS: list[Any] = ["", "x" * 129, 5, 1.5, [], {}, True]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("session_id", [*BAD_IDS, None, "missing"])
+def test_session_id_is_required_on_every_message(kind: str, session_id: Any) -> None:
+    message = envelope(kind, VALID_PAYLOADS[kind])
+    if session_id == "missing":
+        del message["session_id"]
+    else:
+        message["session_id"] = session_id
+    error = error_of(message)
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert error.session_id is None
+    assert error.request_id == RID
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("request_id", BAD_IDS)
+def test_request_id_when_present_must_be_valid(kind: str, request_id: Any) -> None:
+    error = error_of(envelope(kind, VALID_PAYLOADS[kind], request_id=request_id))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert error.session_id == SID
+    assert error.request_id is None
+
+
+@pytest.mark.parametrize(
+    "kind", ["input_audio_buffer.commit", "input_audio_buffer.append", "cancel"]
+)
+@pytest.mark.parametrize("absent", ["missing", None])
+def test_request_id_required_on_audio_messages_and_cancel(kind: str, absent: Any) -> None:
+    message = envelope(kind, VALID_PAYLOADS[kind])
+    if absent == "missing":
+        del message["request_id"]
+    else:
+        message["request_id"] = None
+    error = error_of(message)
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert (error.session_id, error.request_id) == (SID, None)
+
+
+@pytest.mark.parametrize("kind", ["session.update", "ping", "end"])
+def test_request_id_optional_elsewhere(kind: str) -> None:
+    message = envelope(kind, VALID_PAYLOADS[kind])
+    del message["request_id"]
+    assert not isinstance(parse(message), EnvelopeError)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("payload", [[], [1], "x", 1, 0, True, False, 2.5])
+def test_payload_must_be_an_object(kind: str, payload: Any) -> None:
+    error = error_of(envelope(kind, payload))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert (error.session_id, error.request_id) == (SID, RID)
+
+
+@pytest.mark.parametrize("final", [1, 0, "true", "false", None, [], {}])
+def test_final_must_be_boolean(final: Any) -> None:
+    error = error_of(envelope("input_audio_buffer.commit", {"final": final}))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert error.request_id == RID
+
+
+@pytest.mark.parametrize("payload", [{}, {"audio": None}, {"audio": 5}, {"audio": ["AAAA"]}])
+def test_append_needs_an_audio_string(payload: dict[str, Any]) -> None:
+    error = error_of(envelope("input_audio_buffer.append", payload))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert error.request_id == RID
+
+
+INVALID_AUDIO = [
+    "",  # empty
+    "AAAA",  # 3 bytes: odd length
+    "AA==",  # 1 byte: odd length
+    "AAA",  # missing padding
+    "AA",  # missing padding
+    "AA=",  # short padding
+    "AAA==",  # excess padding
+    "AAAA=",  # padding without need
+    "=AAA",  # padding first
+    "AA==AA==",  # data after padding
+    "AAAAAA-_",  # URL-safe alphabet
+    "AAA*",  # outside the alphabet
+    " AAAAAA=",  # leading space
+    "AAAAAAA= ",  # trailing space
+    "AAAA\nAAAA",  # newline inside
+    "AAAA AAAA",  # space inside
+    "AAAA\tAAAA",  # tab inside
+    "AAAAAAAA\n",  # trailing newline (what some encoders add)
+    "====",  # only padding
+    "ÀAAA",  # non-ASCII
+]
+
+
+@pytest.mark.parametrize("audio", INVALID_AUDIO)
+def test_invalid_audio(audio: str) -> None:
+    error = error_of(envelope("input_audio_buffer.append", {"audio": audio}))
+    assert error.code is ErrorCode.INVALID_AUDIO
+    assert (error.session_id, error.request_id) == (SID, RID)
+    assert decode_audio(audio) is None
+
+
+@pytest.mark.parametrize(
+    ("audio", "size"), [("AAA=", 2), ("AAAAAA==", 4), ("+/+/", 0), ("AAAAAAAA", 6)]
+)
+def test_valid_audio_sizes(audio: str, size: int) -> None:
+    if size == 0:  # "+/+/" is 3 bytes: odd
+        assert decode_audio(audio) is None
+        return
+    assert decode_audio(audio) == base64.b64decode(audio)
+    result = parse(envelope("input_audio_buffer.append", {"audio": audio}))
+    assert result == Append(SID, RID, audio, size)
+
+
+@pytest.mark.parametrize("reason", ["", "r" * 257, 5, None, ["x"], {}])
+def test_cancel_reason_must_be_short_text(reason: Any) -> None:
+    error = error_of(envelope("cancel", {"reason": reason}))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert error.request_id == RID
+
+
+@pytest.mark.parametrize("payload", [{}, {"model": None}, {"model": 1}, {"model": ["m"]}])
+def test_session_update_needs_a_model_string(payload: dict[str, Any]) -> None:
+    error = error_of(envelope("session.update", payload))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_ping_and_end_refusals_skip_the_rate_limit(kind: str) -> None:
+    error = error_of(envelope(kind, [1]))
+    assert error.counts_toward_rate_limit is (kind not in ("ping", "end"))
+
+
+def test_refusals_carry_a_sentence() -> None:
+    for message in (envelope("x"), envelope("cancel", {"reason": ""}), [1], {"type": 1}):
+        error = error_of(message)
+        assert error.message.strip()
+        assert error.message.endswith(".")
+
+
+# ---------------------------------------------------------------- properties
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_values = st.one_of(
+    json_values,
+    st.sampled_from(KINDS),
+    st.text(min_size=1, max_size=130),
+    st.just(AUDIO),
+    st.sampled_from(["AAAA", "AAA=", "", "AA==", "QUJD", "QUI="]),
+)
+envelopes = st.dictionaries(
+    st.sampled_from(["type", "session_id", "request_id", "payload", "extra"]),
+    st.one_of(
+        field_values,
+        st.dictionaries(
+            st.sampled_from(["model", "final", "audio", "reason", "other"]), field_values
+        ),
+    ),
+)
+ERROR_CODES_FROM_PARSING = {
+    ErrorCode.INVALID_JSON,
+    ErrorCode.INVALID_MESSAGE,
+    ErrorCode.UNKNOWN_TYPE,
+    ErrorCode.INVALID_AUDIO,
+}
+
+
+def _check_result(result: ClientMessage | EnvelopeError, source: Any) -> None:
+    if isinstance(result, EnvelopeError):
+        assert result.code in ERROR_CODES_FROM_PARSING
+        if result.session_id is not None:
+            assert isinstance(source, dict)
+            assert result.session_id == source.get("session_id")
+        if result.request_id is not None:
+            assert isinstance(source, dict)
+            assert result.request_id == source.get("request_id")
+        return
+    assert isinstance(source, dict)
+    assert result.session_id == source["session_id"]
+    assert 1 <= len(result.session_id) <= 128
+    if isinstance(result, Append):
+        assert decode_audio(result.audio) is not None
+        assert result.pcm_bytes == len(base64.b64decode(result.audio)) > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_parsing_arbitrary_text_never_raises(text: str) -> None:
+    result = parse_client_message(text)
+    assert isinstance(result, EnvelopeError | SessionUpdate | Commit | Append | Cancel | Ping | End)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_parsing_arbitrary_json_never_raises(value: Any) -> None:
+    # json.dumps, not orjson: it also writes integers beyond 64 bits.
+    _check_result(parse_client_message(json.dumps(value)), value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(envelopes)
+def test_parsing_envelope_shaped_json_never_raises(message: dict[str, Any]) -> None:
+    _check_result(parse_client_message(json.dumps(message)), message)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_audio_accepted_exactly_when_non_empty_and_even(pcm: bytes) -> None:
+    audio = base64.b64encode(pcm).decode()
+    result = parse(envelope("input_audio_buffer.append", {"audio": audio}))
+    if pcm and len(pcm) % 2 == 0:
+        assert result == Append(SID, RID, audio, len(pcm))
+    else:
+        assert isinstance(result, EnvelopeError)
+        assert result.code is ErrorCode.INVALID_AUDIO
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n"))
+def test_decode_audio_agrees_with_strict_base64(audio: str) -> None:
+    try:
+        expected: bytes | None = base64.b64decode(audio, validate=True)
+    except ValueError:
+        expected = None
+    if expected is not None and (not expected or len(expected) % 2):
+        expected = None
+    if expected is not None and base64.b64encode(expected).decode() != audio:
+        expected = None  # non-canonical leftovers are not strict base64 either
+    decoded = decode_audio(audio)
+    if decoded is not None:
+        # Whatever is accepted is exactly what a strict decoder reads.
+        assert decoded == base64.b64decode(audio, validate=True)
+        assert "\n" not in audio
+        assert " " not in audio
+        assert "-" not in audio
+        assert "_" not in audio
+        assert len(audio) % 4 == 0
+    if expected is not None:
+        assert decoded == expected
+
+
+# ---------------------------------------------------------------- frame size
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "too_large"),
+    [
+        ("a" * 1024, 1024, False),
+        ("a" * 1025, 1024, True),
+        ("é" * 512, 1024, False),  # 1024 bytes
+        ("é" * 513, 1024, True),  # 1026 bytes, only 513 characters
+        ("😀" * 256, 1024, False),  # 4 bytes each
+        ("😀" * 257, 1024, True),
+        ("", 1024, False),
+    ],
+)
+def test_frame_too_large_counts_utf8_bytes(text: str, limit: int, too_large: bool) -> None:
+    assert frame_too_large(text, limit) is too_large
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.integers(1, 1200))
+def test_frame_too_large_matches_encoded_size(text: str, limit: int) -> None:
+    assert frame_too_large(text, limit) == (len(text.encode("utf-8", "surrogatepass")) > limit)
+
+
+# ---------------------------------------------------------------- server events
+
+
+def test_server_event_shape() -> None:
+    event = server_event("pong", "s", "r", {"a": 1})
+    assert event == {"type": "pong", "session_id": "s", "request_id": "r", "payload": {"a": 1}}
+    assert orjson.loads(encode_event(event)) == event
+
+
+def test_error_event_defaults() -> None:
+    event = error_event(ErrorCode.NO_ACTIVE_REQUEST, "s", None)
+    assert event == {
+        "type": "error",
+        "session_id": "s",
+        "request_id": None,
+        "payload": {
+            "code": "no_active_request",
+            "message": DEFAULT_MESSAGES[ErrorCode.NO_ACTIVE_REQUEST],
+            "details": {},
+        },
+    }
+
+
+def test_error_event_message_and_details() -> None:
+    event = error_event(ErrorCode.RATE_LIMITED, "s", "r", "Slow down.", {"limit": 3})
+    assert event["payload"] == {
+        "code": "rate_limited",
+        "message": "Slow down.",
+        "details": {"limit": 3},
+    }
+    assert event["request_id"] == "r"
+
+
+def test_every_error_code_has_a_default_sentence() -> None:
+    protocol_codes = {
+        "unauthorized",
+        "server_at_capacity",
+        "idle_timeout",
+        "max_duration_reached",
+        "inbound_queue_full",
+        "rate_limited",
+        "payload_too_large",
+        "invalid_json",
+        "invalid_message",
+        "unknown_type",
+        "unsupported_model",
+        "no_active_request",
+        "request_id_mismatch",
+        "invalid_audio",
+        "upstream_error",
+        "upstream_unavailable",
+        "shutting_down",
+        "internal_error",
+    }
+    # Every code of the contract exists (the server may add codes of its own).
+    assert protocol_codes <= {code.value for code in ErrorCode}
+    for code in ErrorCode:
+        message = DEFAULT_MESSAGES[code]
+        assert message.endswith(".")
+        assert message[0].isupper()
+
+
+def test_close_codes_match_the_protocol() -> None:
+    assert CloseCode.NORMAL == 1000
+    assert CloseCode.GOING_AWAY == 1001
+    assert CloseCode.INTERNAL_ERROR == 1011
+    assert CloseCode.TRY_AGAIN_LATER == 1013
+    assert CloseCode.IDLE_TIMEOUT == 4000
+    assert CloseCode.UNAUTHORIZED == 4001
+    assert CloseCode.AT_CAPACITY == 4002
+    assert CloseCode.MAX_DURATION == 4003
+    assert CloseCode.INBOUND_QUEUE_FULL == 4004
+    assert CloseCode.RATE_LIMITED == 4008

@@ -1,0 +1,1616 @@
+"""proxy.session: the pure per-connection lifecycle, driven message by message.
+
+No sockets and no clocks: the test feeds client messages (with ``now``), upstream events and
+upstream open/loss notices, and checks the actions the session returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.envelope import (
+    Append,
+    Cancel,
+    ClientMessage,
+    Commit,
+    End,
+    EnvelopeError,
+    ErrorCode,
+    Ping,
+    SessionUpdate,
+    parse_client_message,
+)
+from proxy.session import (
+    FRAME_BYTES,
+    Action,
+    CloseClient,
+    OpenUpstream,
+    SendClient,
+    SendUpstream,
+    Session,
+    SessionLimits,
+    Utterance,
+    WindDown,
+    segment_audio_limit,
+)
+
+MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+SERVER_SID = "sess_0123456789abcdef"
+SID = "client-session"
+USAGE = {"prompt_tokens": 39, "completion_tokens": 5, "total_tokens": 44}
+
+
+def b64(pcm: bytes) -> str:
+    return base64.b64encode(pcm).decode()
+
+
+def pcm_of(size: int, seed: int = 0) -> bytes:
+    return bytes((seed + i * 7) % 256 for i in range(size))
+
+
+class Harness:
+    """A session plus a clock and convenience inputs; every returned action is also logged."""
+
+    def __init__(
+        self,
+        *,
+        segment_max_bytes: int | None = None,
+        ready: bool = True,
+        **limits: Any,
+    ) -> None:
+        self.session = Session(
+            session_id=SERVER_SID,
+            served_model=MODEL,
+            limits=SessionLimits(**limits),
+            segment_max_bytes=segment_max_bytes,
+        )
+        self.now = 100.0
+        self.log: list[Action] = []
+        if ready:
+            self.ready()
+
+    def _keep(self, actions: list[Action]) -> list[Action]:
+        self.log.extend(actions)
+        return actions
+
+    # client side
+    def send(self, message: ClientMessage | EnvelopeError, backlog: int = 0) -> list[Action]:
+        self.now += 0.01
+        return self._keep(self.session.on_client(message, self.now, backlog))
+
+    def raw(self, text: str, backlog: int = 0) -> list[Action]:
+        return self.send(parse_client_message(text), backlog)
+
+    def commit(self, rid: str, *, final: bool = False, backlog: int = 0) -> list[Action]:
+        return self.send(Commit(SID, rid, final), backlog)
+
+    def append(self, rid: str, pcm: bytes, backlog: int = 0) -> list[Action]:
+        return self.send(Append(SID, rid, b64(pcm), len(pcm)), backlog)
+
+    def cancel(self, rid: str, reason: str = "client_request") -> list[Action]:
+        return self.send(Cancel(SID, rid, reason))
+
+    # upstream side
+    def gen(self, generation: int | None) -> int:
+        return self.session.generation if generation is None else generation
+
+    def ready(self, generation: int | None = None) -> list[Action]:
+        return self._keep(self.session.on_upstream_ready(self.gen(generation)))
+
+    def event(self, event: dict[str, Any], generation: int | None = None) -> list[Action]:
+        return self._keep(self.session.on_upstream_event(self.gen(generation), event))
+
+    def delta(self, text: str, generation: int | None = None) -> list[Action]:
+        return self.event({"type": "transcription.delta", "delta": text}, generation)
+
+    def done(
+        self, usage: dict[str, Any] | None = None, generation: int | None = None, text: str = ""
+    ) -> list[Action]:
+        event = {"type": "transcription.done", "text": text, "usage": usage or dict(USAGE)}
+        return self.event(event, generation)
+
+    def upstream_error(
+        self, code: str = "processing_error", generation: int | None = None
+    ) -> list[Action]:
+        event = {"type": "error", "error": "engine failed", "code": code}
+        return self.event(event, generation)
+
+    def lost(self, generation: int | None = None) -> list[Action]:
+        return self._keep(self.session.on_upstream_lost(self.gen(generation)))
+
+
+def summary(actions: list[Action]) -> list[tuple[Any, ...]]:
+    """A readable digest of actions: client events, upstream messages, reopen, close."""
+    out: list[tuple[Any, ...]] = []
+    for action in actions:
+        if isinstance(action, SendClient):
+            event = action.event
+            kind, rid, payload = event["type"], event["request_id"], event["payload"]
+            if kind == "error":
+                out.append(("error", rid, payload["code"]))
+            elif kind == "transcription.delta":
+                out.append(("delta", rid, payload["delta"]))
+            elif kind == "transcription.done":
+                out.append(("done", rid, payload["text"]))
+            elif kind == "cancelled":
+                out.append(("cancelled", rid, payload["reason"]))
+            else:
+                out.append((kind, rid))
+        elif isinstance(action, SendUpstream):
+            message = json.loads(action.text)
+            if message["type"] == "input_audio_buffer.commit":
+                out.append(("final" if message["final"] else "open", action.generation))
+            else:
+                assert message["type"] == "input_audio_buffer.append"
+                audio = base64.b64decode(message["audio"], validate=True)
+                out.append(("append", action.generation, len(audio)))
+        elif isinstance(action, OpenUpstream):
+            out.append(("reopen", action.generation))
+        else:
+            out.append(("close", action.code))
+    return out
+
+
+def client_events(actions: list[Action]) -> list[dict[str, Any]]:
+    return [a.event for a in actions if isinstance(a, SendClient)]
+
+
+def upstream(actions: list[Action]) -> list[SendUpstream]:
+    return [a for a in actions if isinstance(a, SendUpstream)]
+
+
+def upstream_pcm(actions: list[Action]) -> bytes:
+    pcm = b""
+    for action in upstream(actions):
+        message = json.loads(action.text)
+        if message["type"] == "input_audio_buffer.append":
+            pcm += base64.b64decode(message["audio"], validate=True)
+    return pcm
+
+
+def only_event(actions: list[Action]) -> dict[str, Any]:
+    events = client_events(actions)
+    assert len(events) == 1, summary(actions)
+    return events[0]
+
+
+# ====================================================================== simple messages
+
+
+def test_nothing_happens_before_the_client_speaks() -> None:
+    harness = Harness()
+    assert harness.log == []
+    assert harness.session.session_id == SERVER_SID
+
+
+def test_ping_answered_with_same_payload_and_request_id() -> None:
+    harness = Harness()
+    event = only_event(harness.send(Ping(SID, "p1", {"t": 1, "x": [1, 2]})))
+    assert event == {
+        "type": "pong",
+        "session_id": SID,
+        "request_id": "p1",
+        "payload": {"t": 1, "x": [1, 2]},
+    }
+    assert only_event(harness.send(Ping(SID, None, {})))["request_id"] is None
+
+
+def test_session_update_same_model() -> None:
+    harness = Harness()
+    event = only_event(harness.send(SessionUpdate(SID, "u1", MODEL)))
+    assert event == {
+        "type": "session.updated",
+        "session_id": SID,
+        "request_id": "u1",
+        "payload": {"model": MODEL},
+    }
+
+
+def test_session_update_other_model() -> None:
+    harness = Harness()
+    event = only_event(harness.send(SessionUpdate(SID, "u1", "other/model")))
+    assert event["type"] == "error"
+    assert event["request_id"] == "u1"
+    assert event["payload"]["code"] == "unsupported_model"
+    assert event["payload"]["message"]
+
+
+def test_envelope_error_is_answered_and_connection_stays() -> None:
+    harness = Harness()
+    actions = harness.raw('{"type":"input_audio_buffer.append","session_id":"s9","request_id":"r"}')
+    event = only_event(actions)
+    assert (event["type"], event["session_id"], event["request_id"]) == ("error", "s9", "r")
+    assert event["payload"]["code"] == "invalid_message"
+    assert summary(harness.raw("{nope")) == [("error", None, "invalid_json")]
+    assert summary(harness.raw('{"type":"x","session_id":"s9"}')) == [
+        ("error", None, "unknown_type")
+    ]
+    audio = '{"type":"input_audio_buffer.append","session_id":"s9","request_id":"r",'
+    assert summary(harness.raw(audio + '"payload":{"audio":"AAA"}}')) == [
+        ("error", "r", "invalid_audio")
+    ]
+    assert not harness.session.closed
+    assert summary(harness.send(Ping(SID, None, {}))) == [("pong", None)]
+
+
+def test_frame_level_refusals_keep_the_connection() -> None:
+    harness = Harness()
+    harness.commit("A")
+    too_large = EnvelopeError(
+        ErrorCode.PAYLOAD_TOO_LARGE, "Too large.", details={"max_message_bytes": 1024}
+    )
+    event = only_event(harness.send(too_large))
+    assert event["payload"] == {
+        "code": "payload_too_large",
+        "message": "Too large.",
+        "details": {"max_message_bytes": 1024},
+    }
+    binary = EnvelopeError(ErrorCode.INVALID_MESSAGE, "Binary frames are not accepted.")
+    assert summary(harness.send(binary)) == [("error", None, "invalid_message")]
+    assert not harness.session.closed
+    assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
+
+
+def test_connection_level_events_before_the_client_spoke_use_the_server_session_id() -> None:
+    harness = Harness()
+    event = only_event(harness.upstream_error("model_not_found"))
+    assert event["session_id"] == SERVER_SID
+    closing = client_events(harness.lost())
+    assert [e["session_id"] for e in closing] == [SERVER_SID]
+
+
+def test_events_echo_the_latest_client_session_id() -> None:
+    harness = Harness()
+    assert only_event(harness.send(Ping("first", None, {})))["session_id"] == "first"
+    assert only_event(harness.send(Ping("second", None, {})))["session_id"] == "second"
+    harness.commit("r1")
+    harness.send(Commit("third", "r1", True))
+    assert only_event(harness.delta("hi"))["session_id"] == "third"
+
+
+def test_error_for_invalid_message_echoes_its_session_id() -> None:
+    harness = Harness()
+    event = only_event(harness.raw('{"type":"cancel","session_id":"mine"}'))
+    assert event["session_id"] == "mine"
+    assert event["payload"]["code"] == "invalid_message"
+
+
+# ====================================================================== one utterance
+
+
+def test_full_utterance() -> None:
+    harness = Harness()
+    chunk1, chunk2 = pcm_of(3200, 1), pcm_of(1600, 2)
+    assert summary(harness.commit("r1")) == [("open", 0)]
+    assert summary(harness.append("r1", chunk1)) == [("append", 0, 3200)]
+    assert summary(harness.append("r1", chunk2)) == [("append", 0, 1600)]
+    assert summary(harness.delta("")) == []
+    assert summary(harness.delta(" hello")) == [("delta", "r1", " hello")]
+    assert summary(harness.commit("r1", final=True)) == [("final", 0)]
+    assert summary(harness.delta("")) == []
+    assert summary(harness.delta(" world")) == [("delta", "r1", " world")]
+    done = only_event(harness.done(USAGE, text=" hello world"))
+    assert done == {
+        "type": "transcription.done",
+        "session_id": SID,
+        "request_id": "r1",
+        "payload": {"text": " hello world", "usage": USAGE, "audio_ms": (3200 + 1600) // 32},
+    }
+    assert upstream_pcm(harness.log) == chunk1 + chunk2
+    assert harness.session.in_flight == []
+    assert harness.session.utterances_started == harness.session.utterances_done == 1
+
+
+def test_appended_audio_is_forwarded_verbatim() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    audio = b64(pcm_of(640))
+    [action] = harness.send(Append(SID, "r1", audio, 640))
+    assert isinstance(action, SendUpstream)
+    assert json.loads(action.text) == {"type": "input_audio_buffer.append", "audio": audio}
+
+
+def test_upstream_messages_are_vllm_commits() -> None:
+    harness = Harness()
+    [open_action] = harness.commit("r1")
+    [final_action] = harness.commit("r1", final=True)
+    assert isinstance(open_action, SendUpstream)
+    assert isinstance(final_action, SendUpstream)
+    assert json.loads(open_action.text) == {"type": "input_audio_buffer.commit", "final": False}
+    assert json.loads(final_action.text) == {"type": "input_audio_buffer.commit", "final": True}
+
+
+def test_done_text_is_the_forwarded_deltas_not_vllms_text() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.delta("a")
+    harness.delta("")
+    harness.delta("b")
+    harness.commit("r1", final=True)
+    harness.event({"type": "transcription.delta", "delta": None})
+    harness.event({"type": "transcription.delta"})
+    harness.delta("c")
+    done = only_event(harness.done(text="something else"))
+    assert done["payload"]["text"] == "abc"
+
+
+def test_done_without_audio() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    done = only_event(harness.done({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
+    assert done["payload"] == {
+        "text": "",
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "audio_ms": 0,
+    }
+
+
+def test_done_usage_tolerates_missing_fields() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    event = {"type": "transcription.done", "text": "", "usage": {"prompt_tokens": 7}}
+    done = only_event(harness.event(event))
+    assert done["payload"]["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+    }
+
+
+def test_commit_same_open_id_again_has_no_effect() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    assert harness.commit("r1") == []
+    harness.append("r1", pcm_of(64))
+    assert harness.commit("r1") == []
+    assert summary(harness.commit("r1", final=True)) == [("final", 0)]
+
+
+def test_commit_before_upstream_ready_waits() -> None:
+    harness = Harness(ready=False)
+    assert harness.commit("r1") == []
+    assert harness.append("r1", pcm_of(64)) == []
+    assert summary(harness.ready()) == [("open", 0), ("append", 0, 64)]
+
+
+def test_stale_ready_is_ignored() -> None:
+    harness = Harness(ready=False)
+    harness.commit("r1")
+    assert harness.ready(generation=5) == []
+    assert summary(harness.ready()) == [("open", 0)]
+
+
+# ====================================================================== wrong ids
+
+
+def test_append_with_nothing_open() -> None:
+    harness = Harness()
+    assert summary(harness.append("r1", pcm_of(64))) == [("error", "r1", "no_active_request")]
+
+
+def test_append_for_another_id_is_a_mismatch_and_dropped() -> None:
+    harness = Harness()
+    harness.commit("open-one")
+    actions = harness.append("other", pcm_of(64))
+    event = only_event(actions)
+    assert event["request_id"] == "other"
+    assert event["payload"]["code"] == "request_id_mismatch"
+    assert upstream(actions) == []
+    assert harness.session.open is not None
+    assert harness.session.open.audio_bytes == 0
+
+
+def test_final_commit_for_another_id_is_a_mismatch() -> None:
+    harness = Harness()
+    harness.commit("open-one")
+    assert summary(harness.commit("other", final=True)) == [
+        ("error", "other", "request_id_mismatch")
+    ]
+    assert harness.session.open is not None
+
+
+def test_final_commit_with_nothing_open() -> None:
+    harness = Harness()
+    assert summary(harness.commit("r1", final=True)) == [("error", "r1", "no_active_request")]
+
+
+def test_append_and_final_after_final_commit() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    assert summary(harness.append("r1", pcm_of(64))) == [("error", "r1", "no_active_request")]
+    assert summary(harness.commit("r1", final=True)) == [("error", "r1", "no_active_request")]
+    assert upstream_pcm(harness.log) == b""
+
+
+def test_reopening_a_finalizing_id_is_refused() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    assert summary(harness.commit("r1")) == [("error", "r1", "invalid_message")]
+    # The finalizing utterance is untouched and still completes.
+    assert summary(harness.done()) == [("done", "r1", "")]
+
+
+def test_reopening_a_queued_id_is_refused() -> None:
+    harness = Harness()
+    harness.commit("a")
+    harness.commit("a", final=True)
+    harness.commit("b")
+    harness.commit("b", final=True)
+    assert summary(harness.commit("b")) == [("error", "b", "invalid_message")]
+
+
+def test_id_may_be_reused_after_done() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    harness.done()
+    assert summary(harness.commit("r1")) == [("open", 0)]
+
+
+# ====================================================================== queueing
+
+
+def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
+    harness = Harness()
+    a1, b1, b2 = pcm_of(320, 1), pcm_of(640, 2), pcm_of(960, 3)
+    harness.commit("A")
+    harness.append("A", a1)
+    harness.commit("A", final=True)
+    # B opens at once for the client, but nothing of it goes upstream yet.
+    assert harness.commit("B") == []
+    assert harness.append("B", b1) == []
+    assert harness.append("B", b2) == []
+    assert harness.session.held_messages == 2
+    assert summary(harness.delta("a")) == [("delta", "A", "a")]
+    # A's done releases B's audio, in order, on the same upstream connection.
+    actions = harness.done()
+    assert summary(actions) == [
+        ("done", "A", "a"),
+        ("open", 0),
+        ("append", 0, 640),
+        ("append", 0, 960),
+    ]
+    assert upstream_pcm(actions) == b1 + b2
+    assert harness.session.held_messages == 0
+    # B is now current: its audio flows straight through.
+    assert summary(harness.append("B", pcm_of(64))) == [("append", 0, 64)]
+    assert summary(harness.commit("B", final=True)) == [("final", 0)]
+    assert summary(harness.delta("b")) == [("delta", "B", "b")]
+    assert summary(harness.done()) == [("done", "B", "b")]
+
+
+def test_queued_utterance_finalized_before_its_turn() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.append("B", pcm_of(64))
+    assert harness.commit("B", final=True) == []
+    assert summary(harness.done()) == [
+        ("done", "A", ""),
+        ("open", 0),
+        ("append", 0, 64),
+        ("final", 0),
+    ]
+
+
+def test_back_to_back_utterances_come_back_complete_and_in_order() -> None:
+    harness = Harness()
+    audio = {rid: [pcm_of(320, i), pcm_of(640, i + 10)] for i, rid in enumerate("ABC")}
+    for rid in "ABC":
+        harness.commit(rid)
+        for chunk in audio[rid]:
+            harness.append(rid, chunk)
+        harness.commit(rid, final=True)
+    assert summary(upstream(harness.log)) == [
+        ("open", 0),
+        ("append", 0, 320),
+        ("append", 0, 640),
+        ("final", 0),
+    ]
+    assert harness.session.finalizing
+    dones = []
+    for rid in "ABC":
+        harness.delta(f"<{rid}>")
+        dones += [e for e in client_events(harness.done()) if e["type"] == "transcription.done"]
+    assert [(e["request_id"], e["payload"]["text"]) for e in dones] == [
+        ("A", "<A>"),
+        ("B", "<B>"),
+        ("C", "<C>"),
+    ]
+    assert [e["payload"]["audio_ms"] for e in dones] == [30, 30, 30]
+    assert upstream_pcm(harness.log) == b"".join(b"".join(audio[r]) for r in "ABC")
+    # Each utterance went upstream as open, its audio, final; one after the other.
+    kinds = [s[0] for s in summary(upstream(harness.log))]
+    assert kinds == ["open", "append", "append", "final"] * 3
+    assert not harness.session.finalizing
+
+
+# ====================================================================== barge-in
+
+
+def test_barge_in_cancels_the_open_utterance() -> None:
+    harness = Harness()
+    harness.commit("S")
+    harness.append("S", pcm_of(64))
+    harness.delta("s")
+    actions = harness.commit("R")
+    assert summary(actions) == [("cancelled", "S", "superseded"), ("reopen", 1)]
+    # S's generation is gone: its late events are ignored.
+    assert harness.delta("late", generation=0) == []
+    assert harness.done(generation=0) == []
+    # R waits for the fresh upstream connection, audio held.
+    assert harness.append("R", pcm_of(128)) == []
+    assert summary(harness.ready()) == [("open", 1), ("append", 1, 128)]
+    harness.commit("R", final=True)
+    harness.delta("r")
+    assert summary(harness.done()) == [("done", "R", "r")]
+    assert harness.session.utterances_cancelled == 1
+
+
+def test_barge_in_on_a_queued_open_utterance_keeps_the_finalizing_one() -> None:
+    harness = Harness()
+    harness.commit("T")
+    harness.commit("T", final=True)
+    harness.commit("S")
+    harness.append("S", pcm_of(64))
+    assert summary(harness.commit("R")) == [("cancelled", "S", "superseded")]
+    assert summary(harness.delta("t")) == [("delta", "T", "t")]
+    harness.append("R", pcm_of(32))
+    assert summary(harness.done()) == [("done", "T", "t"), ("open", 0), ("append", 0, 32)]
+    # S's audio never went upstream.
+    assert len(upstream_pcm(harness.log)) == 32
+
+
+def test_barge_in_counts_against_the_cancel_limit() -> None:
+    harness = Harness(max_cancels_per_window=1, cancel_window_s=60.0)
+    harness.commit("A")
+    harness.commit("B")  # barge-in: one cancel used
+    harness.ready()
+    actions = harness.commit("C")
+    event = only_event(actions)
+    assert event["payload"]["code"] == "rate_limited"
+    assert event["payload"]["details"]["kind"] == "cancels"
+    assert event["request_id"] == "C"
+    # The refused barge-in changed nothing: B is still open.
+    assert harness.session.open is not None
+    assert harness.session.open.request_id == "B"
+
+
+# ====================================================================== cancel
+
+
+def test_cancel_open_current_utterance() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.append("r1", pcm_of(64))
+    harness.delta("x")
+    actions = harness.cancel("r1", "user pressed stop")
+    assert summary(actions) == [("cancelled", "r1", "user pressed stop"), ("reopen", 1)]
+    assert harness.delta("y", generation=0) == []
+    assert harness.done(generation=0) == []
+    assert harness.upstream_error(generation=0) == []
+    assert harness.session.open is None
+    assert summary(harness.append("r1", pcm_of(64))) == [("error", "r1", "no_active_request")]
+
+
+def test_cancel_default_reason_is_echoed() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    event = client_events(harness.send(Cancel(SID, "r1", "client_request")))[0]
+    assert event == {
+        "type": "cancelled",
+        "session_id": SID,
+        "request_id": "r1",
+        "payload": {"reason": "client_request"},
+    }
+
+
+def test_cancel_via_envelope_default_reason() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    actions = harness.raw('{"type":"cancel","session_id":"s","request_id":"r1"}')
+    assert summary(actions)[0] == ("cancelled", "r1", "client_request")
+
+
+def test_cancel_finalizing_utterance() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    harness.delta("partial")
+    assert summary(harness.cancel("r1")) == [("cancelled", "r1", "client_request"), ("reopen", 1)]
+    assert harness.delta("more", generation=0) == []
+    assert harness.done(generation=0) == []
+    assert harness.session.in_flight == []
+
+
+def test_cancel_current_lets_the_next_one_run_on_the_fresh_connection() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.append("B", pcm_of(64))
+    assert summary(harness.cancel("A")) == [("cancelled", "A", "client_request"), ("reopen", 1)]
+    assert summary(harness.ready()) == [("open", 1), ("append", 1, 64)]
+
+
+def test_cancel_queued_utterance_drops_its_audio_without_touching_upstream() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.append("B", pcm_of(64))
+    harness.commit("B", final=True)
+    harness.commit("C")
+    harness.append("C", pcm_of(32))
+    assert summary(harness.cancel("B", "nope")) == [("cancelled", "B", "nope")]
+    assert summary(harness.done()) == [("done", "A", ""), ("open", 0), ("append", 0, 32)]
+    assert len(upstream_pcm(harness.log)) == 32
+
+
+def test_cancel_unknown_id() -> None:
+    harness = Harness()
+    assert summary(harness.cancel("ghost")) == [("error", "ghost", "no_active_request")]
+    harness.commit("r1")
+    assert summary(harness.cancel("ghost")) == [("error", "ghost", "no_active_request")]
+
+
+def test_cancel_after_done() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    harness.done()
+    assert summary(harness.cancel("r1")) == [("error", "r1", "no_active_request")]
+
+
+def test_cancel_twice() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.cancel("r1")
+    assert summary(harness.cancel("r1")) == [("error", "r1", "no_active_request")]
+
+
+# ====================================================================== upstream errors
+
+
+def test_vllm_error_ends_the_running_utterance() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.delta("x")
+    actions = harness.event(
+        {"type": "error", "error": "something broke", "code": "processing_error"}
+    )
+    assert summary(actions) == [("error", "r1", "upstream_error"), ("reopen", 1)]
+    details = client_events(actions)[0]["payload"]["details"]
+    assert details["upstream_code"] == "processing_error"
+    assert details["upstream_message"] == "something broke"
+    # The old generation's events are ignored afterwards.
+    assert harness.delta("late", generation=0) == []
+    assert harness.done(generation=0) == []
+    assert harness.session.in_flight == []
+    assert harness.session.utterances_errored == 1
+    # The utterance ended: the client cannot keep sending audio for it.
+    assert summary(harness.append("r1", pcm_of(64))) == [("error", "r1", "no_active_request")]
+
+
+def test_vllm_error_while_finalizing_then_next_in_line_runs() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.append("B", pcm_of(64))
+    assert summary(harness.upstream_error("boom")) == [
+        ("error", "A", "upstream_error"),
+        ("reopen", 1),
+    ]
+    assert summary(harness.ready()) == [("open", 1), ("append", 1, 64)]
+
+
+def test_vllm_error_with_nothing_running_is_connection_level() -> None:
+    harness = Harness()
+    actions = harness.upstream_error("model_not_found")
+    event = only_event(actions)
+    assert event["request_id"] is None
+    assert event["payload"]["code"] == "upstream_error"
+    assert event["payload"]["details"]["upstream_code"] == "model_not_found"
+    assert not harness.session.closed
+
+
+def test_stale_vllm_error_is_ignored() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.cancel("A")
+    assert harness.upstream_error(generation=0) == []
+
+
+def test_upstream_message_is_bounded() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    event = {"type": "error", "error": "x" * 5000, "code": "processing_error"}
+    details = client_events(harness.event(event))[0]["payload"]["details"]
+    assert len(details["upstream_message"]) <= 300
+
+
+def test_unknown_upstream_event_types_are_ignored() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    assert harness.event({"type": "session.created", "id": "sess-1"}) == []
+    assert harness.event({"type": "something.new"}) == []
+    assert harness.event({}) == []
+
+
+def test_stalled_upstream_ends_the_running_utterance() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    actions = harness._keep(harness.session.on_upstream_stalled(0))
+    assert summary(actions) == [("error", "A", "upstream_error"), ("reopen", 1)]
+    assert client_events(actions)[0]["payload"]["details"]["upstream_code"] == "no_response"
+    assert harness.done(generation=0) == []
+    assert summary(harness.ready()) == [("open", 1)]
+
+
+def test_stall_of_an_old_upstream_or_with_nothing_running_is_ignored() -> None:
+    harness = Harness()
+    assert harness.session.on_upstream_stalled(0) == []
+    harness.commit("A")
+    harness.cancel("A")
+    assert harness.session.on_upstream_stalled(0) == []
+    assert not harness.session.closed
+
+
+# ====================================================================== upstream lost
+
+
+def test_upstream_lost_errors_every_utterance_then_closes_1013() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.commit("B", final=True)
+    harness.commit("C")
+    actions = harness.lost()
+    assert summary(actions) == [
+        ("error", "A", "upstream_unavailable"),
+        ("error", "B", "upstream_unavailable"),
+        ("error", "C", "upstream_unavailable"),
+        ("error", None, "upstream_unavailable"),
+        ("close", 1013),
+    ]
+    assert harness.session.closed
+    assert harness.delta("x") == []
+    assert harness.done() == []
+    assert harness.send(Ping(SID, None, {})) == []
+    assert harness.commit("D") == []
+    assert harness.lost() == []
+    assert harness.ready() == []
+    assert harness.session.terminate(ErrorCode.INTERNAL_ERROR, 1011) == []
+    assert harness.session.wind_down(WindDown.END) == []
+
+
+def test_upstream_lost_with_nothing_in_flight() -> None:
+    harness = Harness()
+    assert summary(harness.lost()) == [("error", None, "upstream_unavailable"), ("close", 1013)]
+
+
+def test_losing_an_old_upstream_is_ignored() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.cancel("A")  # generation 1 requested
+    assert harness.lost(generation=0) == []
+    assert not harness.session.closed
+
+
+def test_failed_reopen_is_upstream_lost() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("B")  # barge-in: reopen generation 1, B waits
+    assert summary(harness.lost(generation=1)) == [
+        ("error", "B", "upstream_unavailable"),
+        ("error", None, "upstream_unavailable"),
+        ("close", 1013),
+    ]
+
+
+# ====================================================================== wind down
+
+
+def test_end_with_nothing_in_flight() -> None:
+    harness = Harness()
+    actions = harness.send(End(SID, None))
+    assert summary(actions) == [("session.ended", None), ("close", 1000)]
+    assert client_events(actions)[0]["payload"] == {}
+    assert client_events(actions)[0]["session_id"] == SID
+
+
+def test_end_finalizes_the_open_utterance_and_waits_for_every_done() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.append("B", pcm_of(64))
+    assert harness.send(End(SID, "e")) == []  # B is queued: its final goes up with it later
+    assert summary(harness.commit("C")) == [("error", "C", "invalid_message")]
+    harness.delta("a")
+    assert summary(harness.done()) == [
+        ("done", "A", "a"),
+        ("open", 0),
+        ("append", 0, 64),
+        ("final", 0),
+    ]
+    harness.delta("b")
+    assert summary(harness.done()) == [
+        ("done", "B", "b"),
+        ("session.ended", None),
+        ("close", 1000),
+    ]
+
+
+def test_end_sends_the_final_commit_of_the_current_utterance() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.append("A", pcm_of(64))
+    assert summary(harness.send(End(SID, None))) == [("final", 0)]
+    assert summary(harness.done()) == [("done", "A", ""), ("session.ended", None), ("close", 1000)]
+
+
+def test_end_then_append_is_no_active_request() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.send(End(SID, None))
+    assert summary(harness.append("A", pcm_of(64))) == [("error", "A", "no_active_request")]
+
+
+def test_cancel_during_end_can_complete_the_wind_down() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.send(End(SID, None))
+    assert summary(harness.cancel("A")) == [
+        ("cancelled", "A", "client_request"),
+        ("reopen", 1),
+        ("session.ended", None),
+        ("close", 1000),
+    ]
+
+
+def test_second_end_is_harmless() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.send(End(SID, None))
+    assert harness.send(End(SID, None)) == []
+    assert summary(harness.done()) == [("done", "A", ""), ("session.ended", None), ("close", 1000)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "close"),
+    [
+        (WindDown.MAX_DURATION, "max_duration_reached", 4003),
+        (WindDown.SHUTDOWN, "shutting_down", 1001),
+    ],
+)
+def test_wind_down_finalizes_delivers_then_closes(reason: WindDown, code: str, close: int) -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.append("A", pcm_of(64))
+    actions = harness._keep(harness.session.wind_down(reason))
+    assert summary(actions) == [("final", 0)]
+    # No new utterances meanwhile; the reply names why.
+    assert summary(harness.commit("B")) == [("error", "B", code)]
+    assert summary(harness.delta("a")) == [("delta", "A", "a")]
+    assert summary(harness.done()) == [("done", "A", "a"), ("error", None, code), ("close", close)]
+
+
+@pytest.mark.parametrize(
+    ("reason", "code", "close"),
+    [
+        (WindDown.MAX_DURATION, "max_duration_reached", 4003),
+        (WindDown.SHUTDOWN, "shutting_down", 1001),
+        (WindDown.END, None, 1000),
+    ],
+)
+def test_wind_down_with_nothing_in_flight_closes_at_once(
+    reason: WindDown, code: str | None, close: int
+) -> None:
+    harness = Harness()
+    expected: list[tuple[Any, ...]] = (
+        [("session.ended", None)] if code is None else [("error", None, code)]
+    )
+    assert summary(harness.session.wind_down(reason)) == [*expected, ("close", close)]
+
+
+def test_wind_down_deadline_then_terminate() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.session.wind_down(WindDown.MAX_DURATION)
+    actions = harness.session.terminate(ErrorCode.MAX_DURATION_REACHED, 4003)
+    assert summary(actions) == [
+        ("error", "A", "max_duration_reached"),
+        ("error", None, "max_duration_reached"),
+        ("close", 4003),
+    ]
+
+
+def test_terminate_errors_every_utterance_then_closes() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    actions = harness.session.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
+    assert summary(actions) == [
+        ("error", "A", "idle_timeout"),
+        ("error", "B", "idle_timeout"),
+        ("error", None, "idle_timeout"),
+        ("close", 4000),
+    ]
+    assert harness.session.terminate(ErrorCode.IDLE_TIMEOUT, 4000) == []
+    assert harness.done(generation=0) == []
+
+
+def test_terminate_with_nothing_in_flight() -> None:
+    harness = Harness()
+    assert summary(harness.session.terminate(ErrorCode.SHUTTING_DOWN, 1001)) == [
+        ("error", None, "shutting_down"),
+        ("close", 1001),
+    ]
+
+
+def test_finalizing_flag() -> None:
+    harness = Harness()
+    assert not harness.session.finalizing
+    harness.commit("A")
+    assert not harness.session.finalizing
+    harness.commit("A", final=True)
+    assert harness.session.finalizing
+    harness.done()
+    assert not harness.session.finalizing
+
+
+# ====================================================================== inbound backlog
+
+
+def test_backlog_just_under_the_limit_is_fine() -> None:
+    harness = Harness(inbound_queue_max=4)
+    assert summary(harness.commit("A", backlog=3)) == [("open", 0)]
+    assert summary(harness.append("A", pcm_of(2), backlog=3)) == [("append", 0, 2)]
+
+
+def test_backlog_over_the_limit_closes_4004() -> None:
+    harness = Harness(inbound_queue_max=4)
+    harness.commit("A")
+    actions = harness.append("A", pcm_of(2), backlog=4)
+    assert summary(actions) == [
+        ("error", "A", "inbound_queue_full"),
+        ("error", None, "inbound_queue_full"),
+        ("close", 4004),
+    ]
+
+
+def test_held_audio_counts_toward_the_backlog() -> None:
+    harness = Harness(inbound_queue_max=4)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    for _ in range(4):
+        assert harness.append("B", pcm_of(2)) == []
+    assert harness.session.held_messages == 4
+    assert summary(harness.append("B", pcm_of(2))) == [
+        ("error", "A", "inbound_queue_full"),
+        ("error", "B", "inbound_queue_full"),
+        ("error", None, "inbound_queue_full"),
+        ("close", 4004),
+    ]
+
+
+def test_default_backlog_limit_is_256() -> None:
+    harness = Harness()
+    harness.commit("A", backlog=255)
+    assert not harness.session.closed
+    harness.append("A", pcm_of(2), backlog=256)
+    assert harness.session.closed
+    assert harness.log[-1] == CloseClient(4004)
+
+
+# ====================================================================== rate limits
+
+
+def test_message_rate_limit_refuses_with_details_and_drops() -> None:
+    harness = Harness(max_messages_per_window=3, message_window_s=10.0)
+    harness.commit("A")  # 1
+    harness.append("A", pcm_of(2))  # 2
+    harness.append("A", pcm_of(2))  # 3
+    actions = harness.append("A", pcm_of(2))
+    event = only_event(actions)
+    assert event["type"] == "error"
+    assert event["request_id"] == "A"
+    assert event["payload"]["code"] == "rate_limited"
+    details = event["payload"]["details"]
+    assert details["kind"] == "messages"
+    assert details["limit"] == 3
+    assert details["window_seconds"] == 10.0
+    assert 9.9 < details["retry_in"] <= 10.0
+    assert upstream(actions) == []
+    assert harness.session.open is not None
+    assert harness.session.open.audio_bytes == 4
+    # Once the window has passed, messages are accepted again.
+    harness.now += 10.0
+    assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
+
+
+def test_ping_and_end_are_not_rate_limited() -> None:
+    harness = Harness(max_messages_per_window=1, message_window_s=10.0)
+    harness.commit("A")
+    for _ in range(50):
+        assert summary(harness.send(Ping(SID, None, {}))) == [("pong", None)]
+    harness.raw('{"type":"ping","session_id":"s","payload":[]}')  # invalid ping: not counted
+    assert not harness.session.closed
+    assert summary(harness.send(End(SID, None))) == [("final", 0)]
+
+
+def test_every_other_message_counts_toward_the_limit() -> None:
+    for message in (
+        SessionUpdate(SID, None, MODEL),
+        Cancel(SID, "ghost", "x"),
+        Commit(SID, "ghost", True),
+        Append(SID, "ghost", "AAA=", 2),
+        parse_client_message("{bad json"),
+    ):
+        harness = Harness(max_messages_per_window=1, message_window_s=10.0)
+        harness.send(message)
+        event = only_event(harness.commit("A"))
+        assert event["payload"]["code"] == "rate_limited", message
+
+
+def test_repeated_refusals_close_4008() -> None:
+    harness = Harness(max_messages_per_window=1, message_window_s=60.0)
+    harness.commit("A")
+    for _ in range(32):
+        assert summary(harness.append("A", pcm_of(2))) == [("error", "A", "rate_limited")]
+    assert not harness.session.closed
+    assert summary(harness.append("A", pcm_of(2))) == [
+        ("error", "A", "rate_limited"),
+        ("error", None, "rate_limited"),
+        ("close", 4008),
+    ]
+
+
+def test_refusals_spread_over_time_do_not_close() -> None:
+    harness = Harness(max_messages_per_window=1, message_window_s=1.0)
+    harness.commit("A")
+    for _ in range(100):
+        harness.now += 0.5
+        harness.append("A", pcm_of(2))
+    assert not harness.session.closed
+
+
+def test_cancel_rate_limit() -> None:
+    harness = Harness(max_cancels_per_window=2, cancel_window_s=30.0)
+    for rid in ("a", "b"):
+        harness.commit(rid)
+        harness.cancel(rid)
+        harness.ready()
+    harness.commit("c")
+    actions = harness.cancel("c")
+    event = only_event(actions)
+    assert event["request_id"] == "c"
+    assert event["payload"]["code"] == "rate_limited"
+    assert event["payload"]["details"]["kind"] == "cancels"
+    assert event["payload"]["details"]["limit"] == 2
+    assert event["payload"]["details"]["window_seconds"] == 30.0
+    assert event["payload"]["details"]["retry_in"] > 0
+    # The refused cancel had no effect.
+    assert harness.session.open is not None
+    assert harness.session.open.request_id == "c"
+    harness.now += 31.0
+    assert summary(harness.cancel("c"))[0] == ("cancelled", "c", "client_request")
+
+
+# ====================================================================== rollover
+
+
+def test_segment_audio_limit_formula() -> None:
+    # frames = max_model_len - 33 - delay/80 - 12
+    assert segment_audio_limit(4096, 480) == (4096 - 33 - 6 - 12) * FRAME_BYTES
+    assert segment_audio_limit(131072, 2400) == (131072 - 33 - 30 - 12) * FRAME_BYTES
+    assert segment_audio_limit(128, 80) == (128 - 33 - 1 - 12) * FRAME_BYTES
+    assert segment_audio_limit(52, 480) == FRAME_BYTES
+    assert segment_audio_limit(51, 480) is None
+    assert segment_audio_limit(10, 480) is None
+    assert FRAME_BYTES == 2560
+
+
+def test_proactive_rollover_splits_the_crossing_chunk() -> None:
+    harness = Harness(segment_max_bytes=4000)
+    chunks = [pcm_of(2560, i) for i in range(4)]
+    harness.commit("R")
+    assert summary(harness.append("R", chunks[0])) == [("append", 0, 2560)]
+    # 2560 + 2560 > 4000: 1440 bytes fit, the segment ends with a final commit, the rest is held.
+    assert summary(harness.append("R", chunks[1])) == [("append", 0, 1440), ("final", 0)]
+    assert harness.append("R", chunks[2]) == []  # held while the segment ends
+    harness.delta("one")
+    # The segment's done is not the utterance's done: the next segment starts with held audio.
+    usage1 = {"prompt_tokens": 39, "completion_tokens": 3, "total_tokens": 42}
+    assert summary(harness.done(usage1)) == [
+        ("open", 0),
+        ("append", 0, 1120),
+        ("append", 0, 2560),
+    ]
+    # 3680 + 2560 > 4000 again: 320 bytes fit, the second segment ends.
+    assert summary(harness.append("R", chunks[3])) == [("append", 0, 320), ("final", 0)]
+    assert harness.commit("R", final=True) == []  # a final commit is already upstream
+    harness.delta("two")
+    usage2 = {"prompt_tokens": 39, "completion_tokens": 4, "total_tokens": 43}
+    assert summary(harness.done(usage2)) == [("open", 0), ("append", 0, 2240), ("final", 0)]
+    harness.delta("three")
+    usage3 = {"prompt_tokens": 39, "completion_tokens": 1, "total_tokens": 40}
+    done = only_event(harness.done(usage3))
+    assert done["request_id"] == "R"
+    assert done["payload"] == {
+        "text": "onetwothree",
+        "usage": {"prompt_tokens": 117, "completion_tokens": 8, "total_tokens": 125},
+        "audio_ms": 4 * 2560 // 32,
+    }
+    assert upstream_pcm(harness.log) == b"".join(chunks)
+    assert harness.session.rollovers == 2
+    # Every generation segment stayed within the limit.
+    assert _segments(harness.log) == [4000, 4000, 2240]
+
+
+def _segments(actions: list[Action]) -> list[int]:
+    """Bytes sent upstream per generation segment (open ... final)."""
+    sizes: list[int] = []
+    for item in summary(upstream(actions)):
+        if item[0] == "open":
+            sizes.append(0)
+        elif item[0] == "append":
+            sizes[-1] += item[2]
+    return sizes
+
+
+def test_rollover_when_a_chunk_fills_the_segment_exactly() -> None:
+    harness = Harness(segment_max_bytes=4096)
+    harness.commit("R")
+    assert summary(harness.append("R", pcm_of(4096))) == [("append", 0, 4096)]
+    # Nothing fits any more: the next chunk is held whole and the segment ends.
+    assert summary(harness.append("R", pcm_of(64, 3))) == [("final", 0)]
+    assert summary(harness.done()) == [("open", 0), ("append", 0, 64)]
+    assert upstream_pcm(harness.log) == pcm_of(4096) + pcm_of(64, 3)
+
+
+def test_rollover_with_a_chunk_spanning_several_segments() -> None:
+    harness = Harness(segment_max_bytes=1000)
+    pcm = pcm_of(3000, 9)
+    harness.commit("R")
+    harness.append("R", pcm)
+    harness.commit("R", final=True)
+    finished = []
+    for _ in range(10):
+        finished += [e for e in client_events(harness.done()) if e["type"] == "transcription.done"]
+        if finished:
+            break
+    assert len(finished) == 1
+    assert finished[0]["payload"]["audio_ms"] == 3000 // 32
+    assert upstream_pcm(harness.log) == pcm
+    assert _segments(harness.log) == [1000, 1000, 1000]
+
+
+def test_final_exactly_at_the_end_of_a_rolled_segment_needs_no_empty_generation() -> None:
+    harness = Harness(segment_max_bytes=1000)
+    harness.commit("R")
+    harness.append("R", pcm_of(1000))
+    harness.append("R", pcm_of(500))  # crosses: 0 fit, segment ends, 500 held
+    harness.commit("R", final=True)
+    assert summary(harness.done()) == [("open", 0), ("append", 0, 500), ("final", 0)]
+    assert [s[0] for s in summary(harness.done())] == ["done"]
+
+
+def test_queued_utterance_rolls_over_when_released() -> None:
+    harness = Harness(segment_max_bytes=2000)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    chunks = [pcm_of(1500, i) for i in range(3)]
+    for chunk in chunks:
+        harness.append("B", chunk)
+    harness.commit("B", final=True)
+    assert summary(harness.done()) == [
+        ("done", "A", ""),
+        ("open", 0),
+        ("append", 0, 1500),
+        ("append", 0, 500),
+        ("final", 0),
+    ]
+    harness.delta("x")
+    assert summary(harness.done()) == [
+        ("open", 0),
+        ("append", 0, 1000),
+        ("append", 0, 1000),
+        ("final", 0),
+    ]
+    harness.delta("y")
+    assert summary(harness.done()) == [("open", 0), ("append", 0, 500), ("final", 0)]
+    assert summary(harness.done()) == [("done", "B", "xy")]
+    assert upstream_pcm(harness.log) == b"".join(chunks)
+
+
+def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
+    harness = Harness()
+    harness.commit("R")
+    harness.append("R", pcm_of(640))
+    harness.delta("first")
+    # vLLM hit --max-model-len: done without any final commit.
+    actions = harness.done({"prompt_tokens": 39, "completion_tokens": 89, "total_tokens": 128})
+    assert summary(actions) == [("open", 0)]
+    assert summary(harness.append("R", pcm_of(640))) == [("append", 0, 640)]
+    harness.delta(" second")
+    harness.commit("R", final=True)
+    done = only_event(
+        harness.done({"prompt_tokens": 39, "completion_tokens": 2, "total_tokens": 41})
+    )
+    assert done["payload"] == {
+        "text": "first second",
+        "usage": {"prompt_tokens": 78, "completion_tokens": 91, "total_tokens": 169},
+        "audio_ms": 1280 // 32,
+    }
+    assert harness.session.rollovers == 1
+
+
+def test_reactive_rollover_keeps_audio_held_for_the_segment() -> None:
+    harness = Harness(segment_max_bytes=1000)
+    harness.commit("R")
+    harness.append("R", pcm_of(800))
+    harness.done()  # vLLM stopped early by itself
+    assert summary(harness.append("R", pcm_of(400, 5))) == [("append", 0, 400)]
+
+
+# ====================================================================== the invariant
+
+ENDING_CODES = {
+    "upstream_error",
+    "upstream_unavailable",
+    "inbound_queue_full",
+    "idle_timeout",
+    "internal_error",
+}
+# These also answer single messages; they end an utterance only when the connection closes.
+CLOSING_CODES = {"rate_limited", "max_duration_reached", "shutting_down"}
+
+
+class Checker:
+    """Runs every step of a session and checks what the protocol promises about utterances."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.session = harness.session
+        self.endings: dict[int, int] = {}
+        self.seen: list[Utterance] = []
+        self.ready_generations = {0} if harness.session.upstream_ready else set()
+        self.generation = harness.session.generation
+        self.closed_steps = 0
+
+    def step(self, run: Callable[[], list[Action]], *, readying: int | None = None) -> list[Action]:
+        session = self.session
+        before = {id(u): u for u in session.in_flight}
+        current = session.current
+        was_closed = session.closed
+        actions = run()
+        if was_closed:
+            assert actions == []
+            return actions
+        if readying is not None and readying == self.generation:
+            self.ready_generations.add(readying)
+        after = {id(u): u for u in session.in_flight}
+        for key, utterance in after.items():
+            if key not in self.endings:
+                self.endings[key] = 0
+                self.seen.append(utterance)
+        ended = [u for key, u in before.items() if key not in after]
+        closes = [a for a in actions if isinstance(a, CloseClient)]
+        assert len(closes) <= 1
+        if closes:
+            assert actions[-1] is closes[0]
+            assert session.closed
+            assert after == {}
+        else:
+            assert not session.closed
+
+        def ending(event: dict[str, Any]) -> bool:
+            if event["request_id"] is None:
+                return False
+            if event["type"] in ("transcription.done", "cancelled"):
+                return True
+            if event["type"] != "error":
+                return False
+            code = event["payload"]["code"]
+            return code in ENDING_CODES or (bool(closes) and code in CLOSING_CODES)
+
+        events = client_events(actions)
+        endings = Counter(e["request_id"] for e in events if ending(e))
+        ended_ids = Counter(u.request_id for u in ended)
+        # Every utterance that left the line got exactly one ending, and nothing else did.
+        assert endings == ended_ids, (summary(actions), [u.request_id for u in ended])
+        for utterance in ended:
+            self.endings[id(utterance)] += 1
+            assert self.endings[id(utterance)] == 1
+        for event in events:
+            assert isinstance(event["session_id"], str)
+            if event["type"] == "transcription.delta":
+                # Deltas only for the utterance running upstream, which has not ended.
+                assert current is not None
+                assert event["request_id"] == current.request_id
+                assert id(current) in after
+                assert event["payload"]["delta"] != ""
+            if event["type"] in ("transcription.done", "cancelled"):
+                assert event["request_id"] in ended_ids
+        for action in actions:
+            if isinstance(action, OpenUpstream):
+                assert action.generation == self.generation + 1
+                self.generation = action.generation
+            elif isinstance(action, SendUpstream):
+                assert action.generation == self.generation
+                assert self.generation in self.ready_generations
+        if closes:
+            # The connection-level error (or session.ended) directly precedes the close.
+            last = client_events(actions)[-1]
+            assert last["request_id"] is None
+            assert last["type"] in ("error", "session.ended")
+            self.closed_steps += 1
+        # The outcome counters agree with what the client saw.
+        assert session.utterances_started == len(self.seen)
+        assert (
+            session.utterances_done + session.utterances_cancelled + session.utterances_errored
+            == sum(self.endings.values())
+        )
+        return actions
+
+    def finish(self) -> None:
+        if not self.session.closed:
+            self.step(lambda: self.session.terminate(ErrorCode.INTERNAL_ERROR, 1011))
+        assert self.session.in_flight == []
+        assert all(count == 1 for count in self.endings.values())
+
+
+RIDS = ["a", "b", "c", "d"]
+chaos_ops = st.one_of(
+    st.tuples(st.just("commit"), st.sampled_from(RIDS), st.booleans()),
+    st.tuples(st.just("append"), st.sampled_from(RIDS), st.sampled_from([2, 4, 6, 64])),
+    st.tuples(st.just("cancel"), st.sampled_from(RIDS), st.sampled_from(["client_request", "x"])),
+    st.tuples(
+        st.just("client"), st.sampled_from(["ping", "update", "bad_model", "invalid", "end"])
+    ),
+    st.tuples(st.just("delta"), st.sampled_from(["", "w", " v"]), st.sampled_from([0, 0, 0, -1])),
+    st.tuples(st.just("done"), st.sampled_from([0, 0, 0, -1])),
+    st.tuples(st.just("uerror"), st.sampled_from([0, -1])),
+    st.tuples(st.just("ready"), st.sampled_from([0, 0, 0, -1])),
+    st.tuples(st.just("lost"), st.sampled_from([-1, -1, 0])),
+    st.tuples(st.just("stall"), st.sampled_from([0, -1])),
+    st.tuples(st.just("wind"), st.sampled_from(list(WindDown))),
+    st.tuples(
+        st.just("terminate"), st.sampled_from([ErrorCode.IDLE_TIMEOUT, ErrorCode.SHUTTING_DOWN])
+    ),
+    st.tuples(st.just("tick"), st.sampled_from([0.5, 3.0, 10.0])),
+    st.tuples(st.just("backlog"), st.sampled_from(RIDS)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(chaos_ops, max_size=80),
+    segment_max_bytes=st.sampled_from([None, 4, 10]),
+    start_ready=st.booleans(),
+)
+def test_random_sequences_keep_the_utterance_invariants(
+    ops: list[tuple[Any, ...]], segment_max_bytes: int | None, start_ready: bool
+) -> None:
+    harness = Harness(
+        segment_max_bytes=segment_max_bytes,
+        ready=start_ready,
+        inbound_queue_max=6,
+        max_messages_per_window=25,
+        message_window_s=5.0,
+        max_cancels_per_window=3,
+        cancel_window_s=5.0,
+    )
+    checker = Checker(harness)
+    session = harness.session
+    for op in ops:
+        kind = op[0]
+        gen = session.generation
+        if kind == "commit":
+            checker.step(lambda op=op: harness.commit(op[1], final=op[2]))
+        elif kind == "append":
+            checker.step(lambda op=op: harness.append(op[1], pcm_of(op[2])))
+        elif kind == "cancel":
+            checker.step(lambda op=op: harness.cancel(op[1], op[2]))
+        elif kind == "client":
+            message: ClientMessage | EnvelopeError = {
+                "ping": Ping(SID, None, {}),
+                "update": SessionUpdate(SID, "u", MODEL),
+                "bad_model": SessionUpdate(SID, "u", "other"),
+                "invalid": parse_client_message("[]"),
+                "end": End(SID, None),
+            }[op[1]]
+            checker.step(lambda message=message: harness.send(message))
+        elif kind == "delta":
+            checker.step(lambda op=op, gen=gen: harness.delta(op[1], generation=gen + op[2]))
+        elif kind == "done":
+            checker.step(lambda op=op, gen=gen: harness.done(generation=gen + op[1]))
+        elif kind == "uerror":
+            checker.step(lambda op=op, gen=gen: harness.upstream_error(generation=gen + op[1]))
+        elif kind == "ready":
+            checker.step(
+                lambda op=op, gen=gen: harness.ready(generation=gen + op[1]), readying=gen + op[1]
+            )
+        elif kind == "stall":
+            checker.step(
+                lambda op=op, gen=gen: harness._keep(session.on_upstream_stalled(gen + op[1]))
+            )
+        elif kind == "lost":
+            checker.step(lambda op=op, gen=gen: harness.lost(generation=gen + op[1]))
+        elif kind == "wind":
+            checker.step(lambda op=op: harness._keep(session.wind_down(op[1])))
+        elif kind == "terminate":
+            checker.step(lambda op=op: harness._keep(session.terminate(op[1], 4000)))
+        elif kind == "tick":
+            harness.now += op[1]
+        else:
+            checker.step(lambda op=op: harness.append(op[1], pcm_of(2), backlog=6))
+    checker.finish()
+
+
+# ====================================================================== faithful upstream
+
+
+class FakeGeneration:
+    """One upstream connection, behaving like vLLM: one generation at a time, a delta per audio
+    chunk (its hex, so the transcript spells the audio), an empty delta now and then, and
+    ``done`` after a final commit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.active = False
+        self.segment = 0
+        self.outbox: list[dict[str, Any]] = []
+        self.completion = 0
+
+    def receive(self, text: str) -> None:
+        message = json.loads(text)
+        if message["type"] == "input_audio_buffer.commit" and not message["final"]:
+            assert not self.active, "a new generation was opened while one runs"
+            self.active, self.segment, self.completion = True, 0, 0
+        elif message["type"] == "input_audio_buffer.append":
+            assert set(message) == {"type", "audio"}
+            assert self.active, "audio sent outside a generation"
+            pcm = base64.b64decode(message["audio"], validate=True)
+            assert pcm
+            assert len(pcm) % 2 == 0
+            self.segment += len(pcm)
+            if self.limit is not None:
+                assert self.segment <= self.limit
+            self.completion += 2
+            self.outbox.append({"type": "transcription.delta", "delta": ""})
+            self.outbox.append({"type": "transcription.delta", "delta": pcm.hex()})
+        else:
+            assert message == {"type": "input_audio_buffer.commit", "final": True}
+            assert self.active, "final commit without a generation"
+            self.active = False
+            usage = {"prompt_tokens": 39, "completion_tokens": self.completion}
+            usage["total_tokens"] = 39 + self.completion
+            self.outbox.append({"type": "transcription.done", "text": "", "usage": usage})
+
+
+faithful_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), st.just(b"")),
+        st.tuples(st.just("append"), st.binary(min_size=1, max_size=7)),
+        st.tuples(st.just("final"), st.just(b"")),
+        st.tuples(st.just("cancel"), st.binary(min_size=1, max_size=1)),
+        st.tuples(st.just("deliver"), st.just(b"")),
+        st.tuples(st.just("deliver"), st.just(b"")),
+        st.tuples(st.just("stale"), st.just(b"")),
+        st.tuples(st.just("ready"), st.just(b"")),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=faithful_ops, segment_max_bytes=st.sampled_from([None, 4, 6, 10, 2560]))
+def test_with_a_faithful_upstream_every_done_spells_exactly_its_audio(
+    ops: list[tuple[str, bytes]], segment_max_bytes: int | None
+) -> None:
+    harness = Harness(segment_max_bytes=segment_max_bytes, ready=False)
+    checker = Checker(harness)
+    session = harness.session
+    fakes = {0: FakeGeneration(segment_max_bytes)}
+    readied: set[int] = set()
+    sent_pcm: dict[str, bytes] = {}
+    opened: list[str] = []
+    cancelled: set[str] = set()
+
+    def run(actions: list[Action]) -> list[Action]:
+        for action in actions:
+            if isinstance(action, OpenUpstream):
+                fakes[action.generation] = FakeGeneration(segment_max_bytes)
+            elif isinstance(action, SendUpstream):
+                fakes[action.generation].receive(action.text)
+        for event in client_events(actions):
+            if event["type"] == "cancelled":
+                cancelled.add(event["request_id"])
+        return actions
+
+    def ready() -> None:
+        gen = session.generation
+        if gen not in readied:
+            readied.add(gen)
+            run(checker.step(lambda: harness.ready(gen), readying=gen))
+
+    def deliver(gen: int) -> bool:
+        outbox = fakes[gen].outbox
+        if not outbox:
+            return False
+        event = outbox.pop(0)
+        run(checker.step(lambda: harness.event(event, gen)))
+        return True
+
+    for kind, data in ops:
+        if kind == "open":
+            rid = f"u{len(opened)}"
+            opened.append(rid)
+            sent_pcm[rid] = b""
+            run(checker.step(lambda rid=rid: harness.commit(rid)))
+        elif kind == "append" and session.open is not None:
+            rid = session.open.request_id
+            pcm = data if len(data) % 2 == 0 else data + b"\x00"
+            sent_pcm[rid] += pcm
+            run(checker.step(lambda rid=rid, pcm=pcm: harness.append(rid, pcm)))
+        elif kind == "final" and session.open is not None:
+            rid = session.open.request_id
+            run(checker.step(lambda rid=rid: harness.commit(rid, final=True)))
+        elif kind == "cancel" and opened:
+            rid = opened[data[0] % len(opened)]
+            run(checker.step(lambda rid=rid: harness.cancel(rid)))
+        elif kind == "deliver":
+            deliver(session.generation)
+        elif kind == "stale" and session.generation > 0:
+            deliver(session.generation - 1)
+        elif kind == "ready":
+            ready()
+
+    # Finish: close the open utterance and let the upstream answer everything.
+    if session.open is not None:
+        rid = session.open.request_id
+        run(checker.step(lambda rid=rid: harness.commit(rid, final=True)))
+    for _ in range(10_000):
+        ready()
+        if not deliver(session.generation):
+            break
+    assert session.in_flight == []
+    assert not session.closed
+
+    dones = [e for e in client_events(harness.log) if e["type"] == "transcription.done"]
+    finished = [e["request_id"] for e in dones]
+    # Every utterance ended in done or cancelled, and the dones came in opening order.
+    assert sorted(finished + sorted(cancelled)) == sorted(opened)
+    assert finished == [rid for rid in opened if rid in finished]
+    for event in dones:
+        rid = event["request_id"]
+        # The transcript spells the audio: every byte reached vLLM once, in order, across
+        # however many segments the utterance took.
+        assert event["payload"]["text"] == sent_pcm[rid].hex()
+        assert event["payload"]["audio_ms"] == len(sent_pcm[rid]) // 32
+        usage = event["payload"]["usage"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    checker.finish()
