@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 sync_env
+# Headless Chromium for the browser demo test (Debian's package; needs root when missing).
+scripts/ensure_chromium.sh
 VOXTRAL_VLLM_CPU_ENV="${VOXTRAL_VLLM_CPU_ENV:-$(scripts/cpu_vllm_env.sh)}"
 export VOXTRAL_VLLM_CPU_ENV
 exec .venv/bin/python -m pytest "$@"

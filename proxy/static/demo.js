@@ -195,6 +195,12 @@ function endedEarly(/** @type {VoxtralClient} */ c, /** @type {Utterance} */ u, 
 // -- microphone --------------------------------------------------------------------------------
 
 async function startCapture(/** @type {(pcm: ArrayBuffer) => void} */ onChunk) {
+  if (!window.isSecureContext || !navigator.mediaDevices || !window.AudioWorkletNode) {
+    throw new Error(
+      "browsers give the microphone only to secure pages: open this page over https, " +
+        "or as http://localhost",
+    );
+  }
   // The model wants the voice as the microphone hears it: the browser's voice processing
   // (echo cancellation, noise suppression, gain control) is tuned for calls and only costs
   // accuracy here.
@@ -206,26 +212,37 @@ async function startCapture(/** @type {(pcm: ArrayBuffer) => void} */ onChunk) {
       autoGainControl: false,
     },
   });
-  if (!audioContext) {
-    audioContext = new AudioContext();
-    await audioContext.audioWorklet.addModule(new URL("pcm-worklet.js", import.meta.url));
+  try {
+    if (!audioContext) {
+      const context = new AudioContext();
+      try {
+        await context.audioWorklet.addModule(new URL("pcm-worklet.js", import.meta.url));
+      } catch (err) {
+        void context.close();
+        throw err;
+      }
+      audioContext = context;
+    }
+    await audioContext.resume();
+    const source = audioContext.createMediaStreamSource(stream);
+    const node = new AudioWorkletNode(audioContext, "pcm-resampler", {
+      numberOfInputs: 1,
+      numberOfOutputs: 1,
+      channelCountMode: "explicit",
+      channelCount: 1,
+    });
+    // A silent path to the destination keeps the node pulled by the audio graph.
+    const sink = audioContext.createGain();
+    sink.gain.value = 0;
+    source.connect(node).connect(sink).connect(audioContext.destination);
+    node.port.onmessage = (event) => {
+      if (event.data.type === "chunk") onChunk(event.data.pcm);
+    };
+    capture = { stream, source, node, sink };
+  } catch (err) {
+    for (const track of stream.getTracks()) track.stop();
+    throw err;
   }
-  await audioContext.resume();
-  const source = audioContext.createMediaStreamSource(stream);
-  const node = new AudioWorkletNode(audioContext, "pcm-resampler", {
-    numberOfInputs: 1,
-    numberOfOutputs: 1,
-    channelCountMode: "explicit",
-    channelCount: 1,
-  });
-  // A silent path to the destination keeps the node pulled by the audio graph.
-  const sink = audioContext.createGain();
-  sink.gain.value = 0;
-  source.connect(node).connect(sink).connect(audioContext.destination);
-  node.port.onmessage = (event) => {
-    if (event.data.type === "chunk") onChunk(event.data.pcm);
-  };
-  capture = { stream, source, node, sink };
 }
 
 /** Flushes the resampler (its last samples arrive as chunks) and releases the microphone. */
@@ -291,6 +308,7 @@ async function start() {
   utterances.set(u.requestId, u);
   current = u;
   setLive("", "listening…");
+  logLine(`utterance #${u.number} opened  ${u.requestId}`);
   setStatus("recording", "recording");
   setButtons("recording");
 }
@@ -308,6 +326,7 @@ async function stop() {
   }
   u.finalAt = performance.now();
   const ending = c.finish();
+  logLine(`utterance #${u.number} final commit`);
   renderRow(u, "finalizing");
   setStatus("connected");
   setButtons("idle");
