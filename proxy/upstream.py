@@ -33,6 +33,7 @@ async def open_upstream(url: str, model: str) -> ClientConnection:
                 max_size=16 * 1024 * 1024,
                 open_timeout=None,
                 ping_interval=None,  # vLLM's uvicorn pings us; we answer automatically
+                close_timeout=1.0,  # a hung vLLM must not hold up our teardown
             )
             try:
                 greeting = orjson.loads(await connection.recv())

@@ -1,0 +1,225 @@
+"""The tools as users run them (`python -m clients.<tool>`), against the real proxy and the fake."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from clients.audio import load_pcm
+from clients.cli import sample
+from clients.report import CSV_COLUMNS, STAT_METRICS
+from clients.stats import STAT_KEYS
+from tests.clients.conftest import run_tool
+from tests.fake_vllm import FakeVllm, predict_text
+from tests.harness import RunningProxy, serve_proxy
+
+LEVEL_KEYS = {
+    "concurrency",
+    "n",
+    "ok",
+    "capacity_refusals",
+    "errors",
+    "error_codes",
+    "wall_s",
+    "audio_s",
+    "throughput_x",
+    "utterances_per_s",
+    "wer_mean",
+    "utterances",
+    *STAT_METRICS,
+}
+UTTERANCE_KEYS = {
+    "status",
+    "error_code",
+    "error",
+    "connect_ms",
+    "ttfw_ms",
+    "finalize_ms",
+    "rtf",
+    "audio_s",
+    "wer",
+}
+
+
+async def test_warmup_prints_the_predicted_text(proxy: RunningProxy) -> None:
+    run = await run_tool(
+        "warmup",
+        "--server",
+        proxy.ws_url,
+        "--file",
+        str(sample("short.wav")),
+        "--no-pace",
+        api_key=proxy.api_key,
+    )
+    assert run.returncode == 0, run.stderr
+    expected = predict_text(load_pcm(sample("short.wav"))).strip()
+    assert expected
+    lines = dict(line.split(maxsplit=1) for line in run.stdout.splitlines() if " " in line)
+    assert lines["text"] == expected
+    assert lines["status"] == "done"
+    for label in ("ttfw", "finalize", "rtf", "wer"):
+        assert lines[label] != "-"
+
+
+async def test_warmup_json_and_default_file(proxy: RunningProxy) -> None:
+    run = await run_tool(
+        "warmup", "--server", proxy.ws_url, "--speed", "50", "--json", api_key=proxy.api_key
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["file"].endswith("mid.wav")
+    assert report["text"] == predict_text(load_pcm(sample("mid.wav")))
+    assert report["audio_s"] == 11.0
+    assert report["chunks"] == 138
+    assert report["ttfw_ms"] is not None
+    assert report["finalize_ms"] is not None
+    assert report["wer"] >= 0
+
+
+async def test_remote_uses_the_given_scheme_and_key(proxy: RunningProxy) -> None:
+    run = await run_tool(
+        "remote",
+        "--server",
+        proxy.ws_url,
+        "--file",
+        str(sample("short.wav")),
+        "--no-pace",
+        "--json",
+        api_key=proxy.api_key,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["text"] == predict_text(load_pcm(sample("short.wav")))
+
+    bad_key = "k-7z9q-not-valid"
+    refused = await run_tool("remote", "--server", proxy.ws_url, "--no-pace", api_key=bad_key)
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert "unauthorized" in refused.stderr
+    assert "(close 4001)" in refused.stderr
+    assert bad_key not in refused.stderr
+
+
+async def test_convo_gets_both_dones_in_order(proxy: RunningProxy) -> None:
+    files = [sample("mid.wav"), sample("short.wav")]
+    run = await run_tool(
+        "convo",
+        "--server",
+        proxy.ws_url,
+        "--file",
+        str(files[0]),
+        "--file",
+        str(files[1]),
+        "--pause",
+        "0.2",
+        "--no-pace",
+        "--json",
+        api_key=proxy.api_key,
+    )
+    assert run.returncode == 0, run.stderr
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["request_id"] for r in results] == ["convo-1", "convo-2"]
+    assert [r["status"] for r in results] == ["done", "done"]
+    assert [r["text"] for r in results] == [predict_text(load_pcm(f)) for f in files]
+
+
+async def test_idle_sees_4000(fake: FakeVllm) -> None:
+    async with serve_proxy(fake.url, idle_timeout_s=1.0) as proxy:
+        run = await run_tool(
+            "idle", "--server", proxy.ws_url, "--grace", "5", api_key=proxy.api_key
+        )
+    assert run.returncode == 0, run.stderr
+    assert "closed 4000 (idle_timeout)" in run.stdout
+
+
+async def test_idle_fails_when_the_server_has_no_idle_timeout(fake: FakeVllm) -> None:
+    async with serve_proxy(fake.url, idle_timeout_s=0.0) as proxy:
+        run = await run_tool("idle", "--server", proxy.ws_url, api_key=proxy.api_key)
+    assert run.returncode == 1
+    assert "no idle timeout" in run.stderr
+
+
+def _read_outputs(out_dir: Path, name: str) -> tuple[dict[str, Any], list[dict[str, str]], bytes]:
+    document = json.loads((out_dir / f"{name}.json").read_text())
+    with (out_dir / f"{name}.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return document, rows, (out_dir / f"{name}.png").read_bytes()
+
+
+async def test_bench_sweep_writes_json_csv_png(proxy: RunningProxy, tmp_path: Path) -> None:
+    run = await run_tool(
+        "bench",
+        "--server",
+        proxy.ws_url,
+        "--file",
+        str(sample("short.wav")),
+        "--sweep",
+        "1,3",
+        "--no-pace",
+        "--stagger",
+        "0",
+        "--settle",
+        "0.2",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "tiny",
+        "--quiet",
+        api_key=proxy.api_key,
+    )
+    assert run.returncode == 0, run.stderr
+    document, rows, png = _read_outputs(tmp_path, "tiny")
+
+    assert {"tool", "schema", "server", "file", "audio_s", "pacing", "levels"} <= document.keys()
+    levels = document["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 3]
+    for level in levels:
+        assert level.keys() >= LEVEL_KEYS
+        assert (level["ok"], level["capacity_refusals"], level["errors"]) == (level["n"], 0, 0)
+        for metric in STAT_METRICS:
+            assert set(level[metric]) == set(STAT_KEYS)
+            assert all(level[metric][key] is not None for key in STAT_KEYS)
+        assert level["throughput_x"] > 0
+        assert level["wer_mean"] is not None  # short.wav has a reference transcript
+        assert len(level["utterances"]) == level["n"]
+        assert all(u.keys() >= UTTERANCE_KEYS for u in level["utterances"])
+
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [row["concurrency"] for row in rows] == ["1", "3"]
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    table = run.stdout.splitlines()
+    assert any(line.split()[:3] == ["3", "3", "3"] for line in table)
+    assert f"wrote {tmp_path / 'tiny.png'}" in run.stdout
+
+
+async def test_bench_counts_capacity_refusals_apart(fake: FakeVllm, tmp_path: Path) -> None:
+    async with serve_proxy(fake.url, max_connections=1) as proxy:
+        run = await run_tool(
+            "bench",
+            "--server",
+            proxy.ws_url,
+            "--file",
+            str(sample("short.wav")),
+            "--concurrency",
+            "3",
+            "--speed",
+            "2",  # each session lasts about 3 s: the other two arrive while it holds the slot
+            "--stagger",
+            "0",
+            "--settle",
+            "0.5",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "cap",
+            "--quiet",
+            api_key=proxy.api_key,
+        )
+    assert run.returncode == 0, run.stderr
+    (level,) = json.loads((tmp_path / "cap.json").read_text())["levels"]
+    assert level["errors"] == 0
+    assert level["capacity_refusals"] >= 1
+    assert level["ok"] + level["capacity_refusals"] == 3
+    refused = [u for u in level["utterances"] if u["status"] == "refused"]
+    assert all(u["error_code"] == "server_at_capacity" for u in refused)
