@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ruff check, ruff format --check and mypy (strict) over the project; --fix applies ruff's fixes first.
+# ruff check, ruff format --check, mypy (strict) and shellcheck; --fix applies ruff's fixes first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -12,3 +12,4 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/shellcheck -x scripts/*.sh .ci/run .githooks/pre-commit
