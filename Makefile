@@ -37,4 +37,8 @@ remote: env  ## warmup against a remote host (wss, longer timeouts)
 	@$(PY) -m clients.remote --server $(SERVER)
 
 bench: env  ## concurrency sweep against SERVER, with table, JSON and chart
-	@$(PY) -m clients.bench --server $(SERVER) --sweep $(or $(CONCURRENCY),8,32,64,100)
+	@$(PY) -m clients.bench --server $(SERVER) --sweep "$${CONCURRENCY:-8,32,64,100}"
+
+bench-proxy: STREAMS ?= 100,300,600
+bench-proxy: env  ## proxy overhead: the same load direct to a fake vLLM and through the proxy
+	@$(PY) -m clients.bench_proxy --streams $(STREAMS) $(BENCH_PROXY_ARGS)

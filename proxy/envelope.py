@@ -273,6 +273,11 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
             )
         return SessionUpdate(session_id, request_id, model)
     if kind == "ping":
+        try:
+            orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            # orjson reads deeper nesting than it writes: refuse what could not be echoed.
+            return refuse(ErrorCode.INVALID_MESSAGE, "The ping payload is nested too deeply.")
         return Ping(session_id, request_id, payload)
     return End(session_id, request_id)
 

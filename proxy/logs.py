@@ -9,6 +9,9 @@ import structlog
 
 from proxy.auth import redact_keys
 
+# How the websockets library starts its debug lines about frames, headers and state.
+_FRAME_DUMP_PREFIXES = ("< ", "> ", "= ", "% ", "x ", "! ", "? ")
+
 
 class RedactKeys(logging.Filter):
     """Scrubs keys from every stdlib record (uvicorn logs WebSocket paths with their query
@@ -20,6 +23,9 @@ class RedactKeys(logging.Filter):
         self.keys = keys
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG and str(record.msg).startswith(_FRAME_DUMP_PREFIXES):
+            # The WebSocket layer's frame and header dumps carry audio, transcripts and keys.
+            return False
         if isinstance(record.msg, str) or record.args:
             record.msg = redact_keys(record.getMessage(), self.keys)
             record.args = None

@@ -52,6 +52,8 @@ log = structlog.get_logger("proxy.relay")
 
 # A client whose socket accepts nothing for this long is treated as gone.
 CLIENT_WRITE_TIMEOUT_S = 15.0
+# Closing a client that stopped reading must not hold its slot for long.
+CLIENT_CLOSE_TIMEOUT_S = 2.0
 
 _BINARY_REFUSAL = EnvelopeError(
     ErrorCode.INVALID_MESSAGE,
@@ -85,7 +87,14 @@ class Relay:
         self.upstream_owes_since: float | None = None
         self._audio_since_event = 0
         self._owed_audio = (config.transcription_delay_ms // 80 + 2) * FRAME_BYTES
+        # vLLM's events wait (in its socket) while the client has this many unsent events, so a
+        # burst after a stall cannot overflow a client that reads; the hard bound is for clients
+        # that stop reading altogether.
+        self._outbound_resume_at = config.outbound_queue_max // 2
         self.done = asyncio.Event()
+        self.client_gone = False
+        # Set by the writer when the outbound queue has room again (upstream backpressure).
+        self.outbound_room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes_seen: dict[str, int] = {}
         self.telemetry = UtteranceTelemetry(metrics, log_transcripts=config.log_transcripts)
@@ -99,10 +108,13 @@ class Relay:
         timers = (self._idle_timer(), self._duration_timer(), self._upstream_watchdog())
         for coroutine in (self._forward(), *timers):
             self._spawn(coroutine)
-        receiver = asyncio.create_task(self._receive())
+        receiver = asyncio.create_task(self._guarded(self._receive()))
         writer = asyncio.create_task(self._write())
         try:
             await asyncio.wait({receiver, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if not self.client_gone and not writer.done():
+                # The receiver failed: let the writer deliver the error and the close.
+                await asyncio.wait({writer}, timeout=CLIENT_WRITE_TIMEOUT_S)
         finally:
             for task in (receiver, writer, *self._tasks):
                 task.cancel()
@@ -177,6 +189,7 @@ class Relay:
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
+                self.client_gone = True
                 return
             text = message.get("text")
             if text is None:
@@ -205,7 +218,8 @@ class Relay:
             item = await self.outbound.get()
             if isinstance(item, CloseClient):
                 with contextlib.suppress(Exception):
-                    await self.websocket.close(item.code)
+                    async with asyncio.timeout(CLIENT_CLOSE_TIMEOUT_S):
+                        await self.websocket.close(item.code)
                 return
             try:
                 async with asyncio.timeout(CLIENT_WRITE_TIMEOUT_S):
@@ -213,6 +227,8 @@ class Relay:
             except TimeoutError:
                 log.warning("client_write_stalled", session_id=self.session.session_id)
                 return
+            if self.outbound.qsize() <= self._outbound_resume_at:
+                self.outbound_room.set()
 
     # ------------------------------------------------------------------ upstream side
 
@@ -253,6 +269,9 @@ class Relay:
                 if isinstance(event, dict):
                     self._note_upstream_event()
                     self.apply(self.session.on_upstream_event(generation, event))
+                while self.outbound.qsize() > self._outbound_resume_at:
+                    self.outbound_room.clear()
+                    await self.outbound_room.wait()
         except ConnectionClosed:
             pass
         self.apply(self.session.on_upstream_lost(generation))

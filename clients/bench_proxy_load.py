@@ -1,0 +1,263 @@
+"""The load generator of ``clients.bench_proxy``: one OS process drives a share of the streams.
+
+Each stream is one WebSocket carrying one utterance at real-time pace (one 80 ms frame per
+message), either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol
+through the proxy (``proxy``). A worker connects all its streams first, tells the parent, waits
+for the common start time, streams, and sends back every send and receive timestamp together
+with its own CPU time, so the parent can tell whether the generator kept up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from typing import Any, Literal
+
+import orjson
+import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+Mode = Literal["direct", "proxy"]
+CHUNK_S = 0.080
+CLOSE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    index: int
+    first_chunk: int  # where this stream's audio starts in the clip (wrapping around)
+    chunks: int
+    start_offset_s: float  # after the common start time
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    worker: int
+    mode: Mode
+    url: str
+    api_key: str | None
+    model: str
+    clip_b64: tuple[str, ...]  # base64 of each 80 ms frame of the clip
+    streams: tuple[StreamPlan, ...]
+    compression: str | None
+    connect_timeout_s: float
+    done_timeout_s: float
+    go_timeout_s: float
+    connect_parallelism: int = 32
+
+
+@dataclass(slots=True)
+class StreamResult:
+    index: int
+    connected: bool = False
+    # Per message index (the appends, then the final commit): when it was due and when sent.
+    scheduled: list[float] = field(default_factory=list)
+    send_times: list[float] = field(default_factory=list)
+    deltas: list[str] = field(default_factory=list)
+    delta_times: list[float] = field(default_factory=list)
+    done_text: str | None = None
+    done_time: float | None = None
+    errors: list[str] = field(default_factory=list)
+    failure: str | None = None
+    extensions: str = ""
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    worker: int
+    streams: list[StreamResult]
+    cpu_s: float = 0.0  # this process's CPU over the streaming window
+    wall_s: float = 0.0
+    connect_cpu_s: float = 0.0
+    crashed: str | None = None
+
+
+class _Stream:
+    def __init__(self, plan: WorkerPlan, stream: StreamPlan) -> None:
+        self.plan = plan
+        self.stream = stream
+        self.result = StreamResult(stream.index)
+        self.ws: ClientConnection | None = None
+        self.session_id = f"bench-{stream.index}"
+        self.request_id = f"utt-{stream.index}"
+        if plan.mode == "proxy":
+            head = (
+                f'{{"type":"input_audio_buffer.append","session_id":"{self.session_id}",'
+                f'"request_id":"{self.request_id}","payload":{{"audio":"'
+            )
+            self.append_parts = (head, '"}}')
+            envelope = {"session_id": self.session_id, "request_id": self.request_id}
+            self.opening = [
+                _json(
+                    {"type": "input_audio_buffer.commit", **envelope, "payload": {"final": False}}
+                )
+            ]
+            self.final = _json(
+                {"type": "input_audio_buffer.commit", **envelope, "payload": {"final": True}}
+            )
+        else:
+            self.append_parts = ('{"type":"input_audio_buffer.append","audio":"', '"}')
+            self.opening = [
+                _json({"type": "session.update", "model": plan.model}),
+                _json({"type": "input_audio_buffer.commit", "final": False}),
+            ]
+            self.final = _json({"type": "input_audio_buffer.commit", "final": True})
+
+    def message(self, chunk: int) -> str:
+        clip = self.plan.clip_b64
+        head, tail = self.append_parts
+        return head + clip[(self.stream.first_chunk + chunk) % len(clip)] + tail
+
+    async def connect(self, gate: asyncio.Semaphore) -> None:
+        plan = self.plan
+        url = plan.url
+        headers: dict[str, str] = {}
+        if plan.mode == "proxy":
+            url = f"{url}?session_id={self.session_id}"
+            if plan.api_key:
+                headers["X-API-Key"] = plan.api_key
+        async with gate:
+            try:
+                async with asyncio.timeout(plan.connect_timeout_s):
+                    ws = await connect(
+                        url,
+                        additional_headers=headers,
+                        compression=plan.compression,
+                        max_size=16 * 1024 * 1024,
+                        open_timeout=None,
+                        ping_interval=None,
+                        close_timeout=CLOSE_TIMEOUT_S,
+                        proxy=None,
+                    )
+                    greeting = orjson.loads(await ws.recv())
+            except (OSError, TimeoutError, WebSocketException, orjson.JSONDecodeError) as exc:
+                self.result.failure = f"connect: {type(exc).__name__}: {exc}"[:200]
+                return
+        if not isinstance(greeting, dict) or greeting.get("type") != "session.created":
+            self.result.failure = f"connect: no session.created ({str(greeting)[:100]})"
+            await ws.close()
+            return
+        self.ws = ws
+        self.result.connected = True
+        self.result.extensions = ",".join(str(ext.name) for ext in ws.protocol.extensions)
+
+    async def run(self, start: float) -> None:
+        ws, result = self.ws, self.result
+        assert ws is not None
+        receiver = asyncio.create_task(self._receive(ws))
+        chunks = self.stream.chunks
+        result.scheduled = [math.nan] * (chunks + 1)
+        result.send_times = [math.nan] * (chunks + 1)
+        try:
+            await _sleep_until(start)
+            for text in self.opening:
+                await ws.send(text)
+            for index in range(chunks + 1):
+                # The final commit follows the last frame at once, as a live client's would.
+                due = start + CHUNK_S * min(index, chunks - 1)
+                await _sleep_until(due)
+                result.scheduled[index] = due
+                result.send_times[index] = time.monotonic()
+                await ws.send(self.message(index) if index < chunks else self.final)
+        except ConnectionClosed as exc:
+            result.failure = f"closed while sending: {exc.rcvd.code if exc.rcvd else 'none'}"
+        try:
+            async with asyncio.timeout(self.plan.done_timeout_s):
+                await receiver
+        except TimeoutError:
+            result.failure = result.failure or (
+                f"no transcription.done within {self.plan.done_timeout_s:g} s of the last send"
+            )
+        finally:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        result = self.result
+        proxied = self.plan.mode == "proxy"
+        try:
+            async for raw in ws:
+                now = time.monotonic()
+                event: Any = orjson.loads(raw)
+                kind = event.get("type")
+                body = (event.get("payload") or {}) if proxied else event
+                if kind == "transcription.delta":
+                    delta = body.get("delta")
+                    # A non-string delta is a protocol fault: kept visibly so it counts as wrong.
+                    result.deltas.append(delta if isinstance(delta, str) else f"<{delta!r}>")
+                    result.delta_times.append(now)
+                elif kind == "transcription.done":
+                    result.done_text, result.done_time = body.get("text"), now
+                    return
+                elif kind == "error":
+                    code = str(body.get("code"))
+                    result.errors.append(code)
+                    if not proxied or event.get("request_id") in (None, self.request_id):
+                        result.failure = f"error event: {code}"
+                        return
+        except ConnectionClosed as exc:
+            close = f"{exc.rcvd.code} {exc.rcvd.reason}".strip() if exc.rcvd else "no close frame"
+            result.failure = f"closed: {close}"[:80]
+            return
+        result.failure = result.failure or "closed before transcription.done"
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+
+def _json(value: dict[str, Any]) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def _drive(
+    plan: WorkerPlan, reports: Queue[tuple[Any, ...]], go: Queue[float]
+) -> WorkerResult:
+    streams = [_Stream(plan, stream) for stream in plan.streams]
+    gate = asyncio.Semaphore(plan.connect_parallelism)
+    cpu_start = time.process_time()
+    await asyncio.gather(*(stream.connect(gate) for stream in streams))
+    connected = sum(stream.ws is not None for stream in streams)
+    reports.put(("ready", plan.worker, connected))
+    result = WorkerResult(plan.worker, [stream.result for stream in streams])
+    try:
+        start = await asyncio.to_thread(go.get, True, plan.go_timeout_s)
+    except queue.Empty:
+        result.crashed = "no start signal from the parent"
+        start = None
+    cpu_go, wall_go = time.process_time(), time.monotonic()
+    result.connect_cpu_s = cpu_go - cpu_start
+    if start is not None:
+        await asyncio.gather(
+            *(stream.run(start + stream.stream.start_offset_s) for stream in streams if stream.ws)
+        )
+    result.cpu_s = time.process_time() - cpu_go
+    result.wall_s = time.monotonic() - wall_go
+    await asyncio.gather(*(stream.close() for stream in streams))
+    return result
+
+
+def worker_main(plan: WorkerPlan, reports: Queue[tuple[Any, ...]], go: Queue[float]) -> None:
+    """Process entry point: drives the plan's streams and puts ("result", worker, result)."""
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(_drive(plan, reports, go))
+    except BaseException as exc:  # report instead of dying silently; the parent counts it
+        result = WorkerResult(plan.worker, [StreamResult(s.index) for s in plan.streams])
+        result.crashed = "".join(traceback.format_exception_only(exc)).strip()[:500]
+    reports.put(("result", plan.worker, result))
