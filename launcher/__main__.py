@@ -26,7 +26,7 @@ from launcher.tekken import TekkenError, set_transcription_delay
 from proxy.config import ProxyConfig
 from proxy.config import load_config as load_proxy_config
 from proxy.logs import configure_logging
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, run_event_loop
 
 log = structlog.get_logger("launcher")
 T = TypeVar("T")
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning(warning)
     try:
-        return asyncio.run(run(config, proxy_config))
+        return run_event_loop(run(config, proxy_config))
     except (ModelError, TekkenError, VllmStartError) as exc:
         log.error("launcher failed", error=str(exc))
         return EXIT_FAILED

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from proxy.config import ConfigError, load_config
 from proxy.logs import configure_logging
-from proxy.server import ProxyServer
+from proxy.server import ProxyServer, run_event_loop
 
 
 def main() -> int:
@@ -17,7 +16,7 @@ def main() -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, keys=config.api_keys)
-    asyncio.run(ProxyServer(config).serve())
+    run_event_loop(ProxyServer(config).serve())
     return 0
 
 

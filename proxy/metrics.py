@@ -10,6 +10,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
+MESSAGE_LABELS = (
+    "session.update",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.append",
+    "cancel",
+    "ping",
+    "end",
+    "invalid",
+    "binary",
+)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -47,6 +57,10 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        # Children are looked up once: ``labels()`` costs more than the increment itself.
+        self.client_message_counters = {
+            label: self.client_messages.labels(label) for label in MESSAGE_LABELS
+        }
         self.upstream_state = Gauge(
             f"{PREFIX}_upstream_state",
             "1 for vLLM's current state (ready, starting, down).",

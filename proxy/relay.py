@@ -25,9 +25,15 @@ from websockets.exceptions import ConnectionClosed
 
 from proxy.config import ProxyConfig
 from proxy.envelope import (
+    Append,
+    Cancel,
     CloseCode,
+    Commit,
+    End,
     EnvelopeError,
     ErrorCode,
+    Ping,
+    SessionUpdate,
     encode_event,
     frame_too_large,
     parse_client_message,
@@ -193,7 +199,7 @@ class Relay:
                 return
             text = message.get("text")
             if text is None:
-                self.metrics.client_messages.labels("binary").inc()
+                self.metrics.client_message_counters["binary"].inc()
                 self.apply(session.on_client(_BINARY_REFUSAL, self.clock()))
                 continue
             now = self.clock()
@@ -207,7 +213,7 @@ class Relay:
                 )
             else:
                 parsed = parse_client_message(text)
-            self.metrics.client_messages.labels(_message_label(parsed)).inc()
+            self.metrics.client_message_counters[_MESSAGE_LABELS[type(parsed)]].inc()
             backlog = self.forward_queue.qsize()
             self.metrics.note_inbound_depth(backlog + session.held_messages)
             self.apply(session.on_client(parsed, now, backlog))
@@ -345,17 +351,12 @@ class Relay:
         self.apply(self.session.terminate(ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY))
 
 
-def _message_label(parsed: object) -> str:
-    if isinstance(parsed, EnvelopeError):
-        return "invalid"
-    return _MESSAGE_LABELS.get(type(parsed).__name__, "other")
-
-
-_MESSAGE_LABELS = {
-    "SessionUpdate": "session.update",
-    "Commit": "input_audio_buffer.commit",
-    "Append": "input_audio_buffer.append",
-    "Cancel": "cancel",
-    "Ping": "ping",
-    "End": "end",
+_MESSAGE_LABELS: dict[type, str] = {
+    SessionUpdate: "session.update",
+    Commit: "input_audio_buffer.commit",
+    Append: "input_audio_buffer.append",
+    Cancel: "cancel",
+    Ping: "ping",
+    End: "end",
+    EnvelopeError: "invalid",
 }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 import structlog
 import uvicorn
@@ -14,6 +15,20 @@ from proxy.app import ProxyState, create_app
 from proxy.config import ProxyConfig
 
 log = structlog.get_logger("proxy.server")
+
+T = TypeVar("T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Runs ``main`` on uvloop (a faster event loop, shipped with uvicorn[standard]) when it is
+    installed, on asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
 
 # Frames up to this size reach the app, which answers payload_too_large itself and keeps the
 # connection; only larger ones are cut by the WebSocket layer (close 1009).
@@ -54,6 +69,8 @@ class ProxyServer:
             port=config.port,
             log_config=None,
             ws_max_size=config.max_message_bytes * WS_LAYER_MAX_FACTOR,
+            # Base64 PCM barely compresses; deflate would only cost CPU on every frame.
+            ws_per_message_deflate=False,
             lifespan="on",
         )
         self._server = _Server(uvicorn_config, self.begin_shutdown if handle_signals else None)
