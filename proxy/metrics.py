@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
+# In the order of Relay's outcome snapshot.
+UTTERANCE_OUTCOMES = ("started", "done", "cancelled", "errored", "rolled_over")
 MESSAGE_LABELS = (
     "session.update",
     "input_audio_buffer.commit",
@@ -51,6 +53,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.utterance_counters = {
+            outcome: self.utterances.labels(outcome) for outcome in UTTERANCE_OUTCOMES
+        }
         self.client_messages = Counter(
             f"{PREFIX}_client_messages",
             "Client messages received, by type.",

@@ -38,7 +38,7 @@ from proxy.envelope import (
     frame_too_large,
     parse_client_message,
 )
-from proxy.metrics import Metrics
+from proxy.metrics import UTTERANCE_OUTCOMES, Metrics
 from proxy.session import (
     APPEND_PREFIX,
     COMMIT_FINAL,
@@ -102,14 +102,15 @@ class Relay:
         # Set by the writer when the outbound queue has room again (upstream backpressure).
         self.outbound_room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._outcomes_seen: dict[str, int] = {}
+        self._outcomes_seen = (0, 0, 0, 0, 0)
         self.telemetry = UtteranceTelemetry(metrics, log_transcripts=config.log_transcripts)
 
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
         """Runs until the session closes or the client goes away."""
-        self._spawn(self._read_upstream(0, self.upstream))  # type: ignore[arg-type]
+        assert self.upstream is not None
+        self._spawn(self._read_upstream(0, self.upstream))
         self.apply(self.session.on_upstream_ready(0))
         timers = (self._idle_timer(), self._duration_timer(), self._upstream_watchdog())
         for coroutine in (self._forward(), *timers):
@@ -171,21 +172,27 @@ class Relay:
                 self.metrics.closes.labels(str(action.code)).inc()
                 self.outbound.put_nowait(action)
         self._sync_outcome_metrics()
-        self.telemetry.sweep(u.request_id for u in self.session.in_flight)
 
     def _sync_outcome_metrics(self) -> None:
-        """Adds what the session counted since the last call to the utterance counters."""
-        session, seen = self.session, self._outcomes_seen
-        for outcome, now in (
-            ("started", session.utterances_started),
-            ("done", session.utterances_done),
-            ("cancelled", session.utterances_cancelled),
-            ("errored", session.utterances_errored),
-            ("rolled_over", session.rollovers),
+        """Adds what the session counted since the last call to the utterance counters, and
+        reports the utterances that ended meanwhile."""
+        session = self.session
+        counts = (
+            session.utterances_started,
+            session.utterances_done,
+            session.utterances_cancelled,
+            session.utterances_errored,
+            session.rollovers,
+        )
+        if counts == self._outcomes_seen:
+            return
+        for outcome, now, before in zip(
+            UTTERANCE_OUTCOMES, counts, self._outcomes_seen, strict=True
         ):
-            if now != seen.get(outcome, 0):
-                self.metrics.utterances.labels(outcome).inc(now - seen.get(outcome, 0))
-                seen[outcome] = now
+            if now != before:
+                self.metrics.utterance_counters[outcome].inc(now - before)
+        self._outcomes_seen = counts
+        self.telemetry.sweep(u.request_id for u in session.in_flight)
 
     # ------------------------------------------------------------------ client side
 
@@ -217,7 +224,7 @@ class Relay:
             backlog = self.forward_queue.qsize()
             self.metrics.note_inbound_depth(backlog + session.held_messages)
             self.apply(session.on_client(parsed, now, backlog))
-            self.telemetry.client_message(parsed, now, (u.request_id for u in session.in_flight))
+            self.telemetry.client_message(parsed, now, session)
 
     async def _write(self) -> None:
         while True:

@@ -185,7 +185,9 @@ class Session:
 
     @property
     def held_messages(self) -> int:
-        return sum(len(u.held) for u in self.in_flight)
+        # On every message: no list built here, unlike in_flight.
+        held = sum(len(u.held) for u in self.line)
+        return held + len(self.current.held) if self.current is not None else held
 
     # ------------------------------------------------------------------ inputs
 

@@ -14,6 +14,7 @@ import structlog
 
 from proxy.envelope import PCM_BYTES_PER_MS, Append, ClientMessage, Commit, EnvelopeError
 from proxy.metrics import Metrics
+from proxy.session import Session
 
 log = structlog.get_logger("proxy.utterance")
 
@@ -38,19 +39,24 @@ class UtteranceTelemetry:
         self._records: dict[str, _Record] = {}
 
     def client_message(
-        self, message: ClientMessage | EnvelopeError, now: float, in_flight: Iterable[str]
+        self, message: ClientMessage | EnvelopeError, now: float, session: Session
     ) -> None:
         if isinstance(message, Append):
             self.metrics.audio_seconds.inc(message.pcm_bytes / (PCM_BYTES_PER_MS * 1000))
             record = self._records.get(message.request_id)
-            if record is not None and record.first_audio_at is None:
-                record.first_audio_at = now
+            if record is not None and record.final_at is None:
+                # Kept for utterances that end before their done (which carries the exact sum).
+                record.audio_ms += message.pcm_bytes // PCM_BYTES_PER_MS
+                if record.first_audio_at is None:
+                    record.first_audio_at = now
         elif isinstance(message, Commit):
             record = self._records.get(message.request_id)
             if message.final:
                 if record is not None and record.final_at is None:
                     record.final_at = now
-            elif record is None and message.request_id in in_flight:
+            elif record is None and any(
+                u.request_id == message.request_id for u in session.in_flight
+            ):
                 self._records[message.request_id] = _Record(opened_at=now)
 
     def client_event(self, event: dict[str, Any], now: float) -> None:

@@ -11,7 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from proxy.config import ProxyConfig
 from proxy.server import ProxyServer
+from tests.fake_vllm import FakeVllm
 
 TEST_KEY = "test-key-7f3a9c"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -68,6 +69,34 @@ async def serve_proxy(upstream_url: str, **overrides: Any) -> AsyncIterator[Runn
         server.begin_shutdown()
         async with asyncio.timeout(config.drain_timeout_s + 15):
             await task
+
+
+@contextlib.asynccontextmanager
+async def fake_and_proxy(
+    fake_options: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[tuple[FakeVllm, RunningProxy]]:
+    """A FakeVllm (``fake_options`` are its constructor arguments) with the proxy in front."""
+    async with (
+        FakeVllm(**(fake_options or {})) as fake,
+        serve_proxy(fake.url, **overrides) as proxy,
+    ):
+        yield fake, proxy
+
+
+async def wait_for(condition: Callable[[], bool], guard_s: float = 10.0) -> None:
+    """Polls ``condition`` (for state that has no event to wait on); ``guard_s`` is a hang guard."""
+    async with asyncio.timeout(guard_s):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def upstream_commits(fake: FakeVllm, *, final: bool) -> int:
+    """How many commits (final or opening) the fake has received, over all its connections."""
+    return sum(
+        1
+        for _, event in fake.received
+        if event.get("type") == "input_audio_buffer.commit" and event.get("final") is final
+    )
 
 
 def load_pcm(name: str = "short.wav") -> bytes:
@@ -120,13 +149,16 @@ class Client:
         if final:
             await self.final(request_id)
 
-    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             event: dict[str, Any] = orjson.loads(await self.ws.recv())
         return event
 
     async def recv_until(
-        self, kind: str, request_id: str | None = None, timeout: float = 20.0
+        self,
+        kind: str,
+        request_id: str | None = None,
+        timeout: float = 20.0,  # noqa: ASYNC109
     ) -> list[dict[str, Any]]:
         """Every event up to and including the first of ``kind`` (for ``request_id``)."""
         events: list[dict[str, Any]] = []
@@ -134,10 +166,15 @@ class Client:
             while True:
                 event = await self.recv(timeout)
                 events.append(event)
-                if event["type"] == kind and (request_id is None or event["request_id"] == request_id):
+                if event["type"] == kind and (
+                    request_id is None or event["request_id"] == request_id
+                ):
                     return events
 
-    async def recv_all_until_closed(self, timeout: float = 20.0) -> tuple[list[dict[str, Any]], int]:
+    async def recv_all_until_closed(
+        self,
+        timeout: float = 20.0,  # noqa: ASYNC109
+    ) -> tuple[list[dict[str, Any]], int]:
         """Every event until the server closes; returns them and the close code."""
         events: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
@@ -172,6 +209,22 @@ async def connected(
             created = await client.recv()
             assert created["type"] == "session.created", created
         yield client
+
+
+def of_request(events: list[dict[str, Any]], request_id: str | None) -> list[dict[str, Any]]:
+    return [e for e in events if e["request_id"] == request_id]
+
+
+def assert_error(event: dict[str, Any], code: str, request_id: str | None = None) -> dict[str, Any]:
+    """Checks one ``error`` event (shape, code, request_id) and returns its payload."""
+    assert event["type"] == "error", event
+    assert event["request_id"] == request_id, event
+    payload: dict[str, Any] = event["payload"]
+    assert payload["code"] == code, event
+    assert isinstance(payload["message"], str), event
+    assert payload["message"], event
+    assert isinstance(payload["details"], dict), event
+    return payload
 
 
 def texts(events: list[dict[str, Any]], request_id: str) -> list[str]:

@@ -783,10 +783,10 @@ async def test_advertised_max_model_len_differs_from_the_enforced_one() -> None:
         async with httpx.AsyncClient(timeout=GUARD_S) as http:
             data = (await http.get(f"{fake.http_url}/v1/models")).json()["data"]
         assert data[0]["max_model_len"] == 4096
-        pcm = speech(4.0)
+        pcm = noise(8.0)
         client = await open_client(fake)
         deltas, done = await utterance(client, pcm)
-        assert deltas == predict_deltas(pcm, max_model_len=128)  # still cut at 128
+        assert len(deltas) == 128 - 39 < len(predict_deltas(pcm))  # still cut at 128
         assert done["text"] == "".join(deltas)
         fake.advertised_max_model_len = None
         async with httpx.AsyncClient(timeout=GUARD_S) as http:
