@@ -166,6 +166,9 @@ def _valid_id(value: object) -> bool:
 
 def decode_audio(audio: str) -> bytes | None:
     """Strict standard base64 of a non-empty, even number of bytes; None when it is not."""
+    if len(audio) % 4:
+        # binascii's strict mode still accepts stray padding after a complete quantum.
+        return None
     try:
         pcm = binascii.a2b_base64(audio, strict_mode=True)
     except (binascii.Error, ValueError):
