@@ -21,8 +21,20 @@ lint:  ## ruff, ruff format --check, mypy
 fmt:  ## apply ruff's fixes and formatting
 	@scripts/lint.sh --fix
 
-up:  ## run the service (the real model on a GPU host; VOXTRAL_MODEL_ID=dummy on CPU)
+up:  ## start the service, wait until ready, follow its log (TAIL_LOGS=0 skips)
 	@scripts/main.sh
+
+down:  ## stop the service: drain the connections, then vLLM
+	@scripts/stop.sh
+
+restart:  ## make down, then make up
+	@scripts/stop.sh && scripts/main.sh
+
+status:  ## pid, uptime, /healthz, /readyz, connections, vLLM state
+	@scripts/status.sh
+
+logs:  ## follow logs/server.log
+	@tail -n 100 -F "$${VOXTRAL_LOG_DIR:-logs}/server.log"
 
 warmup: env  ## one utterance through a running server
 	@$(PY) -m clients.warmup --server $(SERVER)
