@@ -61,6 +61,9 @@ CLIENT_WRITE_TIMEOUT_S = 15.0
 # Closing a client that stopped reading must not hold its slot for long.
 CLIENT_CLOSE_TIMEOUT_S = 2.0
 
+# vLLM's compact encoding of a step that produced no text.
+EMPTY_DELTA = '{"type":"transcription.delta","delta":""}'
+
 _BINARY_REFUSAL = EnvelopeError(
     ErrorCode.INVALID_MESSAGE,
     "Binary frames are not accepted: send each message as a JSON text frame.",
@@ -274,6 +277,10 @@ class Relay:
     async def _read_upstream(self, generation: int, connection: ClientConnection) -> None:
         try:
             async for raw in connection:
+                if raw == EMPTY_DELTA:
+                    # About half of vLLM's events: nothing to forward, no need to parse.
+                    self._note_upstream_event()
+                    continue
                 try:
                     event = orjson.loads(raw)
                 except orjson.JSONDecodeError:

@@ -71,6 +71,9 @@ class ProxyServer:
             ws_max_size=config.max_message_bytes * WS_LAYER_MAX_FACTOR,
             # Base64 PCM barely compresses; deflate would only cost CPU on every frame.
             ws_per_message_deflate=False,
+            # The sans-I/O implementation: as fast as the legacy one here, and not built on
+            # websockets' deprecated legacy API.
+            ws="websockets-sansio",
             lifespan="on",
         )
         self._server = _Server(uvicorn_config, self.begin_shutdown if handle_signals else None)
