@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from proxy.config import DEFAULT_MODEL_ID, ConfigError, validate_transcription_delay_ms
+from proxy.config import (
+    DEFAULT_MODEL_ID,
+    ConfigError,
+    parse_flag,
+    validate_transcription_delay_ms,
+)
 
 __all__ = [
     "DUMMY_MODEL_ID",
@@ -129,15 +134,6 @@ def _float(environ: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-def _bool(environ: Mapping[str, str], name: str) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name}={raw!r} is invalid: use 1/true/yes or 0/false/no")
-
-
 def _device(environ: Mapping[str, str], detect_gpu: Callable[[], bool]) -> Device:
     raw = environ.get("VLLM_DEVICE", "").strip().lower()
     if raw in ("", "auto"):
@@ -234,7 +230,7 @@ def load_config(
         max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", minimum=1),
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", minimum=1),
-        enforce_eager=_bool(env, "VLLM_ENFORCE_EAGER"),
+        enforce_eager=parse_flag(env, "VLLM_ENFORCE_EAGER", False),
         kv_cache_memory_bytes=kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES,
         extra_args=_extra_args(env),
         hf_token=env.get("HF_TOKEN", "").strip() or None,

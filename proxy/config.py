@@ -94,7 +94,8 @@ def _number(
     return value
 
 
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+def parse_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off variable (1/true/yes/on or 0/false/no/off); empty means ``default``."""
     raw = environ.get(name, "").strip().lower()
     if not raw:
         return default
@@ -102,7 +103,7 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name}={raw!r} is invalid: use 1 or 0")
+    raise ConfigError(f"{name}={raw!r} is invalid: use 1/true/yes/on or 0/false/no/off")
 
 
 def parse_api_keys(raw: str) -> tuple[str, ...]:
@@ -159,8 +160,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         outbound_queue_max=_number(env, "WS_OUTBOUND_QUEUE_MAX", 1024, int, 16),
         upstream_timeout_s=_number(env, "WS_UPSTREAM_TIMEOUT_S", 30.0, float, 0.0),
         log_level=log_level,
-        demo_page=_flag(env, "DEMO_PAGE", True),
-        log_transcripts=_flag(env, "LOG_TRANSCRIPTS", False),
+        demo_page=parse_flag(env, "DEMO_PAGE", True),
+        log_transcripts=parse_flag(env, "LOG_TRANSCRIPTS", False),
         allowed_origins=tuple(
             origin.strip().rstrip("/")
             for origin in env.get("ALLOWED_ORIGINS", "").split(",")
