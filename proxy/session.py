@@ -533,43 +533,29 @@ class Session:
     # ------------------------------------------------------------------ limits
 
     def _admit(self, now: float, request_id: str | None) -> bool:
-        refusal = self._messages.try_acquire(now)
-        if refusal is None:
-            return True
-        self._rate_refused(
-            now, request_id, "messages", refusal.limit, refusal.window_seconds, refusal.retry_in
-        )
-        return False
+        return self._admit_to(self._messages, "messages", now, request_id)
 
     def _admit_cancel(self, now: float, request_id: str) -> bool:
-        refusal = self._cancels.try_acquire(now)
+        return self._admit_to(self._cancels, "cancels", now, request_id)
+
+    def _admit_to(
+        self, window: RollingWindow, kind: str, now: float, request_id: str | None
+    ) -> bool:
+        refusal = window.try_acquire(now)
         if refusal is None:
             return True
-        self._rate_refused(
-            now, request_id, "cancels", refusal.limit, refusal.window_seconds, refusal.retry_in
-        )
-        return False
-
-    def _rate_refused(
-        self,
-        now: float,
-        request_id: str | None,
-        kind: str,
-        limit: int,
-        window_seconds: float,
-        retry_in: float,
-    ) -> None:
-        details = {
-            "kind": kind,
-            "limit": limit,
-            "window_seconds": window_seconds,
-            "retry_in": retry_in,
-        }
         if self._refusals.try_acquire(now) is not None:
             # Told often enough: the client keeps going, so the connection ends.
             self._terminate(ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED)
-            return
+            return False
+        details = {
+            "kind": kind,
+            "limit": refusal.limit,
+            "window_seconds": refusal.window_seconds,
+            "retry_in": refusal.retry_in,
+        }
         self._error(ErrorCode.RATE_LIMITED, request_id, details=details)
+        return False
 
     def _backlog_full(self, backlog: int) -> bool:
         if backlog + self.held_messages < self.limits.inbound_queue_max:
