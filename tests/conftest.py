@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
+from tests.fake_vllm import FakeVllm
+from tests.harness import RunningProxy, serve_proxy
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Registered here (not in pyproject) so --strict-markers accepts it; load tests run by default.
-    config.addinivalue_line(
-        "markers", "load: the 60 s load test (300 streams through the proxy and the fake vLLM)"
-    )
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeVllm]:
+    """A fake vLLM with default settings, on a free loopback port."""
+    async with FakeVllm() as server:
+        yield server
+
+
+@pytest.fixture
+async def proxy(fake: FakeVllm) -> AsyncIterator[RunningProxy]:
+    """The real proxy in front of ``fake``."""
+    async with serve_proxy(fake.url) as running:
+        yield running

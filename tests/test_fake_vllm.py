@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +121,6 @@ class Client:
                     await self.ws.recv()
         except ConnectionClosed:
             return self.ws.close_code
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVllm]:
-    async with FakeVllm() as server:
-        yield server
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:

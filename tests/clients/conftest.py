@@ -5,29 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.fake_vllm import FakeVllm
-from tests.harness import RunningProxy, serve_proxy
-
 ROOT = Path(__file__).resolve().parents[2]
 TOOL_TIMEOUT_S = 120.0  # a hang guard only
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVllm]:
-    async with FakeVllm() as server:
-        yield server
-
-
-@pytest.fixture
-async def proxy(fake: FakeVllm) -> AsyncIterator[RunningProxy]:
-    async with serve_proxy(fake.url) as running:
-        yield running
 
 
 @dataclass

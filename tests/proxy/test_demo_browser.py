@@ -73,18 +73,6 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeVllm]:
-    async with FakeVllm() as server:
-        yield server
-
-
-@pytest.fixture
-async def proxy(fake: FakeVllm) -> AsyncIterator[RunningProxy]:
-    async with serve_proxy(fake.url) as running:
-        yield running
-
-
 class Wire:
     """Every WebSocket frame the page sends and receives, and every URL it requests."""
 
