@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from proxy.auth import key_is_valid, presented_key
@@ -136,8 +137,28 @@ async def _refuse(
         await websocket.close(close_code)
 
 
-async def asr_streaming(websocket: WebSocket) -> None:
-    state: ProxyState = websocket.app.state.proxy
+class AsrStreamingEndpoint:
+    """``WS /api/asr-streaming`` as a raw ASGI app: Starlette routes to it, and after admission
+    the relay uses ``receive``/``send`` without Starlette's ``WebSocket`` object in between."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state, websocket = self.state, WebSocket(scope, receive, send)
+        session_id = await admit(websocket, state)
+        if session_id is None:
+            return
+        state.slots_taken += 1
+        try:
+            await _serve_session(websocket, state, session_id, receive, send)
+        finally:
+            state.slots_taken -= 1
+
+
+async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
+    """Accepts the upgrade, then refuses (an error event and a close) or admits: returns the
+    session id when admitted."""
     config = state.config
     await websocket.accept()
     query_session = websocket.query_params.get("session_id")
@@ -151,7 +172,7 @@ async def asr_streaming(websocket: WebSocket) -> None:
 
     if state.draining:
         await _refuse(websocket, state, session_id, ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY)
-        return
+        return None
     blocked = state.auth_failures.blocked(address, now)
     if blocked is not None:
         details = {
@@ -163,7 +184,7 @@ async def asr_streaming(websocket: WebSocket) -> None:
         await _refuse(
             websocket, state, session_id, ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED, details
         )
-        return
+        return None
     origin = websocket.headers.get("origin")
     if config.allowed_origins and origin and origin.rstrip("/") not in config.allowed_origins:
         await _refuse(
@@ -176,25 +197,37 @@ async def asr_streaming(websocket: WebSocket) -> None:
             "ALLOWED_ORIGINS.",
             reason="origin_not_allowed",
         )
-        return
+        return None
     if not key_is_valid(presented_key(websocket.query_params, websocket.headers), config.api_keys):
         state.auth_failures.record_failure(address, now)
         await _refuse(websocket, state, session_id, ErrorCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED)
-        return
+        return None
     if state.slots_taken >= config.max_connections:
         await _refuse(
             websocket, state, session_id, ErrorCode.SERVER_AT_CAPACITY, CloseCode.AT_CAPACITY
         )
-        return
+        return None
 
-    state.slots_taken += 1
+    return session_id
+
+
+async def _serve_session(
+    websocket: WebSocket, state: ProxyState, session_id: str, receive: Receive, send: Send
+) -> None:
+    # Bound before vLLM's socket opens: its callbacks (and their log lines) run in the context
+    # current at that moment.
+    structlog.contextvars.bind_contextvars(
+        session_id=session_id, connection_id=uuid.uuid4().hex[:12]
+    )
     try:
-        await _serve_session(websocket, state, session_id)
+        await _relay_session(websocket, state, session_id, receive, send)
     finally:
-        state.slots_taken -= 1
+        structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
 
-async def _serve_session(websocket: WebSocket, state: ProxyState, session_id: str) -> None:
+async def _relay_session(
+    websocket: WebSocket, state: ProxyState, session_id: str, receive: Receive, send: Send
+) -> None:
     config = state.config
     try:
         upstream = await open_upstream(config.upstream_url, config.served_model_name)
@@ -219,19 +252,16 @@ async def _serve_session(websocket: WebSocket, state: ProxyState, session_id: st
             else None
         ),
     )
-    relay = Relay(websocket, session, upstream, config, state.metrics, time.monotonic)
+    relay = Relay(receive, send, session, upstream, config, state.metrics, time.monotonic)
     created = server_event("session.created", session_id, None, state.session_created_payload())
     try:
         await websocket.send_text(encode_event(created))
     except Exception:
-        await upstream.close()
+        upstream.close()
         return
     state.metrics.connections_total.inc()
     state.metrics.connections_open.inc()
     state.relays.add(relay)
-    structlog.contextvars.bind_contextvars(
-        session_id=session_id, connection_id=uuid.uuid4().hex[:12]
-    )
     log.info("session_opened")
     try:
         await relay.run()
@@ -245,7 +275,6 @@ async def _serve_session(websocket: WebSocket, state: ProxyState, session_id: st
             cancelled=session.utterances_cancelled,
             errored=session.utterances_errored,
         )
-        structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
 
 async def healthz(request: Request) -> Response:
@@ -303,7 +332,7 @@ def create_app(config: ProxyConfig) -> Starlette:
             await state.monitor.stop()
 
     routes: list[BaseRoute] = [
-        WebSocketRoute("/api/asr-streaming", asr_streaming),
+        WebSocketRoute("/api/asr-streaming", AsrStreamingEndpoint(state)),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

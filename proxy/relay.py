@@ -2,11 +2,13 @@
 
 Tasks per connection:
 - receive: reads client frames, parses them, feeds the session (answers and limits happen at
-  once, without waiting on vLLM);
-- forward: drains the bounded forward queue into the upstream socket;
-- upstream reader (one per upstream generation): feeds vLLM's events to the session;
-- write: the only writer to the client socket, so events from all of the above stay ordered;
-- timers: idle timeout and maximum duration.
+  once, without waiting on vLLM); what the session sends upstream is written straight to vLLM's
+  socket, or waits in ``pending_upstream`` while that socket is opening or full;
+- write: the only writer to the client socket, so events stay ordered;
+- timers: idle timeout, maximum duration, and the vLLM-silence watchdog.
+vLLM's events need no task: the upstream connection hands each one over as it is read.
+
+The client socket is used through the raw ASGI ``receive``/``send`` of the connection.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from typing import Any
 
 import orjson
 import structlog
-from starlette.websockets import WebSocket
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from starlette.types import Receive, Send
 
 from proxy.config import ProxyConfig
 from proxy.envelope import (
@@ -52,7 +52,7 @@ from proxy.session import (
     WindDown,
 )
 from proxy.telemetry import UtteranceTelemetry
-from proxy.upstream import UpstreamUnavailable, open_upstream
+from proxy.upstream import UpstreamConnection, UpstreamUnavailable, open_upstream
 
 log = structlog.get_logger("proxy.relay")
 
@@ -73,37 +73,41 @@ _BINARY_REFUSAL = EnvelopeError(
 class Relay:
     def __init__(
         self,
-        websocket: WebSocket,
+        receive: Receive,
+        send: Send,
         session: Session,
-        upstream: ClientConnection,
+        upstream: UpstreamConnection,
         config: ProxyConfig,
         metrics: Metrics,
         clock: Callable[[], float],
     ) -> None:
-        self.websocket = websocket
+        self.receive = receive
+        self.send = send
         self.session = session
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self.forward_queue: asyncio.Queue[SendUpstream] = asyncio.Queue()
+        # Accepted messages not yet written to vLLM: its socket is opening, or its buffer full.
+        self.pending_upstream: deque[SendUpstream] = deque()
         self.outbound: asyncio.Queue[str | CloseClient] = asyncio.Queue()
-        self.upstream: ClientConnection | None = upstream
+        self.upstream: UpstreamConnection | None = upstream
         self.upstream_generation = 0
-        self.upstream_changed = asyncio.Event()
         self.last_activity = clock()
         # Since when vLLM owes us an event: a final commit, or more audio than its delay, went
         # up after its last event. Only then is its silence a stall rather than a pause.
         self.upstream_owes_since: float | None = None
         self._audio_since_event = 0
         self._owed_audio = (config.transcription_delay_ms // 80 + 2) * FRAME_BYTES
-        # vLLM's events wait (in its socket) while the client has this many unsent events, so a
-        # burst after a stall cannot overflow a client that reads; the hard bound is for clients
-        # that stop reading altogether.
+        # vLLM's events are held (the upstream connection is paused) while the client has this
+        # many unsent events, so a burst after a stall cannot overflow a client that reads; the
+        # hard bound is for clients that stop reading altogether.
         self._outbound_resume_at = config.outbound_queue_max // 2
+        self._paused_upstream: UpstreamConnection | None = None
         self.done = asyncio.Event()
         self.client_gone = False
-        # Set by the writer when the outbound queue has room again (upstream backpressure).
-        self.outbound_room = asyncio.Event()
+        # When the write in progress to the client started (None: not writing).
+        self.writing_since: float | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes_seen = (0, 0, 0, 0, 0)
         self.telemetry = UtteranceTelemetry(metrics, log_transcripts=config.log_transcripts)
@@ -112,14 +116,15 @@ class Relay:
 
     async def run(self) -> None:
         """Runs until the session closes or the client goes away."""
-        assert self.upstream is not None
-        self._spawn(self._read_upstream(0, self.upstream))
+        upstream = self.upstream
+        assert upstream is not None
+        upstream.on_writable = self._flush_upstream
         self.apply(self.session.on_upstream_ready(0))
-        timers = (self._idle_timer(), self._duration_timer(), self._upstream_watchdog())
-        for coroutine in (self._forward(), *timers):
+        self._attach_upstream(0, upstream)
+        for coroutine in (self._idle_timer(), self._duration_timer(), self._watchdog()):
             self._spawn(coroutine)
         receiver = asyncio.create_task(self._guarded(self._receive()))
-        writer = asyncio.create_task(self._write())
+        writer = self._writer = asyncio.create_task(self._write())
         try:
             await asyncio.wait({receiver, writer}, return_when=asyncio.FIRST_COMPLETED)
             if not self.client_gone and not writer.done():
@@ -131,7 +136,7 @@ class Relay:
             await asyncio.gather(receiver, writer, *self._tasks, return_exceptions=True)
             # Closing the upstream socket makes vLLM abort any generation still running.
             if self.upstream is not None:
-                await self.upstream.close()
+                self.upstream.close()
             self.done.set()
 
     def _spawn(self, coroutine: Any) -> None:
@@ -145,8 +150,11 @@ class Relay:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("relay_task_failed", session_id=self.session.session_id)
-            self.apply(self.session.terminate(ErrorCode.INTERNAL_ERROR, CloseCode.INTERNAL_ERROR))
+            self._fail()
+
+    def _fail(self) -> None:
+        log.exception("relay_task_failed", session_id=self.session.session_id)
+        self.apply(self.session.terminate(ErrorCode.INTERNAL_ERROR, CloseCode.INTERNAL_ERROR))
 
     # ------------------------------------------------------------------ actions
 
@@ -155,7 +163,7 @@ class Relay:
         while pending:
             action = pending.popleft()
             if isinstance(action, SendUpstream):
-                self.forward_queue.put_nowait(action)
+                self._send_upstream(action)
             elif isinstance(action, SendClient):
                 if self.outbound.qsize() >= self.config.outbound_queue_max:
                     # The client stopped reading: drop what it would never read, and end it.
@@ -201,9 +209,10 @@ class Relay:
 
     async def _receive(self) -> None:
         session = self.session
+        receive = self.receive
         max_bytes = self.config.max_message_bytes
         while True:
-            message = await self.websocket.receive()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 return
@@ -224,42 +233,57 @@ class Relay:
             else:
                 parsed = parse_client_message(text)
             self.metrics.client_message_counters[_MESSAGE_LABELS[type(parsed)]].inc()
-            backlog = self.forward_queue.qsize()
-            self.metrics.note_inbound_depth(backlog + session.held_messages)
-            self.apply(session.on_client(parsed, now, backlog))
+            self.apply(session.on_client(parsed, now, len(self.pending_upstream)))
+            self.metrics.note_inbound_depth(session.inbound_depth)
             self.telemetry.client_message(parsed, now, session)
 
     async def _write(self) -> None:
+        send = self.send
         while True:
             item = await self.outbound.get()
             if isinstance(item, CloseClient):
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLIENT_CLOSE_TIMEOUT_S):
-                        await self.websocket.close(item.code)
+                        await send({"type": "websocket.close", "code": item.code})
                 return
-            try:
-                async with asyncio.timeout(CLIENT_WRITE_TIMEOUT_S):
-                    await self.websocket.send_text(item)
-            except TimeoutError:
-                log.warning("client_write_stalled", session_id=self.session.session_id)
-                return
-            if self.outbound.qsize() <= self._outbound_resume_at:
-                self.outbound_room.set()
+            # Watched by the watchdog rather than a timeout per event (a timer each time).
+            self.writing_since = self.clock()
+            await send({"type": "websocket.send", "text": item})
+            self.writing_since = None
+            paused = self._paused_upstream
+            if paused is not None and self.outbound.qsize() <= self._outbound_resume_at:
+                self._paused_upstream = None
+                paused.resume()
 
-    # ------------------------------------------------------------------ upstream side
+    def _send_upstream(self, item: SendUpstream) -> None:
+        if item.generation != self.session.generation:
+            return  # stale: that upstream connection was dropped (cancel, barge-in, error)
+        upstream = self.upstream
+        if (
+            self.pending_upstream
+            or upstream is None
+            or item.generation != self.upstream_generation
+            or not upstream.writable
+        ):
+            self.pending_upstream.append(item)
+            return
+        upstream.send(item.text)
+        self._note_sent(item.text)
 
-    async def _forward(self) -> None:
-        while True:
-            item = await self.forward_queue.get()
-            # Stale: that upstream connection was dropped (cancel, barge-in, error).
-            while item.generation == self.session.generation != self.upstream_generation:
-                self.upstream_changed.clear()
-                await self.upstream_changed.wait()
-            if item.generation != self.upstream_generation or self.upstream is None:
+    def _flush_upstream(self) -> None:
+        """Writes what waited for vLLM's socket, in order, while it takes more."""
+        pending = self.pending_upstream
+        upstream = self.upstream
+        while pending and upstream is not None and upstream.writable:
+            item = pending[0]
+            if item.generation != self.session.generation:
+                pending.popleft()
                 continue
-            with contextlib.suppress(ConnectionClosed):
-                await self.upstream.send(item.text)
-                self._note_sent(item.text)
+            if item.generation != self.upstream_generation:
+                return  # its connection is still opening
+            pending.popleft()
+            upstream.send(item.text)
+            self._note_sent(item.text)
 
     def _note_sent(self, text: str) -> None:
         if text.startswith(APPEND_PREFIX):
@@ -274,32 +298,40 @@ class Relay:
         self.upstream_owes_since = None
         self._audio_since_event = 0
 
-    async def _read_upstream(self, generation: int, connection: ClientConnection) -> None:
-        try:
-            async for raw in connection:
-                if raw == EMPTY_DELTA:
-                    # About half of vLLM's events: nothing to forward, no need to parse.
-                    self._note_upstream_event()
-                    continue
-                try:
-                    event = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    log.warning("upstream_sent_invalid_json", session_id=self.session.session_id)
-                    continue
-                if isinstance(event, dict):
-                    self._note_upstream_event()
-                    self.apply(self.session.on_upstream_event(generation, event))
-                while self.outbound.qsize() > self._outbound_resume_at:
-                    self.outbound_room.clear()
-                    await self.outbound_room.wait()
-        except ConnectionClosed:
-            pass
-        self.apply(self.session.on_upstream_lost(generation))
+    def _attach_upstream(self, generation: int, connection: UpstreamConnection) -> None:
+        """Feeds ``connection``'s events to the session as they are read."""
+        session = self.session
+
+        def on_message(raw: str) -> None:
+            if raw == EMPTY_DELTA:
+                # About half of vLLM's events: nothing to forward, no need to parse.
+                self._note_upstream_event()
+                return
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("upstream_sent_invalid_json", session_id=session.session_id)
+                return
+            if not isinstance(event, dict):
+                return
+            self._note_upstream_event()
+            try:
+                self.apply(session.on_upstream_event(generation, event))
+            except Exception:
+                self._fail()
+            if self.outbound.qsize() > self._outbound_resume_at:
+                connection.pause()
+                self._paused_upstream = connection
+
+        def on_lost() -> None:
+            self.apply(session.on_upstream_lost(generation))
+
+        connection.attach(on_message, on_lost)
 
     async def _reopen_upstream(self, generation: int) -> None:
         old, self.upstream = self.upstream, None
         if old is not None:
-            await old.close()
+            old.close()
         try:
             connection = await open_upstream(
                 self.config.upstream_url, self.config.served_model_name
@@ -309,13 +341,15 @@ class Relay:
             self.apply(self.session.on_upstream_lost(generation))
             return
         if generation != self.session.generation or self.session.closed:
-            await connection.close()
+            connection.close()
             return
         self.upstream, self.upstream_generation = connection, generation
+        self._paused_upstream = None
         self._note_upstream_event()
-        self.upstream_changed.set()
-        self._spawn(self._read_upstream(generation, connection))
+        connection.on_writable = self._flush_upstream
+        self._flush_upstream()
         self.apply(self.session.on_upstream_ready(generation))
+        self._attach_upstream(generation, connection)
 
     # ------------------------------------------------------------------ timers
 
@@ -344,15 +378,23 @@ class Relay:
         await asyncio.sleep(self.config.drain_timeout_s)
         self.apply(self.session.terminate(ErrorCode.MAX_DURATION_REACHED, CloseCode.MAX_DURATION))
 
-    async def _upstream_watchdog(self) -> None:
-        timeout = self.config.upstream_timeout_s
-        if not timeout:
-            return
+    async def _watchdog(self) -> None:
+        """Ends the connection when the client accepts nothing for CLIENT_WRITE_TIMEOUT_S, and
+        the current utterance when vLLM owes an event for longer than its timeout."""
+        upstream_timeout = self.config.upstream_timeout_s
         while True:
-            await asyncio.sleep(min(timeout / 4, 1.0))
+            write_timeout = CLIENT_WRITE_TIMEOUT_S
+            shortest = min(write_timeout, upstream_timeout or write_timeout)
+            await asyncio.sleep(min(shortest / 4, 1.0))
+            now = self.clock()
+            if self.writing_since is not None and now - self.writing_since > write_timeout:
+                log.warning("client_write_stalled", session_id=self.session.session_id)
+                if self._writer is not None:
+                    self._writer.cancel()
+                return
             since = self.upstream_owes_since
-            if since is not None and self.clock() - since > timeout:
-                log.warning("upstream_silent", seconds=round(self.clock() - since, 1))
+            if upstream_timeout and since is not None and now - since > upstream_timeout:
+                log.warning("upstream_silent", seconds=round(now - since, 1))
                 self._note_upstream_event()
                 self.apply(self.session.on_upstream_stalled(self.upstream_generation))
 

@@ -159,6 +159,8 @@ class Session:
         self.line: deque[Utterance] = deque()
         self.winding_down: WindDown | None = None
         self.closed = False
+        # Messages waiting for vLLM when the last audio message came in (for the metric).
+        self.inbound_depth = 0
         self._messages = RollingWindow(limits.max_messages_per_window, limits.message_window_s)
         self._cancels = RollingWindow(limits.max_cancels_per_window, limits.cancel_window_s)
         self._refusals = RollingWindow(RATE_REFUSALS_BEFORE_CLOSE, limits.message_window_s)
@@ -195,7 +197,7 @@ class Session:
         self, message: ClientMessage | EnvelopeError, now: float, backlog: int = 0
     ) -> list[Action]:
         """A client text message (parsed), at monotonic time ``now``, with ``backlog`` messages
-        still waiting in the forward queue."""
+        accepted earlier and not yet written to vLLM."""
         if self.closed:
             return []
         if isinstance(message, EnvelopeError):
@@ -558,7 +560,8 @@ class Session:
         return False
 
     def _backlog_full(self, backlog: int) -> bool:
-        if backlog + self.held_messages < self.limits.inbound_queue_max:
+        self.inbound_depth = backlog + self.held_messages
+        if self.inbound_depth < self.limits.inbound_queue_max:
             return False
         self._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
         return True

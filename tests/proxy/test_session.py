@@ -1014,6 +1014,19 @@ def test_held_audio_counts_toward_the_backlog() -> None:
     ]
 
 
+def test_inbound_depth_is_the_backlog_plus_held_audio_at_the_last_audio_message() -> None:
+    harness = Harness(inbound_queue_max=100)
+    harness.commit("A", backlog=7)
+    assert harness.session.inbound_depth == 7
+    harness.commit("A", final=True)
+    harness.commit("B")
+    for _ in range(3):
+        harness.append("B", pcm_of(2), backlog=2)
+    assert harness.session.inbound_depth == 2 + 2  # two appends held before the third
+    harness.send(Ping(SID, "p1", {}), backlog=50)  # not an audio message: not measured
+    assert harness.session.inbound_depth == 4
+
+
 def test_default_backlog_limit_is_256() -> None:
     harness = Harness()
     harness.commit("A", backlog=255)
