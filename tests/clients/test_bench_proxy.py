@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 
+from clients.bench_proxy import CHUNK_S, PhaseRun, steady_state_cpu
 from clients.bench_proxy_check import compare, expected_for, percentile, trigger_index
+from clients.bench_proxy_load import StreamResult
+from clients.bench_proxy_procs import Sample, Sampler
 from tests.clients.conftest import run_tool
 from tests.fake_vllm import FRAME_BYTES, predict_deltas
 
@@ -63,6 +67,39 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 50) is None
 
 
+def _phase(send_times: list[list[float]], cpu_at: dict[float, float]) -> PhaseRun:
+    pid = 4242
+    sampler = Sampler([pid])
+    sampler.samples = [Sample(at, {pid: cpu}, {pid: 0}, (0, 0)) for at, cpu in cpu_at.items()]
+    results = {
+        i: StreamResult(i, connected=True, send_times=[*times, math.nan])
+        for i, times in enumerate(send_times)
+    }
+    start, end = sampler.samples[0], sampler.samples[-1]
+    return PhaseRun("proxied", results, [], start, end, start, {"proxy": pid}, sampler, [])
+
+
+def test_steady_state_cpu_counts_only_while_every_stream_streams() -> None:
+    # Two streams of 80 ms chunks: one from t=0 to 10 s, one from t=2 s to 12 s. Only 2..10 s
+    # has both; the samples at 3 s and 9 s bound the measured part (6 s, 150 chunks).
+    chunks_a = [i * CHUNK_S for i in range(126)]
+    chunks_b = [2.0 + i * CHUNK_S for i in range(126)]
+    cpu = {0.0: 0.0, 1.0: 5.0, 3.0: 5.5, 9.0: 5.8, 11.0: 9.0, 12.5: 9.5}
+    steady = steady_state_cpu(_phase([chunks_a, chunks_b], cpu), chunks=126)
+    assert steady is not None
+    name, rate = steady
+    assert name == "proxy"
+    in_window = sum(3.0 <= t < 9.0 for t in chunks_a + chunks_b)
+    assert rate == pytest.approx(1000 * 0.3 / (in_window * CHUNK_S))
+
+
+def test_steady_state_cpu_needs_two_samples_inside_the_overlap() -> None:
+    chunks_a = [i * CHUNK_S for i in range(26)]
+    chunks_b = [1.0 + i * CHUNK_S for i in range(26)]
+    cpu = {0.0: 0.0, 1.5: 1.0, 5.0: 2.0}  # only one sample between 1.0 s and 2.0 s
+    assert steady_state_cpu(_phase([chunks_a, chunks_b], cpu), chunks=26) is None
+
+
 @pytest.mark.timeout(240)
 async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None:
     run = await run_tool(
@@ -90,6 +127,8 @@ async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None
         assert key in level
     assert set(level["added_latency_ms"]) == {"p50", "p99"}
     assert isinstance(level["proxy_cpu_ms_per_audio_s"], float)
+    assert level["proxy_streaming_cpu_ms_per_audio_s"] >= 0
+    assert isinstance(level["proxy_setup_cpu_ms_per_stream"], float)
     for run_name in ("direct", "proxy"):
         phase = level[run_name]
         assert phase["completed"] == 2, phase["failures"]
@@ -99,6 +138,8 @@ async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None
         assert phase["done_text_mismatches"] == 0
         assert phase["latency_ms"]["count"] > 0
         assert phase["loadgen"]["workers"] == 2
+        # Deflate is offered to the proxy (which declines it) and not to the fake directly.
+        assert phase["websocket_extensions"] == {"none": 2}
         assert all(w["cpu_s"] is not None for w in phase["loadgen"]["per_worker"])
     # Both runs measured the same deltas (the same streams, the same audio).
     assert level["direct"]["latency_ms"]["count"] == level["proxy"]["latency_ms"]["count"]
