@@ -258,17 +258,8 @@ class Relay:
     def _send_upstream(self, item: SendUpstream) -> None:
         if item.generation != self.session.generation:
             return  # stale: that upstream connection was dropped (cancel, barge-in, error)
-        upstream = self.upstream
-        if (
-            self.pending_upstream
-            or upstream is None
-            or item.generation != self.upstream_generation
-            or not upstream.writable
-        ):
-            self.pending_upstream.append(item)
-            return
-        upstream.send(item.text)
-        self._note_sent(item.text)
+        self.pending_upstream.append(item)
+        self._flush_upstream()
 
     def _flush_upstream(self) -> None:
         """Writes what waited for vLLM's socket, in order, while it takes more."""
