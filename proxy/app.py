@@ -31,10 +31,10 @@ from proxy.envelope import (
     error_event,
     server_event,
 )
-from proxy.limits import AuthFailureLimiter
+from proxy.limits import AuthFailureLimiter, SessionLimits
 from proxy.metrics import STARTED, Metrics
 from proxy.relay import Relay
-from proxy.session import Session, SessionLimits
+from proxy.session import Session
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
 from proxy.vllm_wire import segment_audio_limit
 

@@ -19,9 +19,7 @@ events of an older one are ignored.
 
 from __future__ import annotations
 
-import binascii
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -29,13 +27,8 @@ from proxy import vllm_wire
 from proxy.actions import (
     Action,
     CloseClient,
-    OpenUpstream,
     Outcome,
     SendClient,
-    SendUpstream,
-    UpstreamOwes,
-    UpstreamSettled,
-    UtteranceEnded,
     UtteranceRolledOver,
     UtteranceStarted,
 )
@@ -53,11 +46,9 @@ from proxy.envelope import (
     error_event,
     server_event,
 )
-from proxy.limits import RollingWindow
+from proxy.feed import UpstreamFeed
+from proxy.limits import Admission, SessionLimits
 from proxy.utterance import Phase, Utterance
-
-# After this many refused messages within the message window the connection is closed.
-RATE_REFUSALS_BEFORE_CLOSE = 32
 
 
 class WindDown(Enum):
@@ -66,15 +57,6 @@ class WindDown(Enum):
     END = (CloseCode.NORMAL, None)
     MAX_DURATION = (CloseCode.MAX_DURATION, ErrorCode.MAX_DURATION_REACHED)
     SHUTDOWN = (CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLimits:
-    inbound_queue_max: int = 256
-    max_messages_per_window: int = 5000
-    message_window_s: float = 60.0
-    max_cancels_per_window: int = 50
-    cancel_window_s: float = 60.0
 
 
 class Session:
@@ -90,15 +72,12 @@ class Session:
         self.session_id = session_id
         self.served_model = served_model
         self.limits = limits
-        self.segment_max_bytes = segment_max_bytes
-        # Counts upstream connections: the one the session talks to; older ones are ignored.
-        self.upstream_epoch = 0
-        self.upstream_ready = False
-        # Since when vLLM owes an event (None: it owes nothing), and the audio sent since its
-        # last one; past ``_owed_audio`` its silence is a stall rather than a pause.
-        self.upstream_owes_since: float | None = None
-        self._audio_since_event = 0
-        self._owed_audio = vllm_wire.owed_audio_bytes(transcription_delay_ms)
+        self._out: list[Action] = []
+        self.feed = UpstreamFeed(
+            self._out,
+            transcription_delay_ms=transcription_delay_ms,
+            segment_max_bytes=segment_max_bytes,
+        )
         # The time of the input being handled.
         self._now = 0.0
         self.open: Utterance | None = None
@@ -109,12 +88,17 @@ class Session:
         self.closed = False
         # Messages waiting for vLLM when the last audio message came in (for the metric).
         self.inbound_depth = 0
-        self._messages = RollingWindow(limits.max_messages_per_window, limits.message_window_s)
-        self._cancels = RollingWindow(limits.max_cancels_per_window, limits.cancel_window_s)
-        self._refusals = RollingWindow(RATE_REFUSALS_BEFORE_CLOSE, limits.message_window_s)
-        self._out: list[Action] = []
+        self._admission = Admission(limits)
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def upstream_epoch(self) -> int:
+        return self.feed.epoch
+
+    @property
+    def upstream_ready(self) -> bool:
+        return self.feed.ready
 
     @property
     def in_flight(self) -> list[Utterance]:
@@ -177,8 +161,8 @@ class Session:
     def on_upstream_ready(self, epoch: int, now: float) -> list[Action]:
         self._now = now
         if epoch == self.upstream_epoch and not self.closed:
-            self.upstream_ready = True
-            self._settle()
+            self.feed.ready = True
+            self.feed.settle()
             self._start_next()
         return self._flush()
 
@@ -194,7 +178,7 @@ class Session:
         self._now = now
         if epoch != self.upstream_epoch or self.closed:
             return self._flush()
-        self._settle()
+        self.feed.settle()
         utterance = self.current
         if utterance is None:
             # Nothing runs upstream: a stray event (or vLLM's answer to session.update).
@@ -230,7 +214,7 @@ class Session:
         self._now = now
         if epoch != self.upstream_epoch or self.closed:
             return self._flush()
-        self._settle()
+        self.feed.settle()
         if self.current is not None:
             self._upstream_error(
                 self.current,
@@ -299,7 +283,7 @@ class Session:
         if utterance.first_audio_at is None:
             utterance.first_audio_at = self._now
         if utterance is self.current and utterance.phase is Phase.OPEN:
-            self._forward_audio(utterance, message.audio, message.pcm_bytes)
+            self.feed.forward_audio(utterance, message.audio, message.pcm_bytes, self._now)
         else:
             utterance.held.append((message.audio, message.pcm_bytes))
 
@@ -358,46 +342,14 @@ class Session:
         if utterance.phase is Phase.OPEN_ROLLING:
             utterance.phase = Phase.CLOSED_ROLLING
         elif utterance is self.current:
-            self._send_final(utterance, Phase.FINALIZING)
+            self.feed.commit_final(utterance, Phase.FINALIZING, self._now)
         else:
             utterance.phase = Phase.CLOSED
 
     def _start_next(self) -> None:
         if self.current is None and self.upstream_ready and self.line:
             self.current = self.line.popleft()
-            self._begin_segment(self.current)
-
-    def _begin_segment(self, utterance: Utterance) -> None:
-        utterance.segment_bytes = 0
-        utterance.phase = Phase.CLOSED if utterance.phase.client_final else Phase.OPEN
-        self._upstream(vllm_wire.COMMIT_OPEN)
-        while utterance.held and not utterance.phase.segment_committed:
-            audio, pcm_bytes = utterance.held.popleft()
-            self._forward_audio(utterance, audio, pcm_bytes)
-        if utterance.phase is Phase.CLOSED:
-            self._send_final(utterance, Phase.FINALIZING)
-
-    def _forward_audio(self, utterance: Utterance, audio: str, pcm_bytes: int) -> None:
-        limit = self.segment_max_bytes
-        if limit is None or utterance.segment_bytes + pcm_bytes <= limit:
-            self._upstream_audio(audio, pcm_bytes)
-            utterance.segment_bytes += pcm_bytes
-            return
-        # This chunk crosses the segment's limit: send what fits, end the segment with a final
-        # commit (its text is flushed, nothing lost) and keep the rest for the next segment.
-        pcm = binascii.a2b_base64(audio)
-        room = max(limit - utterance.segment_bytes, 0)
-        if room:
-            self._upstream_audio(_b64(pcm[:room]), room)
-            utterance.segment_bytes += room
-        utterance.held.appendleft((_b64(pcm[room:]), pcm_bytes - room))
-        rolling = Phase.CLOSED_ROLLING if utterance.phase.client_final else Phase.OPEN_ROLLING
-        self._send_final(utterance, rolling)
-
-    def _send_final(self, utterance: Utterance, phase: Phase) -> None:
-        utterance.phase = phase
-        self._upstream(vllm_wire.COMMIT_FINAL)
-        self._owe()
+            self.feed.begin_segment(self.current, self._now)
 
     def _next_segment(self, utterance: Utterance) -> None:
         utterance.segments += 1
@@ -406,7 +358,7 @@ class Session:
             # The previous segment already covered every byte: no empty generation upstream.
             self._complete(utterance)
         else:
-            self._begin_segment(utterance)
+            self.feed.begin_segment(utterance, self._now)
 
     def _complete(self, utterance: Utterance) -> None:
         self.current = None
@@ -434,26 +386,9 @@ class Session:
         self._detach(utterance)
 
     def _ended(
-        self,
-        utterance: Utterance,
-        outcome: Outcome,
-        error_code: ErrorCode | None = None,
-        text: str = "",
+        self, utterance: Utterance, outcome: Outcome, code: ErrorCode | None = None, text: str = ""
     ) -> None:
-        self._out.append(
-            UtteranceEnded(
-                utterance.request_id,
-                outcome,
-                error_code,
-                utterance.audio_bytes,
-                text,
-                utterance.opened_at,
-                utterance.first_audio_at,
-                utterance.first_delta_at,
-                utterance.final_at,
-                self._now,
-            )
-        )
+        self._out.append(utterance.ended(outcome, code, text, self._now))
 
     def _detach(self, utterance: Utterance) -> None:
         """Forget an utterance that ended early; a running generation is stopped by closing its
@@ -462,7 +397,7 @@ class Session:
             self.open = None
         if utterance is self.current:
             self.current = None
-            self._reopen_upstream()
+            self.feed.reopen()
         else:
             self.line.remove(utterance)
 
@@ -480,12 +415,6 @@ class Session:
         self._detach(utterance)
         self._start_next()
         self._check_wound_down()
-
-    def _reopen_upstream(self) -> None:
-        self.upstream_epoch += 1
-        self.upstream_ready = False
-        self._settle()
-        self._out.append(OpenUpstream(self.upstream_epoch))
 
     def _check_wound_down(self) -> None:
         reason = self.winding_down
@@ -527,28 +456,19 @@ class Session:
     # ------------------------------------------------------------------ limits
 
     def _admit(self, now: float, request_id: str | None) -> bool:
-        return self._admit_to(self._messages, "messages", now, request_id)
+        return self._admitted(self._admission.message(now), request_id)
 
     def _admit_cancel(self, request_id: str) -> bool:
-        return self._admit_to(self._cancels, "cancels", self._now, request_id)
+        return self._admitted(self._admission.cancel(self._now), request_id)
 
-    def _admit_to(
-        self, window: RollingWindow, kind: str, now: float, request_id: str | None
-    ) -> bool:
-        refusal = window.try_acquire(now)
-        if refusal is None:
+    def _admitted(self, verdict: dict[str, Any] | bool, request_id: str | None) -> bool:
+        if verdict is True:
             return True
-        if self._refusals.try_acquire(now) is not None:
+        if verdict is False:
             # Told often enough: the client keeps going, so the connection ends.
             self._terminate(ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED)
-            return False
-        details = {
-            "kind": kind,
-            "limit": refusal.limit,
-            "window_seconds": refusal.window_seconds,
-            "retry_in": refusal.retry_in,
-        }
-        self._error(ErrorCode.RATE_LIMITED, request_id, details=details)
+        else:
+            self._error(ErrorCode.RATE_LIMITED, request_id, details=verdict)
         return False
 
     def _backlog_full(self, backlog: int) -> bool:
@@ -574,30 +494,7 @@ class Session:
             SendClient(error_event(code, self.session_id, request_id, message, details))
         )
 
-    def _upstream(self, text: str) -> None:
-        self._out.append(SendUpstream(self.upstream_epoch, text))
-
-    def _upstream_audio(self, audio: str, pcm_bytes: int) -> None:
-        self._out.append(SendUpstream(self.upstream_epoch, vllm_wire.append_text(audio)))
-        self._audio_since_event += pcm_bytes
-        if self._audio_since_event >= self._owed_audio:
-            self._owe()
-
-    def _owe(self) -> None:
-        if self.upstream_owes_since is None:
-            self.upstream_owes_since = self._now
-            self._out.append(UpstreamOwes(self.upstream_epoch, self._now))
-
-    def _settle(self) -> None:
-        self._audio_since_event = 0
-        if self.upstream_owes_since is not None:
-            self.upstream_owes_since = None
-            self._out.append(UpstreamSettled())
-
     def _flush(self) -> list[Action]:
-        out, self._out = self._out, []
+        out = self._out.copy()
+        self._out.clear()
         return out
-
-
-def _b64(pcm: bytes) -> str:
-    return binascii.b2a_base64(pcm, newline=False).decode()

@@ -6,6 +6,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
+from proxy.actions import Outcome, UtteranceEnded
+from proxy.envelope import ErrorCode
+
 
 class Phase(Enum):
     """Where an utterance stands; each phase is one combination that can really happen.
@@ -63,6 +66,22 @@ class Utterance:
     first_audio_at: float | None = None
     first_delta_at: float | None = None
     final_at: float | None = None
+
+    def ended(
+        self, outcome: Outcome, error_code: ErrorCode | None, text: str, now: float
+    ) -> UtteranceEnded:
+        return UtteranceEnded(
+            self.request_id,
+            outcome,
+            error_code,
+            self.audio_bytes,
+            text,
+            self.opened_at,
+            self.first_audio_at,
+            self.first_delta_at,
+            self.final_at,
+            now,
+        )
 
     def add_usage(self, usage: object) -> None:
         if not isinstance(usage, dict):

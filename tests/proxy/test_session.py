@@ -16,18 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.envelope import (
-    Append,
-    Cancel,
-    ClientMessage,
-    Commit,
-    End,
-    EnvelopeError,
-    ErrorCode,
-    Ping,
-    SessionUpdate,
-    parse_client_message,
-)
 from proxy.actions import (
     Action,
     CloseClient,
@@ -41,7 +29,20 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
-from proxy.session import Session, SessionLimits, WindDown
+from proxy.envelope import (
+    Append,
+    Cancel,
+    ClientMessage,
+    Commit,
+    End,
+    EnvelopeError,
+    ErrorCode,
+    Ping,
+    SessionUpdate,
+    parse_client_message,
+)
+from proxy.limits import SessionLimits
+from proxy.session import Session, WindDown
 from proxy.utterance import Utterance
 from proxy.vllm_wire import FRAME_BYTES, segment_audio_limit
 
@@ -1504,9 +1505,7 @@ def test_random_sequences_keep_the_utterance_invariants(
                 lambda op=op, gen=gen: harness.ready(generation=gen + op[1]), readying=gen + op[1]
             )
         elif kind == "stall":
-            checker.step(
-                lambda op=op, gen=gen: harness.stalled(generation=gen + op[1])
-            )
+            checker.step(lambda op=op, gen=gen: harness.stalled(generation=gen + op[1]))
         elif kind == "lost":
             checker.step(lambda op=op, gen=gen: harness.lost(generation=gen + op[1]))
         elif kind == "wind":
