@@ -1663,3 +1663,101 @@ def test_with_a_faithful_upstream_every_done_spells_exactly_its_audio(
         usage = event["payload"]["usage"]
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     checker.finish()
+
+
+# ====================================================================== lifecycle facts
+
+
+def test_a_done_utterance_is_started_and_ended_with_its_sizes_and_times() -> None:
+    harness = Harness()
+    [started] = [a for a in harness.commit("r1") if isinstance(a, UtteranceStarted)]
+    assert started == UtteranceStarted("r1", harness.now)
+    opened_at = harness.now
+    harness.append("r1", pcm_of(3200))
+    first_audio_at = harness.now
+    harness.append("r1", pcm_of(1600))
+    harness.now += 0.5
+    harness.delta(" hi")
+    first_delta_at = harness.now
+    harness.commit("r1", final=True)
+    final_at = harness.now
+    harness.delta(" there")
+    harness.now += 0.25
+    [ended] = [a for a in harness.done() if isinstance(a, UtteranceEnded)]
+    assert ended == UtteranceEnded(
+        "r1",
+        Outcome.DONE,
+        None,
+        4800,
+        " hi there",
+        opened_at,
+        first_audio_at,
+        first_delta_at,
+        final_at,
+        harness.now,
+    )
+
+
+def test_cancelled_and_errored_utterances_end_with_their_outcome() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.append("A", pcm_of(64))
+    harness.cancel("A")
+    harness.ready()
+    harness.commit("B")
+    harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
+    ended = [(f.request_id, f.outcome, f.error_code, f.audio_bytes, f.text) for f in
+             harness.facts(UtteranceEnded)]  # fmt: skip
+    assert ended == [
+        ("A", Outcome.CANCELLED, None, 64, ""),
+        ("B", Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT, 0, ""),
+    ]
+
+
+def test_a_rollover_is_reported_once_per_new_segment() -> None:
+    harness = Harness(segment_max_bytes=4)
+    harness.commit("R")
+    harness.append("R", pcm_of(6))
+    assert harness.facts(UtteranceRolledOver) == []
+    harness.done()
+    assert harness.facts(UtteranceRolledOver) == [UtteranceRolledOver("R")]
+
+
+def test_vllm_owes_an_event_after_its_delay_worth_of_audio_until_it_answers() -> None:
+    harness = Harness()
+    owed = (DELAY_MS // 80 + 2) * FRAME_BYTES
+    harness.commit("r1")
+    # Under the delay plus margin, vLLM's silence is only its delay.
+    actions = harness.append("r1", pcm_of(owed - 2))
+    assert [a for a in actions if isinstance(a, UpstreamOwes)] == []
+    actions = harness.append("r1", pcm_of(2))
+    assert [a for a in actions if isinstance(a, UpstreamOwes)] == [UpstreamOwes(0, harness.now)]
+    assert harness.session.feed.owes_since == harness.now
+    # Owed once: more audio does not restart the clock.
+    assert [a for a in harness.append("r1", pcm_of(64)) if isinstance(a, UpstreamOwes)] == []
+    assert UpstreamSettled() in harness.delta("")
+    assert harness.session.feed.owes_since is None
+    # Any event settles the debt; the count of audio starts again from there.
+    assert [a for a in harness.append("r1", pcm_of(owed - 2)) if isinstance(a, UpstreamOwes)] == []
+
+
+def test_a_final_commit_makes_vllm_owe_its_done_and_a_reopen_settles() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    actions = harness.commit("r1", final=True)
+    assert actions[-1] == UpstreamOwes(0, harness.now)
+    # A stall of an older connection changes nothing.
+    harness.commit("r2")
+    assert wire(harness.stalled(5)) == []
+    actions = harness.stalled()
+    assert UpstreamSettled() in actions
+    assert summary(actions) == [("error", "r1", "upstream_error"), ("reopen", 1)]
+    assert harness.session.feed.owes_since is None
+
+
+def test_a_cancel_that_reopens_settles_what_vllm_owed() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    actions = harness.cancel("r1")
+    assert actions[-2:] == [UpstreamSettled(), OpenUpstream(1)]
