@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from devtools.fake_vllm import FakeVllm
 from proxy.config import ProxyConfig
-from tests.fake_vllm import FakeVllm
 from tests.harness import RunningProxy, connected, load_pcm
 
 ROOT = Path(__file__).resolve().parents[2]
