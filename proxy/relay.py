@@ -254,7 +254,9 @@ class Relay:
                 log.warning("upstream_sent_invalid_json", session_id=session.session_id)
                 return
             try:
-                self.apply(session.on_upstream_event(epoch, event, self.clock()))
+                actions = session.on_upstream_event(epoch, event, self.clock())
+                if actions:
+                    self.apply(actions)
             except Exception:
                 self._fail()
             if self.outbound.qsize() > self._outbound_resume_at:

@@ -322,20 +322,21 @@ class Session:
 
         An id whose final commit was already sent is "no longer open" (no_active_request) even
         while another utterance is open; any other id is a mismatch with the open one."""
+        utterance = self.open
+        if utterance is not None and utterance.request_id == request_id:
+            return utterance  # every audio message: no search (in-flight ids are unique)
         finished_audio = any(
             u.request_id == request_id for u in self.in_flight if u.phase.client_final
         )
-        if self.open is None or finished_audio:
+        if utterance is None or finished_audio:
             self._error(ErrorCode.NO_ACTIVE_REQUEST, request_id)
             return None
-        if self.open.request_id != request_id:
-            self._error(
-                ErrorCode.REQUEST_ID_MISMATCH,
-                request_id,
-                details={"open_request_id": self.open.request_id},
-            )
-            return None
-        return self.open
+        self._error(
+            ErrorCode.REQUEST_ID_MISMATCH,
+            request_id,
+            details={"open_request_id": utterance.request_id},
+        )
+        return None
 
     def _finalize(self, utterance: Utterance) -> None:
         self.open = None
@@ -368,11 +369,7 @@ class Session:
             utterance.request_id,
             {
                 "text": text,
-                "usage": {
-                    "prompt_tokens": utterance.prompt_tokens,
-                    "completion_tokens": utterance.completion_tokens,
-                    "total_tokens": utterance.total_tokens,
-                },
+                "usage": dict(utterance.usage),
                 "audio_ms": utterance.audio_bytes // vllm_wire.PCM_BYTES_PER_MS,
             },
         )
@@ -402,10 +399,7 @@ class Session:
             self.line.remove(utterance)
 
     def _upstream_error(self, utterance: Utterance | None, event: dict[str, Any]) -> None:
-        details = {"upstream_code": str(event.get("code"))}
-        upstream_text = event.get("error")
-        if isinstance(upstream_text, str):
-            details["upstream_message"] = upstream_text[:300]
+        details = vllm_wire.error_details(event)
         if utterance is None:
             self._error(ErrorCode.UPSTREAM_ERROR, None, details=details)
             return

@@ -9,6 +9,8 @@ from enum import Enum
 from proxy.actions import Outcome, UtteranceEnded
 from proxy.envelope import ErrorCode
 
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
 
 class Phase(Enum):
     """Where an utterance stands; each phase is one combination that can really happen.
@@ -60,9 +62,8 @@ class Utterance:
     segment_bytes: int = 0
     segments: int = 0
     texts: list[str] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    # Token usage summed over the utterance's vLLM generations.
+    usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USAGE_KEYS, 0))
     first_audio_at: float | None = None
     first_delta_at: float | None = None
     final_at: float | None = None
@@ -86,7 +87,7 @@ class Utterance:
     def add_usage(self, usage: object) -> None:
         if not isinstance(usage, dict):
             return
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for name in USAGE_KEYS:
             value = usage.get(name)
             if isinstance(value, int):
-                setattr(self, name, getattr(self, name) + value)
+                self.usage[name] += value

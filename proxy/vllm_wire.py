@@ -50,6 +50,15 @@ def decode_event(raw: str) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
+def error_details(event: dict[str, Any]) -> dict[str, str]:
+    """What the client is told of one of vLLM's ``error`` events."""
+    details = {"upstream_code": str(event.get("code"))}
+    text = event.get("error")
+    if isinstance(text, str):
+        details["upstream_message"] = text[:300]
+    return details
+
+
 def prompt_tokens(delay_ms: int) -> int:
     return PROMPT_BASE_TOKENS + delay_ms // FRAME_MS
 
