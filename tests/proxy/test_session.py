@@ -44,7 +44,7 @@ from proxy.envelope import (
 from proxy.limits import SessionLimits
 from proxy.session import Session, WindDown
 from proxy.utterance import Utterance
-from proxy.vllm_wire import FRAME_BYTES, segment_audio_limit
+from proxy.vllm_wire import FRAME_BYTES
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 SERVER_SID = "sess_0123456789abcdef"
@@ -1170,17 +1170,6 @@ def test_cancel_rate_limit() -> None:
 
 
 # ====================================================================== rollover
-
-
-def test_segment_audio_limit_formula() -> None:
-    # frames = max_model_len - 33 - delay/80 - 12
-    assert segment_audio_limit(4096, 480) == (4096 - 33 - 6 - 12) * FRAME_BYTES
-    assert segment_audio_limit(131072, 2400) == (131072 - 33 - 30 - 12) * FRAME_BYTES
-    assert segment_audio_limit(128, 80) == (128 - 33 - 1 - 12) * FRAME_BYTES
-    assert segment_audio_limit(52, 480) == FRAME_BYTES
-    assert segment_audio_limit(51, 480) is None
-    assert segment_audio_limit(10, 480) is None
-    assert FRAME_BYTES == 2560
 
 
 def test_proactive_rollover_splits_the_crossing_chunk() -> None:
