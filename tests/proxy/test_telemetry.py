@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
+from proxy import telemetry as telemetry_module
 from proxy.actions import Outcome, UtteranceEnded, UtteranceRolledOver, UtteranceStarted
 from proxy.envelope import ErrorCode
 from proxy.metrics import Metrics
 from proxy.telemetry import UtteranceTelemetry
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """The log lines telemetry writes (its module logger may be cached under the app's setup:
+    a fresh one binds to the capture)."""
+    with capture_logs() as captured:
+        monkeypatch.setattr(telemetry_module, "log", structlog.get_logger("proxy.utterance"))
+        yield captured
 
 
 def ended(outcome: Outcome, code: ErrorCode | None = None, **times: Any) -> UtteranceEnded:
@@ -30,14 +42,14 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def test_facts_are_counted_by_outcome() -> None:
+def test_facts_are_counted_by_outcome(logs: list[dict[str, Any]]) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=False)
-    with capture_logs():
-        telemetry.record(UtteranceStarted("r1", 10.0))
-        telemetry.record(UtteranceRolledOver("r1"))
-        telemetry.record(ended(Outcome.DONE))
-        telemetry.record(ended(Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT))
+    telemetry.record(UtteranceStarted("r1", 10.0))
+    telemetry.record(UtteranceRolledOver("r1"))
+    telemetry.record(ended(Outcome.DONE))
+    telemetry.record(ended(Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT))
+    assert len(logs) == 2
     name = "voxtral_proxy_utterances_total"
     assert sample(metrics, name, outcome="started") == 1
     assert sample(metrics, name, outcome="rolled_over") == 1
@@ -48,11 +60,12 @@ def test_facts_are_counted_by_outcome() -> None:
 
 
 @pytest.mark.parametrize("log_transcripts", [False, True])
-def test_a_done_utterance_logs_its_summary(log_transcripts: bool) -> None:
+def test_a_done_utterance_logs_its_summary(
+    log_transcripts: bool, logs: list[dict[str, Any]]
+) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=log_transcripts)
-    with capture_logs() as logs:
-        telemetry.record(ended(Outcome.DONE))
+    telemetry.record(ended(Outcome.DONE))
     [line] = logs
     expected = {
         "event": "utterance",
@@ -72,11 +85,12 @@ def test_a_done_utterance_logs_its_summary(log_transcripts: bool) -> None:
     assert sample(metrics, "voxtral_proxy_finalization_latency_seconds_count") == 1
 
 
-def test_an_errored_utterance_names_its_code_and_has_no_finalization_latency() -> None:
+def test_an_errored_utterance_names_its_code_and_has_no_finalization_latency(
+    logs: list[dict[str, Any]],
+) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=True)
-    with capture_logs() as logs:
-        telemetry.record(ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None))
+    telemetry.record(ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None))
     [line] = logs
     assert line["outcome"] == "error:upstream_error"
     assert line["ttfw_ms"] is None
