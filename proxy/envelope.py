@@ -163,6 +163,20 @@ class EnvelopeError:
     counts_toward_rate_limit: bool = True
 
 
+# Sentences for refusals whose default message would not say enough.
+REQUEST_ID_IN_USE = (
+    "This request_id is still being transcribed: give each new utterance a new request_id."
+)
+NOTHING_TO_CANCEL = (
+    "No open, finalizing or queued utterance has this request_id: nothing to cancel."
+)
+ENDING_AFTER_END = "The session is ending after `end`: open a new connection for new utterances."
+
+
+def unsupported_model(served_model: str) -> str:
+    return f"This server serves {served_model!r}: use that model name, or omit session.update."
+
+
 # The refusal of a binary frame (the envelope is JSON text only).
 BINARY_FRAME_REFUSAL = EnvelopeError(
     ErrorCode.INVALID_MESSAGE,

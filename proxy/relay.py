@@ -231,11 +231,8 @@ class Relay:
                 paused.resume()
 
     def _send_upstream(self, text: str) -> None:
-        upstream = self.upstream
-        if not self.pending_upstream and upstream is not None and upstream.writable:
-            upstream.send(text)
-        else:
-            self.pending_upstream.append(text)
+        self.pending_upstream.append(text)
+        self._flush_upstream()
 
     def _flush_upstream(self) -> None:
         """Writes what waited for vLLM's socket, in order, while it takes more."""

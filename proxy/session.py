@@ -33,6 +33,9 @@ from proxy.actions import (
     UtteranceStarted,
 )
 from proxy.envelope import (
+    ENDING_AFTER_END,
+    NOTHING_TO_CANCEL,
+    REQUEST_ID_IN_USE,
     Append,
     Cancel,
     ClientMessage,
@@ -45,6 +48,7 @@ from proxy.envelope import (
     SessionUpdate,
     error_event,
     server_event,
+    unsupported_model,
 )
 from proxy.feed import UpstreamFeed
 from proxy.limits import Admission, SessionLimits
@@ -245,8 +249,7 @@ class Session:
             self._error(
                 ErrorCode.UNSUPPORTED_MODEL,
                 message.request_id,
-                f"This server serves {self.served_model!r}: use that model name, or omit "
-                "session.update.",
+                unsupported_model(self.served_model),
                 {"model": self.served_model},
             )
 
@@ -258,12 +261,7 @@ class Session:
         if self.open is not None and self.open.request_id == request_id:
             return
         if any(u.request_id == request_id for u in self.in_flight):
-            self._error(
-                ErrorCode.INVALID_MESSAGE,
-                request_id,
-                "This request_id is still being transcribed: give each new utterance a new "
-                "request_id.",
-            )
+            self._error(ErrorCode.INVALID_MESSAGE, request_id, REQUEST_ID_IN_USE)
             return
         if self.open is not None:
             if not self._admit_cancel(request_id):
@@ -297,11 +295,7 @@ class Session:
     def _on_cancel(self, message: Cancel) -> None:
         utterance = next((u for u in self.in_flight if u.request_id == message.request_id), None)
         if utterance is None:
-            self._error(
-                ErrorCode.NO_ACTIVE_REQUEST,
-                message.request_id,
-                "No open, finalizing or queued utterance has this request_id: nothing to cancel.",
-            )
+            self._error(ErrorCode.NO_ACTIVE_REQUEST, message.request_id, NOTHING_TO_CANCEL)
             return
         if self._admit_cancel(message.request_id):
             self._cancel(utterance, message.reason)
@@ -426,11 +420,7 @@ class Session:
         assert reason is not None
         error_code = reason.value[1]
         if error_code is None:
-            self._error(
-                ErrorCode.INVALID_MESSAGE,
-                request_id,
-                "The session is ending after `end`: open a new connection for new utterances.",
-            )
+            self._error(ErrorCode.INVALID_MESSAGE, request_id, ENDING_AFTER_END)
         else:
             self._error(error_code, request_id)
 
