@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -18,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import ROOT
+from tests.ports import free_port
 
 SCRIPTS = ROOT / "scripts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
