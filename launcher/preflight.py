@@ -168,7 +168,7 @@ def _vllm(report: Report, config: LauncherConfig, host: Host) -> None:
     )
 
 
-def _model(report: Report, config: LauncherConfig, host: Host, environ: Mapping[str, str]) -> None:
+def _model(report: Report, config: LauncherConfig, host: Host) -> None:
     if config.is_dummy:
         report.passed.append("model: the tiny dummy model (nothing to download)")
         return
@@ -183,8 +183,7 @@ def _model(report: Report, config: LauncherConfig, host: Host, environ: Mapping[
         f"{MODEL_DOWNLOAD_BYTES / 1e9:.0f} GB: free some space, or set VOXTRAL_MODEL_DIR to a "
         "larger disk",
     )
-    token = config.hf_token or environ.get("HUGGING_FACE_HUB_TOKEN", "").strip()
-    if token:
+    if config.hf_token:
         report.passed.append("hub token: set (used for the download)")
     else:
         report.warnings.append(
@@ -224,7 +223,7 @@ def run_checks(environ: Mapping[str, str], host: Host | None = None) -> Report:
     _vllm(report, config, host)
     if config.device == "cuda":
         _gpu(report, config, host, environ)
-    _model(report, config, host, environ)
+    _model(report, config, host)
     _ports(report, config, proxy, host)
     return report
 
@@ -234,10 +233,14 @@ def print_report(report: Report) -> int:
         print(f"ok: {line}")
     for line in report.warnings:
         print(f"warning: {line}")
+    sys.stdout.flush()  # problems come last, also when both streams share a terminal
     for line in report.problems:
         print(f"error: {line}", file=sys.stderr)
     if report.problems:
-        print(f"{len(report.problems)} problem(s); fix them and run `make doctor` again")
+        print(
+            f"{len(report.problems)} problem(s); fix them and run `make doctor` again",
+            file=sys.stderr,
+        )
         return 1
     print("all checks passed")
     return 0

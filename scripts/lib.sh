@@ -18,7 +18,8 @@ ensure_uv() {
   if [ ! -x "$venv/bin/uv" ]; then
     log "installing uv $UV_VERSION into $venv"
     command -v python3 >/dev/null 2>&1 || die "python3 is required to install uv"
-    python3 -m venv "$venv" >&2 || die "could not create $venv"
+    python3 -m venv "$venv" >&2 \
+      || die "could not create $venv with python3 -m venv (Debian and Ubuntu ship it apart: apt-get install python3-venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" >&2 \
       || die "could not install uv $UV_VERSION"
   fi

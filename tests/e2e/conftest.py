@@ -22,8 +22,11 @@ def cpu_vllm_env() -> Path:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, cpu_vllm_env: Path) -> Iterator[Stack]:
-    """The shared stack: VLLM_MAX_MODEL_LEN=2048, as vLLM's own realtime tests use."""
-    with running_stack(tmp_path_factory.mktemp("stack"), cpu_vllm_env) as running:
+    """The shared stack: VLLM_MAX_MODEL_LEN=2048, as vLLM's own realtime tests use, and the
+    connection cap taken from vLLM's KV cache."""
+    with running_stack(
+        tmp_path_factory.mktemp("stack"), cpu_vllm_env, MAX_CONCURRENT_CONNECTIONS="auto"
+    ) as running:
         yield running
 
 
