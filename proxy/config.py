@@ -81,20 +81,36 @@ def validate_transcription_delay_ms(value: int) -> int:
 T = TypeVar("T", int, float)
 
 
-def _number(
-    environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T], minimum: T
-) -> T:
+def parse_number(
+    environ: Mapping[str, str],
+    name: str,
+    kind: Callable[[str], T],
+    minimum: T,
+    maximum: T | None = None,
+) -> T | None:
+    """A number variable (the launcher's and the proxy's): None when unset or empty, otherwise a
+    value of ``kind`` within ``minimum``..``maximum``, or a ``ConfigError`` naming the variable."""
     raw = environ.get(name, "").strip()
     if not raw:
-        return default
+        return None
+    what = "a whole number" if kind is int else "a number"
+    upper = f" and <= {maximum}" if maximum is not None else ""
+    refusal = f"{name}={raw!r} is invalid: use {what} >= {minimum}{upper}"
     try:
         value = kind(raw)
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{name}={raw!r} is invalid: use {what} >= {minimum}") from None
-    if value < minimum or value != value:  # value != value catches NaN
-        raise ConfigError(f"{name}={raw!r} is invalid: use a value >= {minimum}")
+        raise ConfigError(refusal) from None
+    # value != value catches NaN
+    if value != value or value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(refusal)
     return value
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T], minimum: T
+) -> T:
+    value = parse_number(environ, name, kind, minimum)
+    return default if value is None else value
 
 
 def parse_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:

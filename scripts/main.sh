@@ -42,8 +42,11 @@ http_get "$host" "$port" /healthz \
   && die "port $port already answers /healthz: another server runs there (set SERVER_PORT)"
 
 # What the host lacks, or a bad setting, stops here with one line per problem, before anything is
-# downloaded or detached.
-.venv/bin/python -m launcher --check >&2 || die "make up stopped: the preflight found the problems above"
+# downloaded or detached (exit status 2, as for any setting refused before the start).
+if ! .venv/bin/python -m launcher --check >&2; then
+  log "make up stopped before starting anything: the preflight (make doctor) found the problems above"
+  exit 2
+fi
 
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 # One previous run is kept next to the current one.

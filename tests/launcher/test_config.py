@@ -186,3 +186,12 @@ def test_proxy_environ_carries_the_connection_cap() -> None:
     environ = {**BASE, "VOXTRAL_API_KEY": "k", "VLLM_MAX_NUM_SEQS": "4"}
     config = load_config(environ, detect_gpu=lambda: False)
     assert load_proxy_config(proxy_environ(config, environ)).max_connections == 4
+
+
+def test_numbers_share_the_proxys_parser_and_wording() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(VLLM_PORT="70000")
+    assert str(info.value) == "VLLM_PORT='70000' is invalid: use a whole number >= 1 and <= 65535"
+    with pytest.raises(ConfigError) as info:
+        load_proxy_config({"VOXTRAL_API_KEY": "k", "WS_INBOUND_QUEUE_MAX": "0"})
+    assert str(info.value) == "WS_INBOUND_QUEUE_MAX='0' is invalid: use a whole number >= 1"
