@@ -130,7 +130,10 @@ def _gpu(report: Report, config: LauncherConfig, host: Host, environ: Mapping[st
         )
         if config.is_dummy:
             continue
-        mib = int(float(memory)) if memory.replace(".", "", 1).isdigit() else 0
+        mib = memory_mib(memory)
+        if mib is None:  # e.g. "[N/A]" for a MIG slice: nothing to compare
+            report.warnings.append(f"GPU {index} ({name}): nvidia-smi does not tell its memory")
+            continue
         report.check(
             mib >= MIN_GPU_MEMORY_MIB,
             f"GPU {index} ({name}): {mib} MiB of memory",
@@ -152,6 +155,15 @@ def _gpu(report: Report, config: LauncherConfig, host: Host, environ: Mapping[st
         f"the Python headers are missing ({header}): Triton compiles against them; install "
         f"them (apt-get install python{version}-dev)",
     )
+
+
+def memory_mib(memory: str) -> int | None:
+    """nvidia-smi's memory.total, with or without its unit ("81920" or "81920 MiB")."""
+    words = memory.split()
+    try:
+        return int(float(words[0])) if words else None
+    except ValueError:
+        return None
 
 
 def _compilers(environ: Mapping[str, str]) -> Sequence[str]:

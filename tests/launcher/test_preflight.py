@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.preflight import Host, Report, run_checks
+from launcher.preflight import Host, Report, memory_mib, run_checks
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +102,18 @@ def test_too_little_gpu_memory(environ: dict[str, str], include: Path) -> None:
     problem = only_problem(run_checks(environ, healthy(include, "NVIDIA A10G-8, 580.1, 8192")))
     assert "8192 MiB" in problem
     assert "16 GB or more" in problem
+
+
+def test_memory_with_its_unit_is_read() -> None:
+    assert memory_mib("81920 MiB") == 81920
+    assert memory_mib("15360") == 15360
+    assert memory_mib("[N/A]") is None
+
+
+def test_unknown_memory_is_a_warning_not_a_refusal(environ: dict[str, str], include: Path) -> None:
+    report = run_checks(environ, healthy(include, "NVIDIA A100 MIG 3g.40gb, 580.1, [N/A]"))
+    assert report.problems == []
+    assert any("does not tell its memory" in line for line in report.warnings)
 
 
 def test_no_gpu_answers(environ: dict[str, str], include: Path) -> None:
