@@ -113,7 +113,10 @@ def _gpu(report: Report, config: LauncherConfig, host: Host, environ: Mapping[st
             f"({MIN_DRIVER_MAJOR} or newer), or set VLLM_DEVICE=cpu"
         )
         return
+    chosen = _visible_indices(environ)
     for index, (name, driver, memory) in enumerate(rows):
+        if chosen is not None and index not in chosen:
+            continue
         try:
             major = int(driver.split(".")[0])
         except ValueError:
@@ -155,6 +158,16 @@ def _gpu(report: Report, config: LauncherConfig, host: Host, environ: Mapping[st
         f"the Python headers are missing ({header}): Triton compiles against them; install "
         f"them (apt-get install python{version}-dev)",
     )
+
+
+def _visible_indices(environ: Mapping[str, str]) -> set[int] | None:
+    """The GPUs CUDA_VISIBLE_DEVICES leaves to vLLM, when it names them by index (nvidia-smi
+    lists every GPU of the host); None means every GPU."""
+    raw = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    parts = [part.strip() for part in raw.split(",")]
+    if not raw or not all(part.isdigit() for part in parts):
+        return None
+    return {int(part) for part in parts}
 
 
 def memory_mib(memory: str) -> int | None:

@@ -104,6 +104,15 @@ def test_too_little_gpu_memory(environ: dict[str, str], include: Path) -> None:
     assert "16 GB or more" in problem
 
 
+def test_only_the_gpus_cuda_visible_devices_names_are_checked(
+    environ: dict[str, str], include: Path
+) -> None:
+    two = "NVIDIA T4, 580.1, 15000\nNVIDIA L40S, 580.1, 46068\n"
+    assert "GPU 0 (NVIDIA T4)" in only_problem(run_checks(environ, healthy(include, two)))
+    environ["CUDA_VISIBLE_DEVICES"] = "1"
+    assert run_checks(environ, healthy(include, two)).problems == []
+
+
 def test_memory_with_its_unit_is_read() -> None:
     assert memory_mib("81920 MiB") == 81920
     assert memory_mib("15360") == 15360
