@@ -4,6 +4,8 @@
 # Instance N sees only GPU N (CUDA_VISIBLE_DEVICES=N), serves its proxy on loopback at
 # MULTI_GPU_PROXY_BASE_PORT+N (8010+N) and its vLLM at MULTI_GPU_VLLM_BASE_PORT+N (8100+N); the
 # balancer (deploy/haproxy/voxtral-stt.cfg) listens on 8000 and spreads connections over them.
+# VLLM_PORT is the launcher's setting only: it never reaches vLLM's environment, where vLLM would
+# take it as the first of its internal ports and could collide with the next instance's API port.
 #
 #   scripts/multi_gpu.sh env N             print instance N's variables (KEY=VALUE lines)
 #   scripts/multi_gpu.sh render DIR [K]    write DIR/gpu0.env .. DIR/gpu{K-1}.env (K: every GPU)
