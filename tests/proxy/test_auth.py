@@ -32,14 +32,14 @@ def test_bearer_is_used_last() -> None:
     "authorization", ["bearer tok", "BEARER tok", "Bearer   tok  ", "  Bearer tok"]
 )
 def test_bearer_scheme_is_case_insensitive_and_trimmed(authorization: str) -> None:
-    assert presented_key({}, {"authorization": authorization}) == "tok"
+    assert presented_key(QueryParams(""), {"authorization": authorization}) == "tok"
 
 
 @pytest.mark.parametrize(
     "authorization", ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "tok", "Bearer a b", "Token x"]
 )
 def test_malformed_authorization_presents_nothing(authorization: str) -> None:
-    assert presented_key({}, {"authorization": authorization}) is None
+    assert presented_key(QueryParams(""), {"authorization": authorization}) is None
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -57,7 +57,7 @@ def test_empty_query_key_falls_through_to_headers() -> None:
 
 
 def test_x_api_key_is_trimmed() -> None:
-    assert presented_key({}, {"x-api-key": "  k  "}) == "k"
+    assert presented_key(QueryParams(""), {"x-api-key": "  k  "}) == "k"
 
 
 def test_nothing_presented() -> None:
