@@ -205,7 +205,14 @@ async def test_minting_needs_an_api_key_in_a_header() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"expires_in": 0}, {"expires_in": 100_000}, {"expires_in": "60"}, {"session_id": ""}, [1]],
+    [
+        {"expires_in": 0},
+        {"expires_in": 100_000},
+        {"expires_in": "60"},
+        {"session_id": ""},
+        [1],
+        {"padding": "x" * 5000},  # the body is capped before it is parsed
+    ],
 )
 async def test_minting_refuses_bad_requests(body: Any) -> None:
     async with fake_and_proxy() as (_, proxy):
