@@ -40,6 +40,9 @@ WS_LAYER_MAX_FACTOR = 16
 # File handles kept free of client sockets: the health monitor's and each new session's
 # connection to vLLM, the listening sockets, log files.
 FD_RESERVE = 64
+# Room for sockets beyond the sessions (HTTP checks, clients being admitted), and the floor.
+MIN_SPARE_SOCKETS = 16
+UNLIMITED_SOCKETS = 1_000_000
 
 
 def socket_limits(config: ProxyConfig) -> SocketLimits:
@@ -48,24 +51,25 @@ def socket_limits(config: ProxyConfig) -> SocketLimits:
     the health monitor can still reach vLLM while clients hold every other handle."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     fits = (
-        config.max_open_sockets or 1_000_000
+        UNLIMITED_SOCKETS
         if soft == resource.RLIM_INFINITY
         else soft - FD_RESERVE - config.max_connections
     )
-    max_open = min(config.max_open_sockets, fits) if config.max_open_sockets else fits
-    if max_open < config.max_connections + 16:
+    wanted = config.max_open_sockets or config.max_connections + MIN_SPARE_SOCKETS
+    max_open = max(min(config.max_open_sockets or fits, fits), MIN_SPARE_SOCKETS)
+    if max_open < wanted:
         log.warning(
             "file_handle_limit_low",
             nofile=soft,
-            max_open_sockets=max(max_open, 16),
+            max_open_sockets=max_open,
             max_connections=config.max_connections,
             advice="raise the file-handle limit (ulimit -n, LimitNOFILE=) to at least "
-            f"{2 * config.max_connections + FD_RESERVE + 16 + config.max_pending_sockets}",
+            f"{FD_RESERVE + config.max_connections + wanted}",
         )
     return SocketLimits(
         head_timeout_s=config.http_head_timeout_s,
         max_pending=config.max_pending_sockets,
-        max_open=max(max_open, 16),
+        max_open=max_open,
         max_header_count=config.max_header_count,
         max_header_bytes=config.max_header_bytes,
     )
