@@ -10,16 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 from starlette.applications import Starlette
-from starlette.datastructures import QueryParams
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
@@ -32,10 +30,12 @@ from proxy.envelope import (
     error_event,
     server_event,
 )
-from proxy.limits import AuthFailureLimiter, Refusal
+from proxy.limits import AuthFailureLimiter, Refusal, auth_failure_details
 from proxy.metrics import Metrics
 from proxy.relay import Relay
+from proxy.security_headers import SecurityHeaders
 from proxy.session import Session, SessionLimits, segment_audio_limit
+from proxy.token_endpoint import mint_token
 from proxy.tokens import Claims, TokenError, TokenIssuer, looks_like_token, token_secret
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
 
@@ -44,8 +44,6 @@ log = structlog.get_logger("proxy.app")
 # The browser demo: the page and its assets, and the JS client module it imports.
 DEMO_DIR = Path(__file__).resolve().parent / "static"
 JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
-DEFAULT_TOKEN_TTL_S = 60
-TOKEN_REQUEST_MAX_BYTES = 4096  # a token request is two small fields
 
 
 def _number(value: float) -> float | int:
@@ -243,7 +241,7 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
                 session_id,
                 ErrorCode.RATE_LIMITED,
                 CloseCode.RATE_LIMITED,
-                _auth_failures_details(blocked),
+                auth_failure_details(blocked),
             )
         else:
             await _refuse(
@@ -262,15 +260,6 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
         return None
 
     return session_id
-
-
-def _auth_failures_details(blocked: Refusal) -> dict[str, Any]:
-    return {
-        "kind": "auth_failures",
-        "limit": blocked.limit,
-        "window_seconds": blocked.window_seconds,
-        "retry_in": blocked.retry_in,
-    }
 
 
 async def _serve_session(
@@ -369,102 +358,6 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state: ProxyState = request.app.state.proxy
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-def _http_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, **extra}},
-        status_code=status,
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-async def mint_token(request: Request) -> Response:
-    """``POST /api/tokens``: an API key (``X-API-Key`` or ``Authorization: Bearer``, never the
-    URL) buys a short-lived client token; JSON body, optional: ``expires_in`` seconds (default
-    60), ``session_id`` to bind the token to."""
-    state: ProxyState = request.app.state.proxy
-    address = request.client.host if request.client else "unknown"
-    key = presented_key(QueryParams(""), request.headers)
-    if not key_is_valid(key, state.config.api_keys):
-        blocked = state.auth_failed(address)
-        if blocked is not None:
-            return _http_error(
-                429,
-                ErrorCode.RATE_LIMITED.value,
-                "Too many failed attempts from this address: wait, then retry with a valid key.",
-                details=_auth_failures_details(blocked),
-            )
-        why = (
-            "A token cannot mint another: use an API key."
-            if key is not None and looks_like_token(key)
-            else "Send an API key in X-API-Key or Authorization: Bearer."
-        )
-        return _http_error(401, ErrorCode.UNAUTHORIZED.value, why)
-    try:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > TOKEN_REQUEST_MAX_BYTES:
-                raise ValueError
-        body = orjson.loads(raw) if raw else {}
-        expires_in = body.get("expires_in", DEFAULT_TOKEN_TTL_S)
-        session_id = body.get("session_id")
-        if type(expires_in) is not int or not (
-            session_id is None
-            or (isinstance(session_id, str) and 0 < len(session_id) <= ID_MAX_CHARS)
-        ):
-            raise ValueError
-        token, claims = state.tokens.mint(expires_in, session_id, time.time())
-    except (ValueError, AttributeError, TokenError):
-        return _http_error(
-            400,
-            ErrorCode.INVALID_MESSAGE.value,
-            f"Send a JSON object with optional expires_in (whole seconds, 1.."
-            f"{state.config.token_max_ttl_s}) and session_id (1..{ID_MAX_CHARS} characters).",
-        )
-    return JSONResponse(
-        {
-            "token": token,
-            "expires_in": expires_in,
-            "expires_at": claims.expires_at,
-            "session_id": claims.session_id,
-        },
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-# The demo page loads only its own scripts, styles and worklet, talks only to this origin, and
-# may not be framed (clickjacking a page that holds a key and a microphone).
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (
-        b"content-security-policy",
-        b"default-src 'self'; connect-src 'self'; img-src 'self' data:; object-src 'none'; "
-        b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    ),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-)
-
-
-class SecurityHeaders:
-    """Adds ``SECURITY_HEADERS`` to every HTTP response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 async def demo_page(request: Request) -> Response:
