@@ -45,34 +45,32 @@ MIN_SPARE_SOCKETS = 16
 UNLIMITED_SOCKETS = 1_000_000
 
 
-def socket_limits(config: ProxyConfig) -> SocketLimits:
+def socket_limits(config: ProxyConfig, nofile: int) -> tuple[SocketLimits, str | None]:
     """The caps before a request head, with the open-socket bound fitted under the process's
-    file-handle limit: each session also holds a socket to vLLM, and the reserve stays free so
-    the health monitor can still reach vLLM while clients hold every other handle."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    file-handle limit ``nofile``: each session also holds a socket to vLLM, and the reserve stays
+    free so the health monitor can still reach vLLM while clients hold every other handle. The
+    second value is advice when the limit leaves less room than wanted."""
     fits = (
         UNLIMITED_SOCKETS
-        if soft == resource.RLIM_INFINITY
-        else soft - FD_RESERVE - config.max_connections
+        if nofile == resource.RLIM_INFINITY
+        else nofile - FD_RESERVE - config.max_connections
     )
     wanted = config.max_open_sockets or config.max_connections + MIN_SPARE_SOCKETS
     max_open = max(min(config.max_open_sockets or fits, fits), MIN_SPARE_SOCKETS)
-    if max_open < wanted:
-        log.warning(
-            "file_handle_limit_low",
-            nofile=soft,
-            max_open_sockets=max_open,
-            max_connections=config.max_connections,
-            advice="raise the file-handle limit (ulimit -n, LimitNOFILE=) to at least "
-            f"{FD_RESERVE + config.max_connections + wanted}",
-        )
-    return SocketLimits(
+    advice = (
+        "raise the file-handle limit (ulimit -n, LimitNOFILE=) to at least "
+        f"{FD_RESERVE + config.max_connections + wanted}"
+        if max_open < wanted
+        else None
+    )
+    limits = SocketLimits(
         head_timeout_s=config.http_head_timeout_s,
         max_pending=config.max_pending_sockets,
         max_open=max_open,
         max_header_count=config.max_header_count,
         max_header_bytes=config.max_header_bytes,
     )
+    return limits, advice
 
 
 class _Server(uvicorn.Server):
@@ -103,9 +101,19 @@ class ProxyServer:
         self.config = config
         self.app = create_app(config)
         self.state: ProxyState = self.app.state.proxy
+        nofile, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limits, advice = socket_limits(config, nofile)
+        if advice is not None:
+            log.warning(
+                "file_handle_limit_low",
+                nofile=nofile,
+                max_open_sockets=limits.max_open,
+                max_connections=config.max_connections,
+                advice=advice,
+            )
         uvicorn_config = GuardedConfig(
             self.app,
-            socket_limits(config),
+            limits,
             host=config.bind_host,
             port=config.port,
             log_config=None,
