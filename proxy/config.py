@@ -7,6 +7,7 @@ allowed, so ``python -m proxy`` can exit with one clear line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,26 @@ class ProxyConfig:
     log_transcripts: bool = False
     # Browser Origins allowed to connect; empty allows any (clients without Origin always pass).
     allowed_origins: tuple[str, ...] = ()
+    # Addresses or networks of the front ends (HAProxy, ingress) whose X-Forwarded-For names
+    # the real client; empty trusts nobody, so a client cannot choose its own address.
+    trusted_proxies: tuple[str, ...] = ()
+    # Signs client tokens; empty derives the secret from the API keys (same keys, same secret
+    # on every replica).
+    token_secret: str = field(default="", repr=False)
+    token_max_ttl_s: int = 900
+    # Before a request head has arrived a socket costs a file handle and nothing else proves
+    # it is a client: a deadline, and a bound on how many may wait at once.
+    http_head_timeout_s: float = 10.0
+    max_pending_sockets: int = 256
+    # 0: as many as the file-handle limit allows after vLLM's sockets and a reserve.
+    max_open_sockets: int = 0
+    max_header_count: int = 64
+    max_header_bytes: int = 16_384
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret, for scrubbing log lines."""
+        return (*self.api_keys, self.token_secret) if self.token_secret else self.api_keys
 
     @property
     def upstream_health_url(self) -> str:
@@ -130,6 +151,21 @@ def parse_api_keys(raw: str) -> tuple[str, ...]:
     return tuple(key for key in (part.strip() for part in raw.split(",")) if key)
 
 
+def parse_trusted_proxies(raw: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (CIDR); each is checked here so a typo stops
+    the start instead of silently trusting nobody (or everybody)."""
+    entries = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"TRUSTED_PROXIES entry {entry!r} is invalid: use IP addresses or networks "
+                "such as 127.0.0.1 or 10.0.0.0/8, separated by commas"
+            ) from None
+    return entries
+
+
 def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
     env = os.environ if environ is None else environ
     keys = parse_api_keys(env.get("VOXTRAL_API_KEY", ""))
@@ -191,4 +227,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             for origin in env.get("ALLOWED_ORIGINS", "").split(",")
             if origin.strip()
         ),
+        trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
+        token_secret=env.get("VOXTRAL_TOKEN_SECRET", "").strip(),
+        token_max_ttl_s=_number(env, "TOKEN_MAX_TTL_S", 900, int, 1),
+        http_head_timeout_s=_number(env, "HTTP_HEAD_TIMEOUT_S", 10.0, float, 0.1),
+        max_pending_sockets=_number(env, "MAX_PENDING_SOCKETS", 256, int, 1),
+        max_open_sockets=_number(env, "MAX_OPEN_SOCKETS", 0, int, 0),
+        max_header_count=_number(env, "HTTP_MAX_HEADERS", 64, int, 8),
+        max_header_bytes=_number(env, "HTTP_MAX_HEADER_BYTES", 16_384, int, 1024),
     )

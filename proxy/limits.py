@@ -15,6 +15,16 @@ class Refusal:
     retry_in: float
 
 
+def auth_failure_details(refusal: Refusal) -> dict[str, object]:
+    """The ``rate_limited`` details of a refused auth attempt."""
+    return {
+        "kind": "auth_failures",
+        "limit": refusal.limit,
+        "window_seconds": refusal.window_seconds,
+        "retry_in": refusal.retry_in,
+    }
+
+
 class RollingWindow:
     """At most ``limit`` events in any ``window_seconds``; refused events do not count."""
 
