@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(proxy_config.log_level, keys=proxy_config.api_keys)
+    configure_logging(proxy_config.log_level, keys=proxy_config.secrets)
     for warning in config.warnings:
         log.warning(warning)
     if shutil.which(config.vllm_bin) is None:

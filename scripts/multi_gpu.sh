@@ -48,6 +48,9 @@ instance_env() {
   printf 'CUDA_VISIBLE_DEVICES=%s\n' "$index"
   printf 'VLLM_DEVICE=cuda\n'
   printf 'SERVER_BIND_HOST=127.0.0.1\n'
+  # HAProxy on this host sets X-Forwarded-For (after deleting the client's): trust it to say
+  # who the client is, so auth failures are counted per real client.
+  printf 'TRUSTED_PROXIES=127.0.0.1\n'
   printf 'SERVER_PORT=%s\n' $((PROXY_BASE + index))
   printf 'VLLM_PORT=%s\n' $((VLLM_BASE + index))
 }
