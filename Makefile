@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SERVER ?= localhost:8000
 
-.PHONY: help env test lint fmt up down restart status logs warmup convo idle remote bench bench-proxy
+.PHONY: help env test lint fmt doctor up down restart status logs warmup convo idle remote bench bench-proxy
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ lint:  ## ruff, ruff format --check, mypy
 
 fmt:  ## apply ruff's fixes and formatting
 	@scripts/lint.sh --fix
+
+doctor: env  ## check the host and the settings before `make up` (driver, GPU memory, disk, ports...)
+	@. scripts/ops.sh && load_env_file "$$ENV_FILE" && $(PY) -m launcher --check
 
 up:  ## start the service, wait until ready, follow its log (TAIL_LOGS=0 skips)
 	@scripts/main.sh

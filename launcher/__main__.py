@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import httpx
 import structlog
 
+from launcher.capacity import CapacityError, read_capacity
 from launcher.command import build_command
-from launcher.config import ConfigError, LauncherConfig, load_config, proxy_environ
+from launcher.config import (
+    ConfigError,
+    LauncherConfig,
+    load_config,
+    proxy_environ,
+    vllm_install_hint,
+)
 from launcher.model import ModelError, PreparedModel, prepare_model
+from launcher.preflight import print_report, run_checks
 from launcher.supervisor import Supervisor, VllmStartError
 from launcher.tekken import TekkenError, set_transcription_delay
 from proxy.config import ProxyConfig
@@ -72,6 +83,36 @@ def prepare(config: LauncherConfig) -> PreparedModel:
     return model
 
 
+async def apply_capacity(config: LauncherConfig, server: ProxyServer) -> None:
+    """Log how many streams vLLM's KV cache holds; with MAX_CONCURRENT_CONNECTIONS=auto the
+    proxy's cap becomes that number, otherwise a cap above it is warned about."""
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            capacity = await read_capacity(client, config.vllm_url)
+    except CapacityError as exc:
+        log.warning("stream capacity unknown", error=str(exc))
+        return
+    log.info(
+        "stream capacity",
+        streams=capacity.streams,
+        kv_cache_tokens=capacity.kv_cache_tokens,
+        max_model_len=capacity.max_model_len,
+    )
+    proxy_config = server.state.config
+    if config.connections_auto:
+        fit = max(1, capacity.streams)
+        cap = min(fit, config.max_num_seqs) if config.max_num_seqs is not None else fit
+        server.state.config = dataclasses.replace(proxy_config, max_connections=cap)
+        log.info("MAX_CONCURRENT_CONNECTIONS=auto", max_connections=cap)
+    elif proxy_config.max_connections > capacity.streams:
+        log.warning(
+            f"MAX_CONCURRENT_CONNECTIONS={proxy_config.max_connections} is above the "
+            f"{capacity.streams} streams of {capacity.max_model_len} tokens that vLLM's KV cache "
+            f"holds; streams beyond them may be preempted: set MAX_CONCURRENT_CONNECTIONS="
+            f"{capacity.streams} (or auto), or give vLLM more memory"
+        )
+
+
 async def run(config: LauncherConfig, proxy_config: ProxyConfig) -> int:
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -106,6 +147,7 @@ async def run(config: LauncherConfig, proxy_config: ProxyConfig) -> int:
     try:
         await asyncio.wait({starting, proxy_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done() and starting.exception() is None:
+            await apply_capacity(config, server)
             log.info(
                 "phase", phase="ready", pid=supervisor.pid, served_model=config.served_model_name
             )
@@ -139,16 +181,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m launcher",
         description="Prepare the model, run vLLM under supervision and serve the proxy in front.",
     )
-    parser.add_argument(
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument(
         "--print-command",
         action="store_true",
         help="print the vllm serve command (with its environment) and exit",
+    )
+    actions.add_argument(
+        "--check",
+        action="store_true",
+        help="check the host and the settings (driver, GPU memory, disk, compiler, ports...), "
+        "print one line per problem and exit 1 if there is any",
     )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.check:
+        return print_report(run_checks(os.environ))
     try:
         config = load_config(os.environ)
         if args.print_command:
@@ -158,9 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(proxy_config.log_level, keys=proxy_config.api_keys)
+    configure_logging(proxy_config.log_level, keys=proxy_config.secrets)
     for warning in config.warnings:
         log.warning(warning)
+    if shutil.which(config.vllm_bin) is None:
+        log.error(f"vllm is not at {config.vllm_bin}: {vllm_install_hint(config.device)}")
+        return EXIT_FAILED
     try:
         return run_event_loop(run(config, proxy_config))
     except (ModelError, TekkenError, VllmStartError) as exc:

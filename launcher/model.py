@@ -14,7 +14,7 @@ import structlog
 
 from launcher import dummy_model
 from launcher.config import LauncherConfig
-from launcher.tekken import write_json_atomic
+from launcher.files import write_json_atomic
 
 log = structlog.get_logger("launcher.model")
 

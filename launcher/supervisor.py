@@ -18,13 +18,11 @@ import httpx
 import structlog
 
 from launcher.command import VllmCommand
+from launcher.vllm_environ import vllm_environ
 
 log = structlog.get_logger("launcher.supervisor")
 vllm_log = structlog.get_logger("vllm")
 
-# vLLM needs none of these; keeping them out of its environment keeps them out of its logs, and
-# VLLM_API_KEY would make vLLM demand a key the proxy does not send.
-SECRET_VARIABLES = ("VOXTRAL_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
 HEALTH_POLL_S = 1.0
 # A run that stayed up this long counts as healthy: the next crash starts the backoff afresh.
 STABLE_RUN_S = 60.0
@@ -51,12 +49,6 @@ class Backoff:
 
     def reset(self) -> None:
         self._next_s = 0.0
-
-
-def child_environ(command: VllmCommand, environ: Mapping[str, str]) -> dict[str, str]:
-    env = {name: value for name, value in environ.items() if name not in SECRET_VARIABLES}
-    env.update(command.env)
-    return env
 
 
 def _die_with_parent() -> None:
@@ -159,7 +151,7 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                env=child_environ(self._command, self._environ),
+                env=vllm_environ(self._environ, self._command.env),
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
                 limit=OUTPUT_LINE_LIMIT,

@@ -7,12 +7,12 @@ crash never leaves a half-written tokenizer, and only when the value differs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from launcher.files import write_json_atomic
 
 DELAY_KEY = "transcription_delay_ms"
 
@@ -31,25 +31,6 @@ def read_tekken(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TekkenError(f"{path} does not hold a JSON object")
     return data
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write ``data`` as JSON next to ``path`` and rename it over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(orjson.dumps(data))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            tmp.chmod(path.stat().st_mode & 0o777)
-        else:
-            tmp.chmod(0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def current_delay_ms(path: Path) -> int | None:

@@ -15,7 +15,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level, keys=config.api_keys)
+    configure_logging(config.log_level, keys=config.secrets)
     run_event_loop(ProxyServer(config).serve())
     return 0
 

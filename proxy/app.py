@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -21,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from proxy.actions import Outcome
-from proxy.auth import key_is_valid, presented_key
+from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
 from proxy.config import ProxyConfig
 from proxy.envelope import (
     ID_MAX_CHARS,
@@ -31,10 +32,13 @@ from proxy.envelope import (
     error_event,
     server_event,
 )
-from proxy.limits import AuthFailureLimiter, SessionLimits
+from proxy.limits import AuthFailureLimiter, Refusal, SessionLimits, auth_failure_details
 from proxy.metrics import STARTED, Metrics
 from proxy.relay import Relay
+from proxy.security_headers import SecurityHeaders
 from proxy.session import Session
+from proxy.token_endpoint import mint_token
+from proxy.tokens import Claims, TokenError, TokenIssuer, looks_like_token, token_secret
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
 from proxy.vllm_wire import segment_audio_limit
 
@@ -63,6 +67,9 @@ class ProxyState:
         self.auth_failures = AuthFailureLimiter(
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
+        self.tokens = TokenIssuer(
+            token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
+        )
         self.limits = SessionLimits(
             inbound_queue_max=config.inbound_queue_max,
             max_messages_per_window=config.max_messages_per_window,
@@ -82,6 +89,16 @@ class ProxyState:
             and not self.draining
             and self.slots_taken < self.config.max_connections
         )
+
+    def auth_failed(self, address: str) -> Refusal | None:
+        """Counts a failed attempt from ``address``; the refusal when it had already used up
+        its failures (then the answer is ``rate_limited`` rather than ``unauthorized``). Only
+        failures meet this limit: a valid credential is never refused for others' failures."""
+        now = time.monotonic()
+        blocked = self.auth_failures.blocked(address, now)
+        if blocked is None:
+            self.auth_failures.record_failure(address, now)
+        return blocked
 
     def session_created_payload(self) -> dict[str, Any]:
         config = self.config
@@ -159,11 +176,30 @@ class AsrStreamingEndpoint:
             state.slots_taken -= 1
 
 
+class Unauthorized(Exception):
+    """The credential is missing or unusable; the message says what to do."""
+
+
+def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
+    """Checks an API key (constant time) or a client token; returns the token's claims (None
+    for a key). Raises ``Unauthorized``."""
+    if key_is_valid(credential, state.config.api_keys):
+        return None
+    if credential is None or not looks_like_token(credential):
+        raise Unauthorized  # the protocol's default message for unauthorized
+    try:
+        return state.tokens.verify(credential, time.time())
+    except TokenError as exc:
+        raise Unauthorized(str(exc)) from None
+
+
 async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
     """Accepts the upgrade, then refuses (an error event and a close) or admits: returns the
     session id when admitted."""
     config = state.config
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols", [])
+    # Only the plain name is echoed: the credential offer is never sent back.
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     query_session = websocket.query_params.get("session_id")
     session_id = (
         query_session
@@ -171,22 +207,9 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
         else f"sess_{uuid.uuid4().hex[:16]}"
     )
     address = websocket.client.host if websocket.client else "unknown"
-    now = time.monotonic()
 
     if state.draining:
         await _refuse(websocket, state, session_id, ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY)
-        return None
-    blocked = state.auth_failures.blocked(address, now)
-    if blocked is not None:
-        details = {
-            "kind": "auth_failures",
-            "limit": blocked.limit,
-            "window_seconds": blocked.window_seconds,
-            "retry_in": blocked.retry_in,
-        }
-        await _refuse(
-            websocket, state, session_id, ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED, details
-        )
         return None
     origin = websocket.headers.get("origin")
     if config.allowed_origins and origin and origin.rstrip("/") not in config.allowed_origins:
@@ -201,9 +224,37 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
             reason="origin_not_allowed",
         )
         return None
-    if not key_is_valid(presented_key(websocket.query_params, websocket.headers), config.api_keys):
-        state.auth_failures.record_failure(address, now)
-        await _refuse(websocket, state, session_id, ErrorCode.UNAUTHORIZED, CloseCode.UNAUTHORIZED)
+    try:
+        credential = presented_key(websocket.query_params, websocket.headers, offered)
+        claims = authenticate(state, credential)
+        if claims is not None:
+            if claims.session_id is not None and query_session not in (None, claims.session_id):
+                raise Unauthorized(
+                    "This token is bound to another session_id: connect with its session_id "
+                    "or mint a token for this one."
+                )
+            state.tokens.use_once(claims, time.time())
+            session_id = claims.session_id or session_id
+    except (AmbiguousCredential, Unauthorized, TokenError) as exc:
+        blocked = state.auth_failed(address)
+        if blocked is not None:
+            await _refuse(
+                websocket,
+                state,
+                session_id,
+                ErrorCode.RATE_LIMITED,
+                CloseCode.RATE_LIMITED,
+                auth_failure_details(blocked),
+            )
+        else:
+            await _refuse(
+                websocket,
+                state,
+                session_id,
+                ErrorCode.UNAUTHORIZED,
+                CloseCode.UNAUTHORIZED,
+                message=str(exc) or None,
+            )
         return None
     if state.slots_taken >= config.max_connections:
         await _refuse(
@@ -350,6 +401,7 @@ def create_app(config: ProxyConfig) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/api/tokens", mint_token, methods=["POST"]),
     ]
     if config.demo_page:
         routes += [
@@ -357,6 +409,6 @@ def create_app(config: ProxyConfig) -> Starlette:
             Mount("/demo", StaticFiles(directory=DEMO_DIR, check_dir=False)),
             Mount("/js", StaticFiles(directory=JS_CLIENT_DIR, check_dir=False)),
         ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
     app.state.proxy = state
     return app

@@ -1,23 +1,56 @@
-"""API keys: where a client may put one, and a constant-time check against the configured keys."""
+"""Credentials (API keys and client tokens): where a client may put one, a constant-time check
+against the configured keys, and their removal from log text."""
 
 from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from starlette.datastructures import QueryParams
+
+from proxy.tokens import TOKEN_PATTERN
+
+# A browser cannot set headers on a WebSocket: it offers ``voxtral-stt`` plus
+# ``voxtral-stt.auth.<credential>`` as subprotocols, and the server echoes only the first.
+SUBPROTOCOL = "voxtral-stt"
+AUTH_SUBPROTOCOL_PREFIX = f"{SUBPROTOCOL}.auth."
 
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
-# Where a key can show up in a log line: a query string (uvicorn's access log prints it) and
-# the auth headers (the WebSocket layer's debug log prints request headers).
+# Where a credential can show up in a log line: a query string (uvicorn's access log prints
+# it), the auth headers and the subprotocol offer (the WebSocket layer's debug log prints
+# request headers).
 _KEY_IN_TEXT = re.compile(
-    r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?)[^&\s\"',]*"
+    r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?|voxtral-stt\.auth\.)"
+    r"[^&\s\"',]*"
 )
 
 
-def presented_key(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
-    """The key the client presented; first match wins: query ``api_key``, ``X-API-Key``,
-    ``Authorization: Bearer``."""
-    key = query.get("api_key")
+class AmbiguousCredential(ValueError):
+    """The client sent one kind of credential twice; the message says what to send instead."""
+
+
+def presented_key(
+    query: QueryParams, headers: Mapping[str, str], subprotocols: Sequence[str] = ()
+) -> str | None:
+    """The key or token the client presented; first match wins: the ``voxtral-stt.auth.``
+    subprotocol, query ``api_key``, ``X-API-Key``, ``Authorization: Bearer``. Two values in
+    one place are refused rather than one picked."""
+    offered = [
+        p[len(AUTH_SUBPROTOCOL_PREFIX) :]
+        for p in subprotocols
+        if p.startswith(AUTH_SUBPROTOCOL_PREFIX)
+    ]
+    if len(offered) > 1:
+        raise AmbiguousCredential(
+            f"Offer one {AUTH_SUBPROTOCOL_PREFIX}<credential> subprotocol, not several."
+        )
+    if offered and offered[0]:
+        return offered[0]
+    keys = query.getlist("api_key")
+    if len(keys) > 1:
+        raise AmbiguousCredential("Send the api_key query parameter once, not several times.")
+    key = keys[0] if keys else None
     if key:
         return key
     key = headers.get("x-api-key")
@@ -38,8 +71,10 @@ def key_is_valid(presented: str | None, configured: tuple[str, ...]) -> bool:
 
 
 def redact_keys(text: str, keys: tuple[str, ...] = ()) -> str:
-    """Hides keys in query strings and auth headers, and any of ``keys`` wherever it appears."""
+    """Hides credentials in query strings, auth headers and subprotocols, anything shaped like
+    a client token, and any of ``keys`` wherever it appears."""
     text = _KEY_IN_TEXT.sub(r"\1[redacted]", text)
+    text = TOKEN_PATTERN.sub("[redacted]", text)
     for key in keys:
         if key in text:
             text = text.replace(key, "[redacted]")

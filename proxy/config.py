@@ -7,6 +7,7 @@ allowed, so ``python -m proxy`` can exit with one clear line.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DELAY_STEP_MS = 80
 DELAY_MIN_MS = 80
 DELAY_MAX_MS = 2400
+DEFAULT_TRANSCRIPTION_DELAY_MS = 480
+# MAX_CONCURRENT_CONNECTIONS=auto: the launcher sets the cap from vLLM's KV cache.
+AUTO = "auto"
 
 
 class ConfigError(ValueError):
@@ -35,7 +39,7 @@ class ProxyConfig:
     port: int = 8000
     model_id: str = DEFAULT_MODEL_ID
     served_model_name: str = DEFAULT_MODEL_ID
-    transcription_delay_ms: int = 480
+    transcription_delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS
     max_connections: int = 100
     idle_timeout_s: float = 150.0
     max_duration_s: float = 5400.0
@@ -55,6 +59,26 @@ class ProxyConfig:
     log_transcripts: bool = False
     # Browser Origins allowed to connect; empty allows any (clients without Origin always pass).
     allowed_origins: tuple[str, ...] = ()
+    # Addresses or networks of the front ends (HAProxy, ingress) whose X-Forwarded-For names
+    # the real client; empty trusts nobody, so a client cannot choose its own address.
+    trusted_proxies: tuple[str, ...] = ()
+    # Signs client tokens; empty derives the secret from the API keys (same keys, same secret
+    # on every replica).
+    token_secret: str = field(default="", repr=False)
+    token_max_ttl_s: int = 900
+    # Before a request head has arrived a socket costs a file handle and nothing else proves
+    # it is a client: a deadline, and a bound on how many may wait at once.
+    http_head_timeout_s: float = 10.0
+    max_pending_sockets: int = 256
+    # 0: as many as the file-handle limit allows after vLLM's sockets and a reserve.
+    max_open_sockets: int = 0
+    max_header_count: int = 64
+    max_header_bytes: int = 16_384
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret, for scrubbing log lines."""
+        return (*self.api_keys, self.token_secret) if self.token_secret else self.api_keys
 
     @property
     def upstream_health_url(self) -> str:
@@ -69,8 +93,8 @@ def validate_transcription_delay_ms(value: int) -> int:
     and the model card covers)."""
     if value % DELAY_STEP_MS or not DELAY_MIN_MS <= value <= DELAY_MAX_MS:
         raise ConfigError(
-            f"VOXTRAL_TRANSCRIPTION_DELAY_MS={value} is invalid: use a multiple of "
-            f"{DELAY_STEP_MS} between {DELAY_MIN_MS} and {DELAY_MAX_MS} (default 480)"
+            f"VOXTRAL_TRANSCRIPTION_DELAY_MS={value} is invalid: use a multiple of {DELAY_STEP_MS} "
+            f"between {DELAY_MIN_MS} and {DELAY_MAX_MS} (default {DEFAULT_TRANSCRIPTION_DELAY_MS})"
         )
     return value
 
@@ -78,20 +102,36 @@ def validate_transcription_delay_ms(value: int) -> int:
 T = TypeVar("T", int, float)
 
 
-def _number(
-    environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T], minimum: T
-) -> T:
+def parse_number(
+    environ: Mapping[str, str],
+    name: str,
+    kind: Callable[[str], T],
+    minimum: T,
+    maximum: T | None = None,
+) -> T | None:
+    """A number variable (the launcher's and the proxy's): None when unset or empty, otherwise a
+    value of ``kind`` within ``minimum``..``maximum``, or a ``ConfigError`` naming the variable."""
     raw = environ.get(name, "").strip()
     if not raw:
-        return default
+        return None
+    what = "a whole number" if kind is int else "a number"
+    upper = f" and <= {maximum}" if maximum is not None else ""
+    refusal = f"{name}={raw!r} is invalid: use {what} >= {minimum}{upper}"
     try:
         value = kind(raw)
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{name}={raw!r} is invalid: use {what} >= {minimum}") from None
-    if value < minimum or value != value:  # value != value catches NaN
-        raise ConfigError(f"{name}={raw!r} is invalid: use a value >= {minimum}")
+        raise ConfigError(refusal) from None
+    # value != value catches NaN
+    if value != value or value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(refusal)
     return value
+
+
+def _number(
+    environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T], minimum: T
+) -> T:
+    value = parse_number(environ, name, kind, minimum)
+    return default if value is None else value
 
 
 def parse_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -109,6 +149,21 @@ def parse_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
 def parse_api_keys(raw: str) -> tuple[str, ...]:
     """Comma-separated keys (several allow rotation); blanks around and between are ignored."""
     return tuple(key for key in (part.strip() for part in raw.split(",")) if key)
+
+
+def parse_trusted_proxies(raw: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or networks (CIDR); each is checked here so a typo stops
+    the start instead of silently trusting nobody (or everybody)."""
+    entries = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"TRUSTED_PROXIES entry {entry!r} is invalid: use IP addresses or networks "
+                "such as 127.0.0.1 or 10.0.0.0/8, separated by commas"
+            ) from None
+    return entries
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
@@ -131,6 +186,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL={log_level!r} is invalid: use one of {', '.join(LOG_LEVELS)}")
 
+    if env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO:
+        raise ConfigError(
+            "MAX_CONCURRENT_CONNECTIONS=auto needs the launcher (python -m launcher, make up), "
+            "which reads vLLM's KV cache; give python -m proxy a whole number"
+        )
     port = _number(env, "SERVER_PORT", 8000, int, 0)
     if port > 65535:
         raise ConfigError(f"SERVER_PORT={port} is invalid: use a port number 0..65535")
@@ -143,7 +203,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         model_id=model_id,
         served_model_name=env.get("VOXTRAL_SERVED_MODEL_NAME", "").strip() or model_id,
         transcription_delay_ms=validate_transcription_delay_ms(
-            _number(env, "VOXTRAL_TRANSCRIPTION_DELAY_MS", 480, int, 0)
+            _number(env, "VOXTRAL_TRANSCRIPTION_DELAY_MS", DEFAULT_TRANSCRIPTION_DELAY_MS, int, 0)
         ),
         max_connections=_number(env, "MAX_CONCURRENT_CONNECTIONS", 100, int, 1),
         idle_timeout_s=_number(env, "WS_IDLE_TIMEOUT_S", 150.0, float, 0.0),
@@ -167,4 +227,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             for origin in env.get("ALLOWED_ORIGINS", "").split(",")
             if origin.strip()
         ),
+        trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
+        token_secret=env.get("VOXTRAL_TOKEN_SECRET", "").strip(),
+        token_max_ttl_s=_number(env, "TOKEN_MAX_TTL_S", 900, int, 1),
+        http_head_timeout_s=_number(env, "HTTP_HEAD_TIMEOUT_S", 10.0, float, 0.1),
+        max_pending_sockets=_number(env, "MAX_PENDING_SOCKETS", 256, int, 1),
+        max_open_sockets=_number(env, "MAX_OPEN_SOCKETS", 0, int, 0),
+        max_header_count=_number(env, "HTTP_MAX_HEADERS", 64, int, 8),
+        max_header_bytes=_number(env, "HTTP_MAX_HEADER_BYTES", 16_384, int, 1024),
     )

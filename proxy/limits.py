@@ -27,6 +27,20 @@ class Refusal:
     window_seconds: float
     retry_in: float
 
+    def details(self, kind: str) -> dict[str, Any]:
+        """The ``rate_limited`` error's details: which limit, and when to retry."""
+        return {
+            "kind": kind,
+            "limit": self.limit,
+            "window_seconds": self.window_seconds,
+            "retry_in": self.retry_in,
+        }
+
+
+def auth_failure_details(refusal: Refusal) -> dict[str, Any]:
+    """The ``rate_limited`` details of a refused auth attempt."""
+    return refusal.details("auth_failures")
+
 
 class RollingWindow:
     """At most ``limit`` events in any ``window_seconds``; refused events do not count."""
@@ -109,9 +123,4 @@ class Admission:
             return True
         if self._refusals.try_acquire(now) is not None:
             return False
-        return {
-            "kind": kind,
-            "limit": refusal.limit,
-            "window_seconds": refusal.window_seconds,
-            "retry_in": refusal.retry_in,
-        }
+        return refusal.details(kind)

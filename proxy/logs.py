@@ -1,9 +1,12 @@
-"""Logging: structlog for our lines and uvicorn's, JSON when not on a terminal, keys redacted."""
+"""Logging: structlog for our lines and uvicorn's, JSON when not on a terminal, credentials
+scrubbed from every value."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -13,23 +16,38 @@ from proxy.auth import redact_keys
 _FRAME_DUMP_PREFIXES = ("< ", "> ", "= ", "% ", "x ", "! ", "? ")
 
 
-class RedactKeys(logging.Filter):
-    """Scrubs keys from every stdlib record (uvicorn logs WebSocket paths with their query
-    string, and headers at debug level); the message is rendered once here so its arguments
-    cannot carry a key either."""
-
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        super().__init__()
-        self.keys = keys
+class DropFrameDumps(logging.Filter):
+    """The WebSocket layer's debug dumps of frames and headers carry audio, transcripts and
+    credentials: they never reach the output."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno <= logging.DEBUG and str(record.msg).startswith(_FRAME_DUMP_PREFIXES):
-            # The WebSocket layer's frame and header dumps carry audio, transcripts and keys.
-            return False
-        if isinstance(record.msg, str) or record.args:
-            record.msg = redact_keys(record.getMessage(), self.keys)
-            record.args = None
-        return True
+        return not (
+            record.levelno <= logging.DEBUG and str(record.msg).startswith(_FRAME_DUMP_PREFIXES)
+        )
+
+
+class ScrubCredentials:
+    """A structlog processor: every string value of every line, whatever its field (a
+    ``session_id`` or ``request_id`` chosen by a client may be a key), loses its credentials."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return redact_keys(value, self.keys)
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        return value
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for name, value in event_dict.items():
+            event_dict[name] = self._scrub(value)
+        return event_dict
 
 
 def configure_logging(
@@ -53,12 +71,13 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            ScrubCredentials(keys),
             renderer,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
-    handler.addFilter(RedactKeys(keys))
+    handler.addFilter(DropFrameDumps())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

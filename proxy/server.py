@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ import uvicorn
 
 from proxy.app import ProxyState, create_app
 from proxy.config import ProxyConfig
+from proxy.guard import GuardedConfig, SocketLimits
 
 log = structlog.get_logger("proxy.server")
 
@@ -33,6 +35,42 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
 # Frames up to this size reach the app, which answers payload_too_large itself and keeps the
 # connection; only larger ones are cut by the WebSocket layer (close 1009).
 WS_LAYER_MAX_FACTOR = 16
+
+
+# File handles kept free of client sockets: the health monitor's and each new session's
+# connection to vLLM, the listening sockets, log files.
+FD_RESERVE = 64
+# Room for sockets beyond the sessions (HTTP checks, clients being admitted), and the floor.
+MIN_SPARE_SOCKETS = 16
+UNLIMITED_SOCKETS = 1_000_000
+
+
+def socket_limits(config: ProxyConfig, nofile: int) -> tuple[SocketLimits, str | None]:
+    """The caps before a request head, with the open-socket bound fitted under the process's
+    file-handle limit ``nofile``: each session also holds a socket to vLLM, and the reserve stays
+    free so the health monitor can still reach vLLM while clients hold every other handle. The
+    second value is advice when the limit leaves less room than wanted."""
+    fits = (
+        UNLIMITED_SOCKETS
+        if nofile == resource.RLIM_INFINITY
+        else nofile - FD_RESERVE - config.max_connections
+    )
+    wanted = config.max_open_sockets or config.max_connections + MIN_SPARE_SOCKETS
+    max_open = max(min(config.max_open_sockets or fits, fits), MIN_SPARE_SOCKETS)
+    advice = (
+        "raise the file-handle limit (ulimit -n, LimitNOFILE=) to at least "
+        f"{FD_RESERVE + config.max_connections + wanted}"
+        if max_open < wanted
+        else None
+    )
+    limits = SocketLimits(
+        head_timeout_s=config.http_head_timeout_s,
+        max_pending=config.max_pending_sockets,
+        max_open=max_open,
+        max_header_count=config.max_header_count,
+        max_header_bytes=config.max_header_bytes,
+    )
+    return limits, advice
 
 
 class _Server(uvicorn.Server):
@@ -63,8 +101,19 @@ class ProxyServer:
         self.config = config
         self.app = create_app(config)
         self.state: ProxyState = self.app.state.proxy
-        uvicorn_config = uvicorn.Config(
+        nofile, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limits, advice = socket_limits(config, nofile)
+        if advice is not None:
+            log.warning(
+                "file_handle_limit_low",
+                nofile=nofile,
+                max_open_sockets=limits.max_open,
+                max_connections=config.max_connections,
+                advice=advice,
+            )
+        uvicorn_config = GuardedConfig(
             self.app,
+            limits,
             host=config.bind_host,
             port=config.port,
             log_config=None,
@@ -75,6 +124,11 @@ class ProxyServer:
             # websockets' deprecated legacy API.
             ws="websockets-sansio",
             lifespan="on",
+            # The client address (for the auth-failure limit) comes from X-Forwarded-For only
+            # when the socket's peer is a configured front end; uvicorn's default would trust
+            # 127.0.0.1, i.e. anything on this host.
+            proxy_headers=True,
+            forwarded_allow_ips=list(config.trusted_proxies),
         )
         self._server = _Server(uvicorn_config, self.begin_shutdown if handle_signals else None)
         self._drain_task: asyncio.Task[None] | None = None

@@ -18,16 +18,46 @@ ensure_uv() {
   if [ ! -x "$venv/bin/uv" ]; then
     log "installing uv $UV_VERSION into $venv"
     command -v python3 >/dev/null 2>&1 || die "python3 is required to install uv"
-    python3 -m venv "$venv" >&2 || die "could not create $venv"
+    python3 -m venv "$venv" >&2 \
+      || die "could not create $venv with python3 -m venv (Debian and Ubuntu ship it apart: apt-get install python3-venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" >&2 \
       || die "could not install uv $UV_VERSION"
   fi
   printf '%s\n' "$venv/bin/uv"
 }
 
-# Syncs the locked project environment (.venv) with the client extras; prints nothing on success.
+# True when this host runs (or will run) the GPU service: VLLM_DEVICE=cuda, or VLLM_DEVICE auto
+# (or unset) and an NVIDIA GPU is visible, or .venv already holds the gpu extra (its vllm). The
+# last rule wins over VLLM_DEVICE=cpu, so that a CPU run on a GPU host (the lifecycle tests, say)
+# never uninstalls the vLLM a running server uses; removing the extra is a deliberate
+# `rm -rf .venv` (or `scripts/stop.sh --nuke`).
+serves_gpu() {
+  [ -x .venv/bin/vllm ] && return 0
+  case "${VLLM_DEVICE:-auto}" in
+    cuda | gpu) return 0 ;;
+    auto) [ -e /dev/nvidia0 ] || nvidia-smi -L >/dev/null 2>&1 ;;
+    *) return 1 ;;
+  esac
+}
+
+# The one rule for the extras of the project environment: the clients always, the gpu extra
+# (vLLM's CUDA build, about 8 GB) on a host that serves with it. Prints the uv arguments.
+sync_args() {
+  printf '%s\n' sync --frozen --extra clients
+  if serves_gpu; then printf '%s\n' --extra gpu; fi
+  printf '%s\n' --quiet
+}
+
+# Syncs the locked project environment (.venv) by that rule; prints nothing on success. Every
+# target that syncs (env, test, lint, up, warmup, bench...) comes here. SYNC_DRY_RUN=1 prints the
+# uv command instead of running it.
 sync_env() {
-  local uv
+  local uv args
   uv="$(ensure_uv)"
-  "$uv" sync --frozen --extra clients --quiet >&2 || die "uv sync failed"
+  mapfile -t args < <(sync_args)
+  if [ "${SYNC_DRY_RUN:-0}" = 1 ]; then
+    printf '%s\n' "$uv ${args[*]}"
+    return
+  fi
+  "$uv" "${args[@]}" >&2 || die "uv ${args[*]} failed"
 }

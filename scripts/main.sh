@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What `make up` runs: reads .env, checks the key, syncs the locked env (with vLLM on a GPU host; on a
-# CPU-only host it builds or reuses the CPU vLLM env instead), starts the launcher detached (pid in
-# run/launcher.pid, output in logs/server.log), waits for /healthz and then /readyz, and tails the
-# log (Ctrl+C stops only the tail; TAIL_LOGS=0 skips it).
+# CPU-only host it builds or reuses the CPU vLLM env instead), runs the preflight (`make doctor`),
+# starts the launcher detached (pid in run/launcher.pid, output in logs/server.log), waits for
+# /healthz and then /readyz, and tails the log (Ctrl+C stops only the tail; TAIL_LOGS=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -25,8 +25,8 @@ if [ "$device" = auto ]; then
 fi
 export VLLM_DEVICE="$device"
 
+sync_env
 if [ "$device" = cpu ]; then
-  sync_env
   if [ -z "${VLLM_BIN:-}" ]; then
     VOXTRAL_VLLM_CPU_ENV="${VOXTRAL_VLLM_CPU_ENV:-$(scripts/cpu_vllm_env.sh)}"
     export VOXTRAL_VLLM_CPU_ENV
@@ -34,18 +34,19 @@ if [ "$device" = cpu ]; then
   if [ "${VOXTRAL_MODEL_ID:-}" != dummy ]; then
     log "warning: vLLM runs on CPU; the real model is far too slow there (VOXTRAL_MODEL_ID=dummy serves the tiny test model)"
   fi
-else
-  uv="$(ensure_uv)"
-  "$uv" sync --frozen --extra clients --extra gpu --quiet >&2 || die "uv sync (with the gpu extra) failed"
 fi
-
-# A bad launcher variable stops here with its one-line message, before anything is detached.
-.venv/bin/python -m launcher --print-command >/dev/null || exit 2
 
 port="${SERVER_PORT:-8000}"
 host="$(probe_host "${SERVER_BIND_HOST:-}")"
 http_get "$host" "$port" /healthz \
   && die "port $port already answers /healthz: another server runs there (set SERVER_PORT)"
+
+# What the host lacks, or a bad setting, stops here with one line per problem, before anything is
+# downloaded or detached (exit status 2, as for any setting refused before the start).
+if ! .venv/bin/python -m launcher --check >&2; then
+  log "make up stopped before starting anything: the preflight (make doctor) found the problems above"
+  exit 2
+fi
 
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 # One previous run is kept next to the current one.
@@ -103,6 +104,8 @@ wait_for /healthz
 wait_for /readyz
 trap - INT
 log "ready: ws://$host:$port/api/asr-streaming (pid $pid); make status, make logs, make down"
+fits="$(last_capacity)"
+[ -z "$fits" ] || log "vLLM's KV cache: $fits"
 
 if [ "${TAIL_LOGS:-1}" != 0 ]; then
   log "following $LOG_FILE (Ctrl+C stops following; the service keeps running)"

@@ -4,6 +4,8 @@
 # Instance N sees only GPU N (CUDA_VISIBLE_DEVICES=N), serves its proxy on loopback at
 # MULTI_GPU_PROXY_BASE_PORT+N (8010+N) and its vLLM at MULTI_GPU_VLLM_BASE_PORT+N (8100+N); the
 # balancer (deploy/haproxy/voxtral-stt.cfg) listens on 8000 and spreads connections over them.
+# VLLM_PORT is the launcher's setting only: it never reaches vLLM's environment, where vLLM would
+# take it as the first of its internal ports and could collide with the next instance's API port.
 #
 #   scripts/multi_gpu.sh env N             print instance N's variables (KEY=VALUE lines)
 #   scripts/multi_gpu.sh render DIR [K]    write DIR/gpu0.env .. DIR/gpu{K-1}.env (K: every GPU)
@@ -46,6 +48,9 @@ instance_env() {
   printf 'CUDA_VISIBLE_DEVICES=%s\n' "$index"
   printf 'VLLM_DEVICE=cuda\n'
   printf 'SERVER_BIND_HOST=127.0.0.1\n'
+  # HAProxy on this host sets X-Forwarded-For (after deleting the client's): trust it to say
+  # who the client is, so auth failures are counted per real client.
+  printf 'TRUSTED_PROXIES=127.0.0.1\n'
   printf 'SERVER_PORT=%s\n' $((PROXY_BASE + index))
   printf 'VLLM_PORT=%s\n' $((VLLM_BASE + index))
 }

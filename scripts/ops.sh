@@ -120,3 +120,14 @@ last_phase() {
   { grep -o '"phase": *"[a-z]*"' "$LOG_FILE" 2>/dev/null || true; } | tail -n 1 \
     | sed 's/.*"\([a-z]*\)"$/\1/'
 }
+
+# The stream capacity the launcher derived from vLLM's KV cache ("N streams of L tokens, KV cache
+# T tokens"), from its latest log line about it; empty until vLLM has been ready once.
+last_capacity() {
+  [ -f "$LOG_FILE" ] || return 0
+  local line
+  line="$({ grep '"event": *"stream capacity"' "$LOG_FILE" 2>/dev/null || true; } | tail -n 1)"
+  [ -n "$line" ] || return 0
+  printf '%s streams of %s tokens fit (KV cache %s tokens)\n' "$(json_field "$line" streams)" \
+    "$(json_field "$line" max_model_len)" "$(json_field "$line" kv_cache_tokens)"
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `make status` runs: the launcher's pid and uptime, /healthz and /readyz, open connections
-# against capacity, and vLLM's state. Exit status: 0 running and ready, 1 not running, 3 running
-# but not ready (starting, vLLM down, draining or at capacity).
+# against capacity, the streams vLLM's KV cache holds, and vLLM's state. Exit status: 0 running and
+# ready, 1 not running, 3 running but not ready (starting, vLLM down, draining or at capacity).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -38,6 +38,8 @@ if http_get "$host" "$port" /healthz; then
   row readyz "$HTTP_CODE ready=$(json_field "$HTTP_BODY" ready || echo '?') draining=${draining:-?}"
   [ "$HTTP_CODE" = 200 ] && ready=1
   row connections "${connections:-?} open / ${capacity:-?} capacity"
+  fits="$(last_capacity)"
+  row kv-cache "${fits:-not known yet (vLLM not ready)}"
 else
   row healthz "no answer on http://$host:$port/healthz (still preparing the model?)"
   row readyz "-"

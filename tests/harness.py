@@ -10,6 +10,11 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import os
+import re
+import resource
+import signal
+import sys
 import wave
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -25,7 +30,8 @@ from proxy.config import ProxyConfig
 from proxy.server import ProxyServer
 
 TEST_KEY = "test-key-7f3a9c"
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
 FRAME_BYTES = 2560  # 80 ms of 16 kHz mono PCM16
 
 
@@ -233,3 +239,77 @@ def texts(events: list[dict[str, Any]], request_id: str) -> list[str]:
         for e in events
         if e["type"] == "transcription.delta" and e["request_id"] == request_id
     ]
+
+
+_RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
+@contextlib.asynccontextmanager
+async def proxy_subprocess(
+    upstream_url: str,
+    keys: tuple[str, ...],
+    lines: list[str],
+    *,
+    nofile: int | None = None,
+    **env: str,
+) -> AsyncIterator[RunningProxy]:
+    """Runs ``python -m proxy`` on a free port (``env`` adds variables), collecting its output
+    lines into ``lines``; ``nofile`` lowers its file-handle limit."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("VOXTRAL_")}
+    environ.update(
+        VOXTRAL_API_KEY=",".join(keys),
+        VOXTRAL_UPSTREAM_URL=upstream_url,
+        SERVER_BIND_HOST="127.0.0.1",
+        SERVER_PORT="0",
+        WS_DRAIN_TIMEOUT_S="2",
+    )
+    environ.update(env)
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+            )
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        cwd=ROOT,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=limit_files,
+    )
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def collect() -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            found = _RUNNING.search(line)
+            if found and not port.done():
+                port.set_result(int(found.group(1)))
+
+    collector = asyncio.create_task(collect())
+    try:
+        async with asyncio.timeout(30):
+            waiters: list[asyncio.Future[Any]] = [port, collector]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        assert port.done(), "".join(lines)  # the process ended before serving
+        number = port.result()
+        config = ProxyConfig(api_keys=keys, upstream_url=upstream_url, port=number)
+        yield RunningProxy(
+            ws_url=f"ws://127.0.0.1:{number}/api/asr-streaming",
+            http_url=f"http://127.0.0.1:{number}",
+            api_key=keys[0],
+            config=config,
+            server=None,  # type: ignore[arg-type]  # it runs in its own process
+        )
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await process.wait()
+            await collector

@@ -3,12 +3,19 @@
 // /js/voxtral-client.js) or in any runtime with WebSocket, EventTarget and CustomEvent.
 //
 //   import { VoxtralClient } from "/js/voxtral-client.js";
-//   const client = new VoxtralClient("ws://host:8000/api/asr-streaming", { apiKey });
+//   const client = new VoxtralClient("wss://host/api/asr-streaming", { getToken });
 //   client.addEventListener("delta", (e) => show(e.detail.delta));
 //   await client.connect();
 //   client.startUtterance();
 //   client.sendPcm(int16Samples);           // 16 kHz mono PCM16, any length
 //   const end = await client.finish();      // the utterance's last event (done, cancelled, error)
+
+/** The subprotocol the server echoes, and the prefix of the one that carries a credential
+ * (browsers cannot set headers on a WebSocket; a subprotocol keeps it out of the URL). */
+export const SUBPROTOCOL = "voxtral-stt";
+export const AUTH_SUBPROTOCOL_PREFIX = "voxtral-stt.auth.";
+// What a subprotocol may contain (an HTTP token); browsers throw on anything else.
+const TOKEN_CHARS = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /** 16 kHz mono PCM16: 80 ms is 1280 samples, 2560 bytes. */
 export const SAMPLE_RATE = 16000;
@@ -38,8 +45,12 @@ export const CHUNK_BYTES = 2560;
 
 /**
  * @typedef {object} ClientOptions
- * @property {string} [apiKey]     sent as the `api_key` query parameter (browsers cannot set
- *                                 headers on a WebSocket)
+ * @property {() => Promise<string> | string} [getToken]  called by every connect() for a
+ *                                 fresh client token (tokens open one connection each), e.g.
+ *                                 from your backend, which mints it with POST /api/tokens
+ * @property {string} [token]      one client token (good for one connect())
+ * @property {string} [apiKey]     an API key, for trusted code only (a key in a web page can
+ *                                 be read by anyone who loads it: prefer tokens there)
  * @property {string} [sessionId]  names the session from its first event; otherwise the
  *                                 server's generated id is used
  * @property {typeof WebSocket} [WebSocketImpl]  a WebSocket constructor (default: the global)
@@ -140,7 +151,9 @@ export class VoxtralClient extends EventTarget {
   constructor(url, options = {}) {
     super();
     const target = new URL(url);
-    if (options.apiKey) target.searchParams.set("api_key", options.apiKey);
+    const { getToken, token, apiKey } = options;
+    /** @private @type {() => Promise<string> | string} where connect() gets its credential */
+    this._credential = getToken ?? (() => token ?? apiKey ?? "");
     if (options.sessionId) target.searchParams.set("session_id", options.sessionId);
     /** @private */ this._url = target.toString();
     /** @private */ this._WebSocket = options.WebSocketImpl ?? globalThis.WebSocket;
@@ -175,10 +188,14 @@ export class VoxtralClient extends EventTarget {
    * when the server refuses (the "error" and "close" events fire as well).
    * @returns {Promise<Record<string, any>>}
    */
-  connect() {
-    if (this.ws) return Promise.reject(new Error("connect() was already called"));
+  async connect() {
+    if (this.ws) throw new Error("connect() was already called");
+    const credential = await this._credential();
+    if (!TOKEN_CHARS.test(credential)) {
+      throw new Error("the API key or token is empty or has characters a subprotocol cannot carry");
+    }
     return new Promise((resolve, reject) => {
-      const ws = new this._WebSocket(this._url);
+      const ws = new this._WebSocket(this._url, [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + credential]);
       this.ws = ws;
       ws.onmessage = (message) => {
         if (typeof message.data !== "string") return;
@@ -423,6 +440,33 @@ export class VoxtralClient extends EventTarget {
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/**
+ * Mints a client token: POST /api/tokens with an API key. Meant for backends (the key stays
+ * there; the browser gets only the token), or a page where the user typed the key.
+ * @param {string} tokensUrl  http(s) URL of /api/tokens
+ * @param {string} apiKey
+ * @param {{expiresIn?: number, sessionId?: string}} [options]  expiry in seconds (server
+ *        default 60), and the session_id the token is bound to
+ * @returns {Promise<string>}
+ */
+export async function mintToken(tokensUrl, apiKey, options = {}) {
+  const body = {};
+  if (options.expiresIn !== undefined) body.expires_in = options.expiresIn;
+  if (options.sessionId !== undefined) body.session_id = options.sessionId;
+  const response = await fetch(tokensUrl, {
+    method: "POST",
+    headers: { "X-API-Key": apiKey, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    // The HTTP status stands in for the close code: no socket was opened.
+    const error = answer.error ?? { code: `http_${response.status}`, message: "" };
+    throw new ConnectError({ code: response.status, reason: "", error: { details: {}, ...error } });
+  }
+  return answer.token;
 }
 
 /**

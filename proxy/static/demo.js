@@ -1,8 +1,11 @@
 // The browser demo: microphone -> AudioWorklet (16 kHz PCM16, 80 ms chunks) -> VoxtralClient.
 // Start opens a connection when none is open, then a new utterance; Stop sends the remaining
 // audio and the final commit. The connection stays open for the next Start.
+// The key typed here never goes into a URL or onto the WebSocket: each connection first trades
+// it for a one-connection client token (POST /api/tokens, same origin), which the client
+// offers as a subprotocol.
 
-import { VoxtralClient } from "../js/voxtral-client.js";
+import { ConnectError, VoxtralClient, mintToken } from "../js/voxtral-client.js";
 
 const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const keyInput = /** @type {HTMLInputElement} */ ($("key"));
@@ -120,6 +123,8 @@ function streamingUrl() {
   return url.toString();
 }
 
+const TOKENS_URL = new URL("api/tokens", window.location.href).toString();
+
 /** Connects when there is no usable connection; false when the server refused. */
 async function ensureConnected() {
   const key = keyInput.value.trim();
@@ -127,7 +132,7 @@ async function ensureConnected() {
   if (client && !client.closed) client.close();
   clearProblem();
   setStatus("connecting");
-  client = new VoxtralClient(streamingUrl(), { apiKey: key });
+  client = new VoxtralClient(streamingUrl(), { getToken: () => mintToken(TOKENS_URL, key) });
   clientKey = key;
   attach(client);
   try {
@@ -137,8 +142,14 @@ async function ensureConnected() {
     $("session-info").textContent =
       `Session ${client.sessionId} · ${session.model} · delay ${session.transcription_delay_ms} ms.`;
     return true;
-  } catch {
-    return false; // the error and close events have been shown already
+  } catch (error) {
+    if (error instanceof ConnectError && !client.ws && error.error) {
+      // The token request was refused: no socket, so no error or close event to show it.
+      showError(error.error);
+      logLine(`token refused  ${error.code} (${error.error.code})`, true);
+      setStatus("closed", `refused ${error.code}`);
+    }
+    return false; // otherwise the error and close events have been shown already
   }
 }
 

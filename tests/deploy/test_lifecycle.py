@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -18,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import ROOT
+from tests.ports import free_port
 
 SCRIPTS = ROOT / "scripts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
@@ -195,3 +189,28 @@ def test_nuke_needs_confirmation_and_removes_only_the_project_state(tmp_path: Pa
     assert left == ["proxy", "scripts"]
     assert not cache.exists()
     assert (tmp_path / "cache" / "other-tool").exists()
+
+
+def test_status_shows_the_latest_stream_capacity_from_the_log(tmp_path: Path) -> None:
+    """The kv-cache row of `make status` (and `make up`'s last line) come from the launcher's own
+    log line; the latest one wins (vLLM restarted with other settings)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = [
+        '{"streams": 17, "kv_cache_tokens": 2236962, "max_model_len": 131072, '
+        '"event": "stream capacity", "level": "info"}',
+        '{"event": "phase", "phase": "ready"}',
+        '{"streams": 25, "kv_cache_tokens": 52428, "max_model_len": 2048, '
+        '"event": "stream capacity", "level": "info"}',
+    ]
+    (logs / "server.log").write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        ["bash", "-c", ". scripts/lib.sh && . scripts/ops.sh && last_capacity"],
+        cwd=ROOT,
+        env={**os.environ, "VOXTRAL_LOG_DIR": str(logs)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout == "25 streams of 2048 tokens fit (KV cache 52428 tokens)\n"

@@ -47,6 +47,8 @@ def test_instances_get_their_own_gpu_and_ports(tmp_path: Path) -> None:
     assert len(set(ports)) == len(ports)
     assert 8000 not in ports  # the balancer's port
     assert all(env["SERVER_BIND_HOST"] == "127.0.0.1" for env in instances)
+    # The balancer in front of them is the one peer trusted to name the client.
+    assert all(env["TRUSTED_PROXIES"] == "127.0.0.1" for env in instances)
 
 
 def test_overlapping_port_ranges_are_refused(tmp_path: Path) -> None:

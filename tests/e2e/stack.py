@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 E2E_KEY = "e2e-key-5b81d2"
 # One vLLM start takes 30-60 s on 2 cores; more when another start shares them.
@@ -23,12 +24,6 @@ READY_LIMIT_S = 300.0
 STOP_LIMIT_S = 60.0
 # Variables of the surrounding shell that would change what the launcher does.
 INHERITED_PREFIXES = ("VLLM_", "VOXTRAL_", "SERVER_", "WS_", "HF_", "MAX_CONCURRENT")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

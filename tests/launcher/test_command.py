@@ -29,7 +29,13 @@ def value_of(argv: tuple[str, ...], flag: str) -> str:
 def test_gpu_defaults() -> None:
     command = build_command(config(gpu=True))
     argv = command.argv
-    assert argv[:3] == ("vllm", "serve", "models/voxtral")
+    # The env's own vllm, beside the interpreter, by absolute path: PATH plays no part.
+    assert argv[:3] == (
+        str(Path(sys.executable).absolute().parent / "vllm"),
+        "serve",
+        "models/voxtral",
+    )
+    assert Path(argv[0]).is_absolute()
     assert value_of(argv, "--served-model-name") == DEFAULT_MODEL_ID
     assert value_of(argv, "--host") == "127.0.0.1"
     assert value_of(argv, "--port") == "8001"
@@ -37,6 +43,8 @@ def test_gpu_defaults() -> None:
     assert value_of(argv, "--config-format") == "mistral"
     assert value_of(argv, "--load-format") == "mistral"
     assert json.loads(value_of(argv, "--compilation-config")) == {"cudagraph_mode": "PIECEWISE"}
+    # Voxtral's causal encoder has no FlashInfer path; vLLM would pick FlashInfer on sm100.
+    assert value_of(argv, "--attention-backend") == "FLASH_ATTN"
     assert "--enforce-eager" not in argv
     assert "--api-key" not in argv
     for absent in ("--max-model-len", "--max-num-seqs", "--gpu-memory-utilization"):
@@ -75,6 +83,19 @@ def test_gpu_enforce_eager_replaces_the_compilation_config() -> None:
     assert "--compilation-config" not in argv
 
 
+def test_attention_backend_is_overridable_or_left_to_vllm() -> None:
+    assert (
+        value_of(
+            build_command(config(True, VLLM_ATTENTION_BACKEND="triton_attn")).argv,
+            "--attention-backend",
+        )
+        == "TRITON_ATTN"
+    )
+    assert (
+        "--attention-backend" not in build_command(config(True, VLLM_ATTENTION_BACKEND="auto")).argv
+    )
+
+
 def test_cpu_dummy_model() -> None:
     command = build_command(
         config(
@@ -94,6 +115,7 @@ def test_cpu_dummy_model() -> None:
     assert value_of(argv, "--kv-cache-memory-bytes") == str(256 * 1024 * 1024)
     assert value_of(argv, "--max-model-len") == "2048"
     assert "--compilation-config" not in argv
+    assert "--attention-backend" not in argv
     assert command.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert "VLLM_DISABLE_COMPILE_CACHE" not in command.env
     # Set in whole GiB, it would override the byte-sized cache above.
@@ -141,6 +163,17 @@ def test_print_command_prints_one_line_and_exits() -> None:
     assert "/e/bin/vllm serve models/voxtral" in lines[0]
     assert "--load-format dummy" in lines[0]
     assert lines[0].startswith("HF_HUB_OFFLINE=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 ")
+
+
+def test_print_command_on_cuda_names_the_envs_own_vllm() -> None:
+    """The Done-when line: an absolute path to the vllm beside the interpreter, with PATH holding
+    no vllm at all, and the attention backend."""
+    result = run_launcher("--print-command", env={"VLLM_DEVICE": "cuda"})
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout)
+    vllm = str(Path(sys.executable).absolute().parent / "vllm")
+    assert argv[argv.index("serve") - 1] == vllm
+    assert "--attention-backend FLASH_ATTN" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_device_auto_follows_gpu_detection() -> None:
 
 
 def test_vllm_binary_per_device() -> None:
-    assert load(detect_gpu=True).vllm_bin == "vllm"
+    assert load(detect_gpu=True).vllm_bin == str(Path(sys.executable).absolute().parent / "vllm")
     assert load(VOXTRAL_VLLM_CPU_ENV="/envs/cpu").vllm_bin == "/envs/cpu/bin/vllm"
     assert load(VLLM_BIN="/opt/v/bin/vllm").vllm_bin == "/opt/v/bin/vllm"
     assert load(detect_gpu=True, VLLM_BIN="/opt/v/bin/vllm").vllm_bin == "/opt/v/bin/vllm"
@@ -102,6 +103,28 @@ def test_connection_cap_follows_max_num_seqs() -> None:
     assert (
         load(VLLM_MAX_NUM_SEQS="16", MAX_CONCURRENT_CONNECTIONS="8").max_concurrent_connections == 8
     )
+
+
+def test_attention_backend_defaults_to_flash_attention() -> None:
+    assert load().attention_backend == "FLASH_ATTN"
+    assert load(VLLM_ATTENTION_BACKEND="triton_attn").attention_backend == "TRITON_ATTN"
+    assert load(VLLM_ATTENTION_BACKEND="auto").attention_backend is None
+
+
+def test_auto_connection_cap_starts_at_the_proxy_default_until_vllm_is_ready() -> None:
+    config = load(MAX_CONCURRENT_CONNECTIONS="auto")
+    assert config.connections_auto
+    assert config.max_concurrent_connections == 100
+    assert (
+        load(MAX_CONCURRENT_CONNECTIONS="AUTO", VLLM_MAX_NUM_SEQS="8").max_concurrent_connections
+        == 8
+    )
+    assert not load(MAX_CONCURRENT_CONNECTIONS="8").connections_auto
+
+
+def test_proxy_alone_refuses_auto_with_what_to_do() -> None:
+    with pytest.raises(ConfigError, match=r"^MAX_CONCURRENT_CONNECTIONS=auto needs the launcher"):
+        load_proxy_config({"VOXTRAL_API_KEY": "k", "MAX_CONCURRENT_CONNECTIONS": "auto"})
 
 
 def test_connection_cap_above_max_num_seqs_is_kept_but_warned() -> None:
@@ -132,6 +155,8 @@ def test_extra_args_are_split_like_a_shell() -> None:
         ("VLLM_EXTRA_ARGS", "--x 'unclosed"),
         ("VLLM_STARTUP_TIMEOUT_S", "nan"),
         ("MAX_CONCURRENT_CONNECTIONS", "0"),
+        ("MAX_CONCURRENT_CONNECTIONS", "some"),
+        ("VLLM_ATTENTION_BACKEND", "FLASH ATTN"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(variable: str, value: str) -> None:
@@ -161,3 +186,12 @@ def test_proxy_environ_carries_the_connection_cap() -> None:
     environ = {**BASE, "VOXTRAL_API_KEY": "k", "VLLM_MAX_NUM_SEQS": "4"}
     config = load_config(environ, detect_gpu=lambda: False)
     assert load_proxy_config(proxy_environ(config, environ)).max_connections == 4
+
+
+def test_numbers_share_the_proxys_parser_and_wording() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(VLLM_PORT="70000")
+    assert str(info.value) == "VLLM_PORT='70000' is invalid: use a whole number >= 1 and <= 65535"
+    with pytest.raises(ConfigError) as info:
+        load_proxy_config({"VOXTRAL_API_KEY": "k", "WS_INBOUND_QUEUE_MAX": "0"})
+    assert str(info.value) == "WS_INBOUND_QUEUE_MAX='0' is invalid: use a whole number >= 1"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,15 +14,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from launcher.command import VllmCommand
-from launcher.supervisor import Backoff, Supervisor, VllmStartError, child_environ
+from launcher.config import LAUNCHER_VARIABLES
+from launcher.supervisor import Backoff, Supervisor, VllmStartError
+from launcher.vllm_environ import VLLM_VARIABLES
+from tests.ports import free_port
 
 FAKE = Path(__file__).with_name("fake_serve.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
@@ -177,9 +174,36 @@ def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
     assert backoff.next_delay() == 1
 
 
-def test_child_environ_drops_secrets_and_adds_the_command_env() -> None:
-    env = child_environ(
-        VllmCommand(("vllm",), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
-        {"PATH": "/bin", "VOXTRAL_API_KEY": "k", "HF_TOKEN": "t", "VLLM_API_KEY": "v"},
+async def test_vllm_runs_with_a_clean_environment(tmp_path: Path) -> None:
+    """The spawned process's own environment: no launcher setting, no secret, no VLLM_ name vLLM
+    does not know; vLLM's own names and the command's settings kept."""
+    dump = tmp_path / "environ.json"
+    script = f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"
+    launcher_settings = {name: "1" for name in LAUNCHER_VARIABLES}
+    supervisor = Supervisor(
+        VllmCommand((sys.executable, "-c", script), {"VLLM_DISABLE_COMPILE_CACHE": "1"}),
+        "http://127.0.0.1:1/health",
+        5,
+        environ={
+            **os.environ,
+            **launcher_settings,
+            "VOXTRAL_API_KEY": "k",
+            "HF_TOKEN": "t",
+            "VLLM_NOT_A_VLLM_NAME": "x",
+            "SERVER_PORT": "8000",
+            "VLLM_LOGGING_LEVEL": "DEBUG",
+            "CUDA_VISIBLE_DEVICES": "3",
+        },
     )
-    assert env == {"PATH": "/bin", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    with pytest.raises(VllmStartError, match="exited with code 0"):
+        await supervisor.start()
+    env = json.loads(dump.read_text())
+    assert not LAUNCHER_VARIABLES & env.keys()
+    assert "VLLM_PORT" not in env
+    for absent in ("VOXTRAL_API_KEY", "HF_TOKEN", "VLLM_NOT_A_VLLM_NAME", "SERVER_PORT"):
+        assert absent not in env
+    assert {name for name in env if name.startswith("VLLM_")} <= VLLM_VARIABLES
+    assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
+    assert env["VLLM_DISABLE_COMPILE_CACHE"] == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert env["PATH"] == os.environ["PATH"]

@@ -2,87 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import re
-import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from devtools.fake_vllm import FakeVllm
-from proxy.config import ProxyConfig
-from tests.harness import RunningProxy, connected, load_pcm
+from tests.harness import RunningProxy, connected, load_pcm, proxy_subprocess
 
-ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("logkey-first-9b1f4e", "logkey-second-27c0d3")
 WRONG = {
     "query": "wrongkey-query-5a5a",
     "header": "wrongkey-header-6b6b",
     "bearer": "wrongkey-bearer-7c7c",
 }
-_RUNNING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
 @contextlib.asynccontextmanager
 async def proxy_process(
-    upstream_url: str, log_level: str, lines: list[str]
+    upstream_url: str, log_level: str, lines: list[str], **env: str
 ) -> AsyncIterator[RunningProxy]:
-    """Runs ``python -m proxy`` on a free port, collecting its output lines into ``lines``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("VOXTRAL_")}
-    env.update(
-        VOXTRAL_API_KEY=",".join(KEYS),
-        VOXTRAL_UPSTREAM_URL=upstream_url,
-        SERVER_BIND_HOST="127.0.0.1",
-        SERVER_PORT="0",
-        LOG_LEVEL=log_level,
-        WS_DRAIN_TIMEOUT_S="2",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def collect() -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace")
-            lines.append(line)
-            found = _RUNNING.search(line)
-            if found and not port.done():
-                port.set_result(int(found.group(1)))
-
-    collector = asyncio.create_task(collect())
-    try:
-        async with asyncio.timeout(30):
-            waiters: list[asyncio.Future[Any]] = [port, collector]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        assert port.done(), "".join(lines)  # the process ended before serving
-        number = port.result()
-        config = ProxyConfig(api_keys=KEYS, upstream_url=upstream_url, port=number)
-        yield RunningProxy(
-            ws_url=f"ws://127.0.0.1:{number}/api/asr-streaming",
-            http_url=f"http://127.0.0.1:{number}",
-            api_key=KEYS[0],
-            config=config,
-            server=None,  # type: ignore[arg-type]  # it runs in its own process
-        )
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            await process.wait()
-            await collector
+    async with proxy_subprocess(upstream_url, KEYS, lines, LOG_LEVEL=log_level, **env) as proxy:
+        yield proxy
 
 
 async def exercise(proxy: RunningProxy) -> None:
@@ -125,3 +68,40 @@ async def test_no_key_in_any_log_line(log_level: str) -> None:
     redacted = [line for line in handshakes if "api_key=[redacted]" in line]
     assert len(redacted) == 3  # one accepted and two refused connections had a query key
     assert any("session_id=log-s1" in line for line in redacted)
+
+
+async def test_a_key_as_session_or_request_id_never_reaches_the_logs() -> None:
+    """Finding 6 of issue 16: our own structured lines scrub every field, not only the text."""
+    lines: list[str] = []
+    async with (
+        FakeVllm() as fake,
+        proxy_process(fake.url, "INFO", lines) as proxy,
+        connected(proxy, query=f"session_id={KEYS[0]}") as client,
+    ):
+        await client.utterance(KEYS[1], load_pcm()[:16000])
+        await client.recv_until("transcription.done", KEYS[1])
+    assert any("session_closed" in line for line in lines)
+    for line in lines:
+        for key in KEYS:
+            assert key not in line, line
+
+
+async def test_no_token_or_token_secret_in_any_line() -> None:
+    secret = "token-secret-c0ffee-31337"
+    lines: list[str] = []
+    async with (
+        FakeVllm() as fake,
+        proxy_process(fake.url, "DEBUG", lines, VOXTRAL_TOKEN_SECRET=secret) as proxy,
+    ):
+        async with httpx.AsyncClient(base_url=proxy.http_url) as http:
+            minted = [
+                (await http.post("/api/tokens", headers={"X-API-Key": KEYS[1]})).json()["token"]
+                for _ in range(2)
+            ]
+        async with connected(proxy, query=f"api_key={minted[0]}&session_id={minted[1]}") as client:
+            await client.utterance(minted[1], load_pcm()[:16000])
+            await client.recv_until("transcription.done", minted[1])
+    assert any("session_opened" in line for line in lines)
+    for line in lines:
+        for leaked in (*minted, secret):
+            assert leaked not in line, line

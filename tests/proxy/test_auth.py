@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers, QueryParams
 
-from proxy.auth import key_is_valid, presented_key, redact_keys
+from proxy.auth import AmbiguousCredential, key_is_valid, presented_key, redact_keys
 
 KEYS = ("key-alpha-0001", "key-bravo-0002", "key-charlie-0003")
 
@@ -32,14 +32,14 @@ def test_bearer_is_used_last() -> None:
     "authorization", ["bearer tok", "BEARER tok", "Bearer   tok  ", "  Bearer tok"]
 )
 def test_bearer_scheme_is_case_insensitive_and_trimmed(authorization: str) -> None:
-    assert presented_key({}, {"authorization": authorization}) == "tok"
+    assert presented_key(QueryParams(""), {"authorization": authorization}) == "tok"
 
 
 @pytest.mark.parametrize(
     "authorization", ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "tok", "Bearer a b", "Token x"]
 )
 def test_malformed_authorization_presents_nothing(authorization: str) -> None:
-    assert presented_key({}, {"authorization": authorization}) is None
+    assert presented_key(QueryParams(""), {"authorization": authorization}) is None
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -57,7 +57,7 @@ def test_empty_query_key_falls_through_to_headers() -> None:
 
 
 def test_x_api_key_is_trimmed() -> None:
-    assert presented_key({}, {"x-api-key": "  k  "}) == "k"
+    assert presented_key(QueryParams(""), {"x-api-key": "  k  "}) == "k"
 
 
 def test_nothing_presented() -> None:
@@ -152,3 +152,38 @@ def test_redact_keys_never_leaves_a_query_key(key: str, tail: str) -> None:
     redacted = redact_keys(line)
     assert f"api_key={key}" not in redacted
     assert redacted == f"GET /api/asr-streaming?api_key=[redacted]{tail}"
+
+
+def test_the_auth_subprotocol_wins_over_every_other_place() -> None:
+    query = QueryParams("api_key=from-query")
+    headers = Headers({"X-API-Key": "from-header"})
+    offered = ["voxtral-stt", "voxtral-stt.auth.from-subprotocol"]
+    assert presented_key(query, headers, offered) == "from-subprotocol"
+    # The plain name alone carries nothing; an empty credential falls through.
+    assert presented_key(query, headers, ["voxtral-stt"]) == "from-query"
+    assert presented_key(query, headers, ["voxtral-stt.auth."]) == "from-query"
+
+
+@pytest.mark.parametrize(
+    ("query", "offered"),
+    [
+        ("api_key=a&api_key=b", []),
+        ("api_key=a&api_key=a", []),
+        ("", ["voxtral-stt.auth.a", "voxtral-stt.auth.b"]),
+    ],
+)
+def test_two_credentials_in_one_place_are_ambiguous(query: str, offered: list[str]) -> None:
+    with pytest.raises(AmbiguousCredential):
+        presented_key(QueryParams(query), Headers({}), offered)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "sec-websocket-protocol: voxtral-stt, voxtral-stt.auth.SECRET",
+        "token=vxt1.eyJleHAiOjF9.SECRETsig_-x in a field",
+        "session_id=vxt1.abc.SECRET",
+    ],
+)
+def test_redact_keys_hides_subprotocol_credentials_and_tokens(line: str) -> None:
+    assert "SECRET" not in redact_keys(line)

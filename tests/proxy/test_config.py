@@ -272,3 +272,44 @@ def test_outbound_and_upstream_timeout_values() -> None:
     config = load_config(env(WS_OUTBOUND_QUEUE_MAX="16", WS_UPSTREAM_TIMEOUT_S="0"))
     assert config.outbound_queue_max == 16
     assert config.upstream_timeout_s == 0.0
+
+
+def test_security_defaults() -> None:
+    config = load_config(env())
+    assert config.trusted_proxies == ()  # nobody's X-Forwarded-For is believed
+    assert config.token_secret == ""
+    assert config.secrets == (config.api_keys[0],)
+    assert (config.http_head_timeout_s, config.max_pending_sockets, config.max_open_sockets) == (
+        10.0,
+        256,
+        0,
+    )
+    assert (config.max_header_count, config.max_header_bytes) == (64, 16_384)
+
+
+def test_security_values_are_read() -> None:
+    config = load_config(
+        env(
+            TRUSTED_PROXIES=" 127.0.0.1 , 10.0.0.0/8,::1",
+            VOXTRAL_TOKEN_SECRET="sign-with-this",
+            TOKEN_MAX_TTL_S="120",
+            HTTP_HEAD_TIMEOUT_S="2.5",
+            MAX_PENDING_SOCKETS="10",
+            MAX_OPEN_SOCKETS="500",
+            HTTP_MAX_HEADERS="20",
+            HTTP_MAX_HEADER_BYTES="4096",
+        )
+    )
+    assert config.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
+    assert config.secrets == (config.api_keys[0], "sign-with-this")
+    assert "sign-with-this" not in repr(config)
+    assert config.token_max_ttl_s == 120
+    assert config.http_head_timeout_s == 2.5
+    assert (config.max_pending_sockets, config.max_open_sockets) == (10, 500)
+    assert (config.max_header_count, config.max_header_bytes) == (20, 4096)
+
+
+@pytest.mark.parametrize("raw", ["*", "localhost", "10.0.0.0/33", "127.0.0.1,nope"])
+def test_bad_trusted_proxies_name_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        load_config(env(TRUSTED_PROXIES=raw))

@@ -538,7 +538,7 @@ async def test_no_key_in_logs_metrics_or_error_texts(log_buffer: io.StringIO) ->
             {"query": f"api_key={LEAK_KEYS[0][:-2]}"},
             {"headers": {"X-API-Key": LEAK_KEYS[1][2:]}},
             {"headers": {"X-API-Key": LEAK_KEYS[1].upper()}},
-            {"query": f"api_key={LEAK_KEYS[0]}"},  # locked out by now: refused all the same
+            {"query": f"api_key={LEAK_WRONG[2]}"},  # over the failure limit by now: rate_limited
         ]
         for how in bad:
             async with connected(proxy, expect_created=False, **how) as client:

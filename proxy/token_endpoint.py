@@ -1,0 +1,85 @@
+"""``POST /api/tokens``: an API key buys a short-lived client token (see ``proxy.tokens``)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.auth import key_is_valid, presented_key
+from proxy.envelope import ID_MAX_CHARS, ErrorCode
+from proxy.limits import auth_failure_details
+from proxy.tokens import TokenError, looks_like_token
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyState
+
+DEFAULT_TOKEN_TTL_S = 60
+TOKEN_REQUEST_MAX_BYTES = 4096  # a token request is two small fields
+
+
+def _http_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **extra}},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def mint_token(request: Request) -> Response:
+    """``POST /api/tokens``: an API key (``X-API-Key`` or ``Authorization: Bearer``, never the
+    URL) buys a short-lived client token; JSON body, optional: ``expires_in`` seconds (default
+    60), ``session_id`` to bind the token to."""
+    state: ProxyState = request.app.state.proxy
+    address = request.client.host if request.client else "unknown"
+    key = presented_key(QueryParams(""), request.headers)
+    if not key_is_valid(key, state.config.api_keys):
+        blocked = state.auth_failed(address)
+        if blocked is not None:
+            return _http_error(
+                429,
+                ErrorCode.RATE_LIMITED.value,
+                "Too many failed attempts from this address: wait, then retry with a valid key.",
+                details=auth_failure_details(blocked),
+            )
+        why = (
+            "A token cannot mint another: use an API key."
+            if key is not None and looks_like_token(key)
+            else "Send an API key in X-API-Key or Authorization: Bearer."
+        )
+        return _http_error(401, ErrorCode.UNAUTHORIZED.value, why)
+    try:
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > TOKEN_REQUEST_MAX_BYTES:
+                raise ValueError
+        body = orjson.loads(raw) if raw else {}
+        expires_in = body.get("expires_in", DEFAULT_TOKEN_TTL_S)
+        session_id = body.get("session_id")
+        if type(expires_in) is not int or not (
+            session_id is None
+            or (isinstance(session_id, str) and 0 < len(session_id) <= ID_MAX_CHARS)
+        ):
+            raise ValueError
+        token, claims = state.tokens.mint(expires_in, session_id, time.time())
+    except (ValueError, AttributeError, TokenError):
+        return _http_error(
+            400,
+            ErrorCode.INVALID_MESSAGE.value,
+            f"Send a JSON object with optional expires_in (whole seconds, 1.."
+            f"{state.config.token_max_ttl_s}) and session_id (1..{ID_MAX_CHARS} characters).",
+        )
+    return JSONResponse(
+        {
+            "token": token,
+            "expires_in": expires_in,
+            "expires_at": claims.expires_at,
+            "session_id": claims.session_id,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
