@@ -56,4 +56,4 @@ bench: env  ## concurrency sweep against SERVER, with table, JSON and chart
 
 bench-proxy: STREAMS ?= 100,300,600
 bench-proxy: env  ## proxy overhead: the same load direct to a fake vLLM and through the proxy
-	@$(PY) -m clients.bench_proxy --streams $(STREAMS) $(BENCH_PROXY_ARGS)
+	@$(PY) -m devtools.bench_proxy --streams $(STREAMS) $(BENCH_PROXY_ARGS)

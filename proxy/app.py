@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from proxy.actions import Outcome
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
 from proxy.config import ProxyConfig
 from proxy.envelope import (
@@ -30,14 +32,15 @@ from proxy.envelope import (
     error_event,
     server_event,
 )
-from proxy.limits import AuthFailureLimiter, Refusal, auth_failure_details
-from proxy.metrics import Metrics
+from proxy.limits import AuthFailureLimiter, Refusal, SessionLimits, auth_failure_details
+from proxy.metrics import STARTED, Metrics
 from proxy.relay import Relay
 from proxy.security_headers import SecurityHeaders
-from proxy.session import Session, SessionLimits, segment_audio_limit
+from proxy.session import Session
 from proxy.token_endpoint import mint_token
 from proxy.tokens import Claims, TokenError, TokenIssuer, looks_like_token, token_secret
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
+from proxy.vllm_wire import segment_audio_limit
 
 log = structlog.get_logger("proxy.app")
 
@@ -297,13 +300,23 @@ async def _relay_session(
         session_id=session_id,
         served_model=config.served_model_name,
         limits=state.limits,
+        transcription_delay_ms=config.transcription_delay_ms,
         segment_max_bytes=(
             segment_audio_limit(max_model_len, config.transcription_delay_ms)
             if max_model_len
             else None
         ),
     )
-    relay = Relay(receive, send, session, upstream, config, state.metrics, time.monotonic)
+    relay = Relay(
+        receive,
+        send,
+        session,
+        upstream,
+        config,
+        state.metrics,
+        time.monotonic,
+        functools.partial(open_upstream, config.upstream_url, config.served_model_name),
+    )
     created = server_event("session.created", session_id, None, state.session_created_payload())
     try:
         await websocket.send_text(encode_event(created))
@@ -319,12 +332,13 @@ async def _relay_session(
     finally:
         state.relays.discard(relay)
         state.metrics.connections_open.dec()
+        counts = relay.telemetry.counts
         log.info(
             "session_closed",
-            utterances=session.utterances_started,
-            done=session.utterances_done,
-            cancelled=session.utterances_cancelled,
-            errored=session.utterances_errored,
+            utterances=counts[STARTED],
+            done=counts[Outcome.DONE],
+            cancelled=counts[Outcome.CANCELLED],
+            errored=counts[Outcome.ERRORED],
         )
 
 

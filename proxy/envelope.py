@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 ID_MAX_CHARS = 128
 CANCEL_REASON_MAX_CHARS = 256
-# PCM16 mono at 16 kHz: 32 bytes of audio per millisecond.
-PCM_BYTES_PER_MS = 32
 
 
 class ErrorCode(StrEnum):
@@ -69,8 +67,8 @@ DEFAULT_MESSAGES: dict[ErrorCode, str] = {
     "real-time pace or in larger chunks.",
     ErrorCode.RATE_LIMITED: "Too many messages: slow down and retry after the time in "
     "details.retry_in.",
-    ErrorCode.PAYLOAD_TOO_LARGE: "The message is larger than limits.max_message_bytes: split the "
-    "audio into smaller chunks.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "The message is larger than limits.max_message_bytes (see "
+    "details.max_message_bytes): split the audio into smaller chunks.",
     ErrorCode.INVALID_JSON: "The message is not valid JSON: send one JSON object per text frame.",
     ErrorCode.INVALID_MESSAGE: "The message does not follow the envelope: send "
     '{"type", "session_id", "request_id", "payload"} as documented.',
@@ -97,6 +95,7 @@ DEFAULT_MESSAGES: dict[ErrorCode, str] = {
 
 @dataclass(frozen=True, slots=True)
 class SessionUpdate:
+    TYPE: ClassVar[str] = "session.update"
     session_id: str
     request_id: str | None
     model: str
@@ -104,6 +103,7 @@ class SessionUpdate:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
+    TYPE: ClassVar[str] = "input_audio_buffer.commit"
     session_id: str
     request_id: str
     final: bool
@@ -111,6 +111,7 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class Append:
+    TYPE: ClassVar[str] = "input_audio_buffer.append"
     session_id: str
     request_id: str
     # Validated standard base64, forwarded upstream as is.
@@ -120,6 +121,7 @@ class Append:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    TYPE: ClassVar[str] = "cancel"
     session_id: str
     request_id: str
     reason: str
@@ -127,6 +129,7 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    TYPE: ClassVar[str] = "ping"
     session_id: str
     request_id: str | None
     payload: dict[str, Any]
@@ -134,11 +137,16 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class End:
+    TYPE: ClassVar[str] = "end"
     session_id: str
     request_id: str | None
 
 
 ClientMessage = SessionUpdate | Commit | Append | Cancel | Ping | End
+# Every message type a client may send (the one list); those that name an utterance need a
+# request_id.
+AUDIO_TYPES = (Commit.TYPE, Append.TYPE, Cancel.TYPE)
+MESSAGE_TYPES = (SessionUpdate.TYPE, *AUDIO_TYPES, Ping.TYPE, End.TYPE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +163,33 @@ class EnvelopeError:
     counts_toward_rate_limit: bool = True
 
 
-_AUDIO_TYPES = ("input_audio_buffer.commit", "input_audio_buffer.append", "cancel")
-_KNOWN_TYPES = ("session.update", "ping", "end", *_AUDIO_TYPES)
+# Sentences for refusals whose default message would not say enough.
+REQUEST_ID_IN_USE = (
+    "This request_id is still being transcribed: give each new utterance a new request_id."
+)
+NOTHING_TO_CANCEL = (
+    "No open, finalizing or queued utterance has this request_id: nothing to cancel."
+)
+ENDING_AFTER_END = "The session is ending after `end`: open a new connection for new utterances."
+
+
+def unsupported_model(served_model: str) -> str:
+    return f"This server serves {served_model!r}: use that model name, or omit session.update."
+
+
+# The refusal of a binary frame (the envelope is JSON text only).
+BINARY_FRAME_REFUSAL = EnvelopeError(
+    ErrorCode.INVALID_MESSAGE,
+    "Binary frames are not accepted: send each message as a JSON text frame.",
+)
+
+
+def frame_too_large_refusal(max_bytes: int) -> EnvelopeError:
+    return EnvelopeError(
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        DEFAULT_MESSAGES[ErrorCode.PAYLOAD_TOO_LARGE],
+        details={"max_message_bytes": max_bytes},
+    )
 
 
 def _valid_id(value: object) -> bool:
@@ -215,12 +248,12 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
             session_id,
             request_id,
             details,
-            counts_toward_rate_limit=kind not in ("ping", "end"),
+            counts_toward_rate_limit=kind not in (Ping.TYPE, End.TYPE),
         )
 
     if not isinstance(kind, str):
         return refuse(ErrorCode.INVALID_MESSAGE, "The message needs a string field type.")
-    if kind not in _KNOWN_TYPES:
+    if kind not in MESSAGE_TYPES:
         return refuse(
             ErrorCode.UNKNOWN_TYPE, DEFAULT_MESSAGES[ErrorCode.UNKNOWN_TYPE], type=kind[:64]
         )
@@ -234,7 +267,7 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
             ErrorCode.INVALID_MESSAGE,
             f"request_id must be a string of 1 to {ID_MAX_CHARS} characters.",
         )
-    if request_id is None and kind in _AUDIO_TYPES:
+    if request_id is None and kind in AUDIO_TYPES:
         return refuse(
             ErrorCode.INVALID_MESSAGE,
             f"{kind} needs request_id, a string of 1 to {ID_MAX_CHARS} characters, naming the "
@@ -246,7 +279,7 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
     elif not isinstance(payload, dict):
         return refuse(ErrorCode.INVALID_MESSAGE, "payload must be a JSON object when present.")
 
-    if kind == "input_audio_buffer.append":
+    if kind == Append.TYPE:
         assert request_id is not None
         audio = payload.get("audio")
         if not isinstance(audio, str):
@@ -258,13 +291,13 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
         if pcm_bytes is None:
             return refuse(ErrorCode.INVALID_AUDIO, DEFAULT_MESSAGES[ErrorCode.INVALID_AUDIO])
         return Append(session_id, request_id, audio, pcm_bytes)
-    if kind == "input_audio_buffer.commit":
+    if kind == Commit.TYPE:
         assert request_id is not None
         final = payload.get("final", False)
         if not isinstance(final, bool):
             return refuse(ErrorCode.INVALID_MESSAGE, "payload.final must be true or false.")
         return Commit(session_id, request_id, final)
-    if kind == "cancel":
+    if kind == Cancel.TYPE:
         assert request_id is not None
         reason = payload.get("reason", "client_request")
         if not isinstance(reason, str) or not 0 < len(reason) <= CANCEL_REASON_MAX_CHARS:
@@ -273,14 +306,14 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
                 f"payload.reason must be a string of 1 to {CANCEL_REASON_MAX_CHARS} characters.",
             )
         return Cancel(session_id, request_id, reason)
-    if kind == "session.update":
+    if kind == SessionUpdate.TYPE:
         model = payload.get("model")
         if not isinstance(model, str):
             return refuse(
                 ErrorCode.INVALID_MESSAGE, "session.update needs payload.model, a string."
             )
         return SessionUpdate(session_id, request_id, model)
-    if kind == "ping":
+    if kind == Ping.TYPE:
         try:
             orjson.dumps(payload)
         except orjson.JSONEncodeError:

@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
+
+# After this many refused messages within the message window the connection is closed.
+RATE_REFUSALS_BEFORE_CLOSE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    inbound_queue_max: int = 256
+    max_messages_per_window: int = 5000
+    message_window_s: float = 60.0
+    max_cancels_per_window: int = 50
+    cancel_window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,15 +27,19 @@ class Refusal:
     window_seconds: float
     retry_in: float
 
+    def details(self, kind: str) -> dict[str, Any]:
+        """The ``rate_limited`` error's details: which limit, and when to retry."""
+        return {
+            "kind": kind,
+            "limit": self.limit,
+            "window_seconds": self.window_seconds,
+            "retry_in": self.retry_in,
+        }
 
-def auth_failure_details(refusal: Refusal) -> dict[str, object]:
+
+def auth_failure_details(refusal: Refusal) -> dict[str, Any]:
     """The ``rate_limited`` details of a refused auth attempt."""
-    return {
-        "kind": "auth_failures",
-        "limit": refusal.limit,
-        "window_seconds": refusal.window_seconds,
-        "retry_in": refusal.retry_in,
-    }
+    return refusal.details("auth_failures")
 
 
 class RollingWindow:
@@ -83,3 +100,27 @@ class AuthFailureLimiter:
         self._by_address[address] = window
         while len(self._by_address) > self.max_addresses:
             self._by_address.popitem(last=False)
+
+
+class Admission:
+    """One connection's message and cancel rates. Each check returns True (admitted), the
+    details of a ``rate_limited`` refusal, or False once refusals keep coming (close)."""
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self._messages = RollingWindow(limits.max_messages_per_window, limits.message_window_s)
+        self._cancels = RollingWindow(limits.max_cancels_per_window, limits.cancel_window_s)
+        self._refusals = RollingWindow(RATE_REFUSALS_BEFORE_CLOSE, limits.message_window_s)
+
+    def message(self, now: float) -> dict[str, Any] | bool:
+        return self._check(self._messages, "messages", now)
+
+    def cancel(self, now: float) -> dict[str, Any] | bool:
+        return self._check(self._cancels, "cancels", now)
+
+    def _check(self, window: RollingWindow, kind: str, now: float) -> dict[str, Any] | bool:
+        refusal = window.try_acquire(now)
+        if refusal is None:
+            return True
+        if self._refusals.try_acquire(now) is not None:
+            return False
+        return refusal.details(kind)

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from proxy.actions import Outcome
+from proxy.envelope import MESSAGE_TYPES, Append, ClientMessage, EnvelopeError
+from proxy.vllm_wire import PCM_BYTES_PER_MS
+
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
-# In the order of Relay's outcome snapshot.
-UTTERANCE_OUTCOMES = ("started", "done", "cancelled", "errored", "rolled_over")
-MESSAGE_LABELS = (
-    "session.update",
-    "input_audio_buffer.commit",
-    "input_audio_buffer.append",
-    "cancel",
-    "ping",
-    "end",
-    "invalid",
-    "binary",
-)
+STARTED, ROLLED_OVER = "started", "rolled_over"
+UTTERANCE_LABELS = (STARTED, *Outcome, ROLLED_OVER)
+# Client messages by type; refused ones count as invalid, binary frames apart.
+INVALID, BINARY = "invalid", "binary"
+MESSAGE_LABELS = (*MESSAGE_TYPES, INVALID, BINARY)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -54,7 +51,7 @@ class Metrics:
             registry=r,
         )
         self.utterance_counters = {
-            outcome: self.utterances.labels(outcome) for outcome in UTTERANCE_OUTCOMES
+            str(label): self.utterances.labels(label) for label in UTTERANCE_LABELS
         }
         self.client_messages = Counter(
             f"{PREFIX}_client_messages",
@@ -104,6 +101,17 @@ class Metrics:
     def set_upstream_state(self, state: str) -> None:
         for name in UPSTREAM_STATES:
             self.upstream_state.labels(name).set(1 if name == state else 0)
+
+    def count_client_message(self, message: ClientMessage | EnvelopeError) -> None:
+        if isinstance(message, EnvelopeError):
+            self.client_message_counters[INVALID].inc()
+            return
+        self.client_message_counters[message.TYPE].inc()
+        if isinstance(message, Append):
+            self.audio_seconds.inc(message.pcm_bytes / (PCM_BYTES_PER_MS * 1000))
+
+    def count_binary_frame(self) -> None:
+        self.client_message_counters[BINARY].inc()
 
     def note_inbound_depth(self, depth: int) -> None:
         if depth > self._inbound_high_water:

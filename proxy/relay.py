@@ -1,14 +1,19 @@
 """One client connection's I/O: moves bytes and timers around the pure ``Session``.
 
+Every decision is the session's: the relay feeds it each input with the time, and carries out
+the actions it returns. What stays here is sockets, queues, timers and back-pressure.
+
 Tasks per connection:
 - receive: reads client frames, parses them, feeds the session (answers and limits happen at
   once, without waiting on vLLM); what the session sends upstream is written straight to vLLM's
-  socket, or waits in ``pending_upstream`` while that socket is opening or full;
+  socket, or waits in ``pending_upstream`` while that socket is full;
 - write: the only writer to the client socket, so events stay ordered;
-- timers: idle timeout, maximum duration, and the vLLM-silence watchdog.
+- timers: idle timeout, maximum duration, and the watchdog (a client that accepts nothing, and
+  vLLM silent for too long while it owes an event, as the session said).
 vLLM's events need no task: the upstream connection hands each one over as it is read.
 
-The client socket is used through the raw ASGI ``receive``/``send`` of the connection.
+The client socket is used through the raw ASGI ``receive``/``send`` of the connection, and
+vLLM's through an ``UpstreamConnection``; both are given, so tests can pass fakes.
 """
 
 from __future__ import annotations
@@ -16,43 +21,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 import structlog
 from starlette.types import Receive, Send
 
-from proxy.config import ProxyConfig
-from proxy.envelope import (
-    Append,
-    Cancel,
-    CloseCode,
-    Commit,
-    End,
-    EnvelopeError,
-    ErrorCode,
-    Ping,
-    SessionUpdate,
-    encode_event,
-    frame_too_large,
-    parse_client_message,
-)
-from proxy.metrics import UTTERANCE_OUTCOMES, Metrics
-from proxy.session import (
-    APPEND_PREFIX,
-    COMMIT_FINAL,
-    FRAME_BYTES,
+from proxy.actions import (
     Action,
     CloseClient,
     OpenUpstream,
     SendClient,
     SendUpstream,
-    Session,
-    WindDown,
+    UpstreamOwes,
+    UpstreamSettled,
 )
+from proxy.config import ProxyConfig
+from proxy.envelope import (
+    BINARY_FRAME_REFUSAL,
+    CloseCode,
+    ErrorCode,
+    encode_event,
+    frame_too_large,
+    frame_too_large_refusal,
+    parse_client_message,
+)
+from proxy.metrics import Metrics
+from proxy.session import Session, WindDown
 from proxy.telemetry import UtteranceTelemetry
-from proxy.upstream import UpstreamConnection, UpstreamUnavailable, open_upstream
+from proxy.upstream import UpstreamConnection, UpstreamUnavailable
+from proxy.vllm_wire import decode_event
 
 log = structlog.get_logger("proxy.relay")
 
@@ -61,13 +59,7 @@ CLIENT_WRITE_TIMEOUT_S = 15.0
 # Closing a client that stopped reading must not hold its slot for long.
 CLIENT_CLOSE_TIMEOUT_S = 2.0
 
-# vLLM's compact encoding of a step that produced no text.
-EMPTY_DELTA = '{"type":"transcription.delta","delta":""}'
-
-_BINARY_REFUSAL = EnvelopeError(
-    ErrorCode.INVALID_MESSAGE,
-    "Binary frames are not accepted: send each message as a JSON text frame.",
-)
+OpenUpstreamFn = Callable[[], Awaitable[UpstreamConnection]]
 
 
 class Relay:
@@ -80,6 +72,7 @@ class Relay:
         config: ProxyConfig,
         metrics: Metrics,
         clock: Callable[[], float],
+        open_upstream: OpenUpstreamFn,
     ) -> None:
         self.receive = receive
         self.send = send
@@ -87,17 +80,14 @@ class Relay:
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        # Accepted messages not yet written to vLLM: its socket is opening, or its buffer full.
-        self.pending_upstream: deque[SendUpstream] = deque()
+        self.open_upstream = open_upstream
+        # Accepted text not yet written to vLLM: its socket's buffer is full.
+        self.pending_upstream: deque[str] = deque()
         self.outbound: asyncio.Queue[str | CloseClient] = asyncio.Queue()
         self.upstream: UpstreamConnection | None = upstream
-        self.upstream_generation = 0
         self.last_activity = clock()
-        # Since when vLLM owes us an event: a final commit, or more audio than its delay, went
-        # up after its last event. Only then is its silence a stall rather than a pause.
-        self.upstream_owes_since: float | None = None
-        self._audio_since_event = 0
-        self._owed_audio = (config.transcription_delay_ms // 80 + 2) * FRAME_BYTES
+        # The session's word on vLLM's debt: (epoch, since) while it owes an event.
+        self.upstream_owed: tuple[int, float] | None = None
         # vLLM's events are held (the upstream connection is paused) while the client has this
         # many unsent events, so a burst after a stall cannot overflow a client that reads; the
         # hard bound is for clients that stop reading altogether.
@@ -109,7 +99,6 @@ class Relay:
         self.writing_since: float | None = None
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._outcomes_seen = (0, 0, 0, 0, 0)
         self.telemetry = UtteranceTelemetry(metrics, log_transcripts=config.log_transcripts)
 
     # ------------------------------------------------------------------ running
@@ -119,8 +108,9 @@ class Relay:
         upstream = self.upstream
         assert upstream is not None
         upstream.on_writable = self._flush_upstream
-        self.apply(self.session.on_upstream_ready(0))
-        self._attach_upstream(0, upstream)
+        epoch = self.session.upstream_epoch
+        self.apply(self.session.on_upstream_ready(epoch, self.clock()))
+        self._attach_upstream(epoch, upstream)
         for coroutine in (self._idle_timer(), self._duration_timer(), self._watchdog()):
             self._spawn(coroutine)
         receiver = asyncio.create_task(self._guarded(self._receive()))
@@ -154,7 +144,10 @@ class Relay:
 
     def _fail(self) -> None:
         log.exception("relay_task_failed", session_id=self.session.session_id)
-        self.apply(self.session.terminate(ErrorCode.INTERNAL_ERROR, CloseCode.INTERNAL_ERROR))
+        self._terminate(ErrorCode.INTERNAL_ERROR, CloseCode.INTERNAL_ERROR)
+
+    def _terminate(self, code: ErrorCode, close_code: int) -> None:
+        self.apply(self.session.terminate(code, close_code, self.clock()))
 
     # ------------------------------------------------------------------ actions
 
@@ -163,7 +156,7 @@ class Relay:
         while pending:
             action = pending.popleft()
             if isinstance(action, SendUpstream):
-                self._send_upstream(action)
+                self._send_upstream(action.text)
             elif isinstance(action, SendClient):
                 if self.outbound.qsize() >= self.config.outbound_queue_max:
                     # The client stopped reading: drop what it would never read, and end it.
@@ -171,39 +164,27 @@ class Relay:
                     while not self.outbound.empty():
                         self.outbound.get_nowait()
                     pending.extend(
-                        self.session.terminate(ErrorCode.SLOW_CONSUMER, CloseCode.POLICY_VIOLATION)
+                        self.session.terminate(
+                            ErrorCode.SLOW_CONSUMER, CloseCode.POLICY_VIOLATION, self.clock()
+                        )
                     )
                     continue
-                self.telemetry.client_event(action.event, self.clock())
                 self.outbound.put_nowait(encode_event(action.event))
+            elif isinstance(action, UpstreamOwes):
+                self.upstream_owed = (action.epoch, action.since)
+            elif isinstance(action, UpstreamSettled):
+                self.upstream_owed = None
             elif isinstance(action, OpenUpstream):
                 self.metrics.upstream_reconnects.inc()
-                self._spawn(self._reopen_upstream(action.generation))
-            else:
+                # What waited for the old connection is void (the session sends nothing for
+                # the new one before it is ready).
+                self.pending_upstream.clear()
+                self._spawn(self._reopen_upstream(action.epoch))
+            elif isinstance(action, CloseClient):
                 self.metrics.closes.labels(str(action.code)).inc()
                 self.outbound.put_nowait(action)
-        self._sync_outcome_metrics()
-
-    def _sync_outcome_metrics(self) -> None:
-        """Adds what the session counted since the last call to the utterance counters, and
-        reports the utterances that ended meanwhile."""
-        session = self.session
-        counts = (
-            session.utterances_started,
-            session.utterances_done,
-            session.utterances_cancelled,
-            session.utterances_errored,
-            session.rollovers,
-        )
-        if counts == self._outcomes_seen:
-            return
-        for outcome, now, before in zip(
-            UTTERANCE_OUTCOMES, counts, self._outcomes_seen, strict=True
-        ):
-            if now != before:
-                self.metrics.utterance_counters[outcome].inc(now - before)
-        self._outcomes_seen = counts
-        self.telemetry.sweep(u.request_id for u in session.in_flight)
+            else:
+                self.telemetry.record(action)
 
     # ------------------------------------------------------------------ client side
 
@@ -218,24 +199,18 @@ class Relay:
                 return
             text = message.get("text")
             if text is None:
-                self.metrics.client_message_counters["binary"].inc()
-                self.apply(session.on_client(_BINARY_REFUSAL, self.clock()))
+                self.metrics.count_binary_frame()
+                self.apply(session.on_client(BINARY_FRAME_REFUSAL, self.clock()))
                 continue
             now = self.clock()
             self.last_activity = now
             if frame_too_large(text, max_bytes):
-                parsed: Any = EnvelopeError(
-                    ErrorCode.PAYLOAD_TOO_LARGE,
-                    f"The message is larger than {max_bytes} bytes: split the audio into "
-                    "smaller chunks.",
-                    details={"max_message_bytes": max_bytes},
-                )
+                parsed: Any = frame_too_large_refusal(max_bytes)
             else:
                 parsed = parse_client_message(text)
-            self.metrics.client_message_counters[_MESSAGE_LABELS[type(parsed)]].inc()
+            self.metrics.count_client_message(parsed)
             self.apply(session.on_client(parsed, now, len(self.pending_upstream)))
             self.metrics.note_inbound_depth(session.inbound_depth)
-            self.telemetry.client_message(parsed, now, session)
 
     async def _write(self) -> None:
         send = self.send
@@ -255,10 +230,8 @@ class Relay:
                 self._paused_upstream = None
                 paused.resume()
 
-    def _send_upstream(self, item: SendUpstream) -> None:
-        if item.generation != self.session.generation:
-            return  # stale: that upstream connection was dropped (cancel, barge-in, error)
-        self.pending_upstream.append(item)
+    def _send_upstream(self, text: str) -> None:
+        self.pending_upstream.append(text)
         self._flush_upstream()
 
     def _flush_upstream(self) -> None:
@@ -266,48 +239,21 @@ class Relay:
         pending = self.pending_upstream
         upstream = self.upstream
         while pending and upstream is not None and upstream.writable:
-            item = pending[0]
-            if item.generation != self.session.generation:
-                pending.popleft()
-                continue
-            if item.generation != self.upstream_generation:
-                return  # its connection is still opening
-            pending.popleft()
-            upstream.send(item.text)
-            self._note_sent(item.text)
+            upstream.send(pending.popleft())
 
-    def _note_sent(self, text: str) -> None:
-        if text.startswith(APPEND_PREFIX):
-            self._audio_since_event += (len(text) - len(APPEND_PREFIX) - 2) * 3 // 4
-            owed = self._audio_since_event >= self._owed_audio
-        else:
-            owed = text == COMMIT_FINAL
-        if owed and self.upstream_owes_since is None:
-            self.upstream_owes_since = self.clock()
-
-    def _note_upstream_event(self) -> None:
-        self.upstream_owes_since = None
-        self._audio_since_event = 0
-
-    def _attach_upstream(self, generation: int, connection: UpstreamConnection) -> None:
+    def _attach_upstream(self, epoch: int, connection: UpstreamConnection) -> None:
         """Feeds ``connection``'s events to the session as they are read."""
         session = self.session
 
         def on_message(raw: str) -> None:
-            if raw == EMPTY_DELTA:
-                # About half of vLLM's events: nothing to forward, no need to parse.
-                self._note_upstream_event()
-                return
-            try:
-                event = orjson.loads(raw)
-            except orjson.JSONDecodeError:
+            event = decode_event(raw)
+            if event is None:
                 log.warning("upstream_sent_invalid_json", session_id=session.session_id)
                 return
-            if not isinstance(event, dict):
-                return
-            self._note_upstream_event()
             try:
-                self.apply(session.on_upstream_event(generation, event))
+                actions = session.on_upstream_event(epoch, event, self.clock())
+                if actions:
+                    self.apply(actions)
             except Exception:
                 self._fail()
             if self.outbound.qsize() > self._outbound_resume_at:
@@ -315,32 +261,28 @@ class Relay:
                 self._paused_upstream = connection
 
         def on_lost() -> None:
-            self.apply(session.on_upstream_lost(generation))
+            self.apply(session.on_upstream_lost(epoch, self.clock()))
 
         connection.attach(on_message, on_lost)
 
-    async def _reopen_upstream(self, generation: int) -> None:
+    async def _reopen_upstream(self, epoch: int) -> None:
         old, self.upstream = self.upstream, None
         if old is not None:
             old.close()
         try:
-            connection = await open_upstream(
-                self.config.upstream_url, self.config.served_model_name
-            )
+            connection = await self.open_upstream()
         except UpstreamUnavailable as exc:
             log.warning("upstream_reopen_failed", reason=str(exc))
-            self.apply(self.session.on_upstream_lost(generation))
+            self.apply(self.session.on_upstream_lost(epoch, self.clock()))
             return
-        if generation != self.session.generation or self.session.closed:
-            connection.close()
+        if epoch != self.session.upstream_epoch or self.session.closed:
+            connection.close()  # superseded by a later reopen, or the session ended
             return
-        self.upstream, self.upstream_generation = connection, generation
+        self.upstream = connection
         self._paused_upstream = None
-        self._note_upstream_event()
         connection.on_writable = self._flush_upstream
-        self._flush_upstream()
-        self.apply(self.session.on_upstream_ready(generation))
-        self._attach_upstream(generation, connection)
+        self.apply(self.session.on_upstream_ready(epoch, self.clock()))
+        self._attach_upstream(epoch, connection)
 
     # ------------------------------------------------------------------ timers
 
@@ -357,21 +299,21 @@ class Relay:
                 # The client is waiting on us: its idle time starts again afterwards.
                 self.last_activity = self.clock()
                 continue
-            self.apply(self.session.terminate(ErrorCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT))
+            self._terminate(ErrorCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT)
             return
 
     async def _duration_timer(self) -> None:
         if not self.config.max_duration_s:
             return
         await asyncio.sleep(self.config.max_duration_s)
-        self.apply(self.session.wind_down(WindDown.MAX_DURATION))
+        self.apply(self.session.wind_down(WindDown.MAX_DURATION, self.clock()))
         # Grace for the utterance in flight to be finalized and delivered.
         await asyncio.sleep(self.config.drain_timeout_s)
-        self.apply(self.session.terminate(ErrorCode.MAX_DURATION_REACHED, CloseCode.MAX_DURATION))
+        self._terminate(ErrorCode.MAX_DURATION_REACHED, CloseCode.MAX_DURATION)
 
     async def _watchdog(self) -> None:
         """Ends the connection when the client accepts nothing for CLIENT_WRITE_TIMEOUT_S, and
-        the current utterance when vLLM owes an event for longer than its timeout."""
+        the session when vLLM owes an event for longer than its timeout."""
         upstream_timeout = self.config.upstream_timeout_s
         while True:
             write_timeout = CLIENT_WRITE_TIMEOUT_S
@@ -383,27 +325,16 @@ class Relay:
                 if self._writer is not None:
                     self._writer.cancel()
                 return
-            since = self.upstream_owes_since
-            if upstream_timeout and since is not None and now - since > upstream_timeout:
-                log.warning("upstream_silent", seconds=round(now - since, 1))
-                self._note_upstream_event()
-                self.apply(self.session.on_upstream_stalled(self.upstream_generation))
+            owed = self.upstream_owed
+            if upstream_timeout and owed is not None and now - owed[1] > upstream_timeout:
+                log.warning("upstream_silent", seconds=round(now - owed[1], 1))
+                self.upstream_owed = None
+                self.apply(self.session.on_upstream_stalled(owed[0], now))
 
     # ------------------------------------------------------------------ shutdown
 
     def wind_down(self) -> None:
-        self.apply(self.session.wind_down(WindDown.SHUTDOWN))
+        self.apply(self.session.wind_down(WindDown.SHUTDOWN, self.clock()))
 
     def shut(self) -> None:
-        self.apply(self.session.terminate(ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY))
-
-
-_MESSAGE_LABELS: dict[type, str] = {
-    SessionUpdate: "session.update",
-    Commit: "input_audio_buffer.commit",
-    Append: "input_audio_buffer.append",
-    Cancel: "cancel",
-    Ping: "ping",
-    End: "end",
-    EnvelopeError: "invalid",
-}
+        self._terminate(ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY)

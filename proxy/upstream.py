@@ -24,6 +24,8 @@ from websockets.http11 import Response
 from websockets.protocol import SEND_EOF, State
 from websockets.uri import parse_uri
 
+from proxy.vllm_wire import session_update_text
+
 log = structlog.get_logger("proxy.upstream")
 
 CONNECT_TIMEOUT_S = 5.0
@@ -227,7 +229,7 @@ async def open_upstream(url: str, model: str) -> UpstreamConnection:
     if not isinstance(greeting, dict) or greeting.get("type") != "session.created":
         connection.close()
         raise UpstreamUnavailable("vLLM did not send session.created first")
-    connection.send(orjson.dumps({"type": "session.update", "model": model}).decode())
+    connection.send(session_update_text(model))
     return connection
 
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.fake_vllm import FakeVllm
+from devtools.fake_vllm import FakeVllm
 from tests.harness import RunningProxy, serve_proxy
 
 

@@ -1,7 +1,7 @@
 """Test harness: the real proxy served by uvicorn in the test's event loop, and a small client.
 
 Nothing of the proxy is replaced: ``serve_proxy`` runs ``ProxyServer`` on a free loopback port
-in front of whatever upstream URL the test gives (normally ``tests.fake_vllm.FakeVllm``).
+in front of whatever upstream URL the test gives (normally ``devtools.fake_vllm.FakeVllm``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from devtools.fake_vllm import FakeVllm
 from proxy.config import ProxyConfig
 from proxy.server import ProxyServer
-from tests.fake_vllm import FakeVllm
 
 TEST_KEY = "test-key-7f3a9c"
 ROOT = Path(__file__).resolve().parent.parent

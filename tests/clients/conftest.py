@@ -19,8 +19,10 @@ class ToolRun:
     stderr: str
 
 
-async def run_tool(tool: str, *args: str, api_key: str | None = None) -> ToolRun:
-    """`python -m clients.<tool> args...` as a child process; the event loop keeps serving the
+async def run_tool(
+    tool: str, *args: str, api_key: str | None = None, package: str = "clients"
+) -> ToolRun:
+    """`python -m <package>.<tool> args...` as a child process; the event loop keeps serving the
     proxy meanwhile. The key travels in VOXTRAL_API_KEY, as users are told to pass it."""
     env = {k: v for k, v in os.environ.items() if k not in ("VOXTRAL_API_KEY", "VOXTRAL_SERVER")}
     if api_key is not None:
@@ -28,7 +30,7 @@ async def run_tool(tool: str, *args: str, api_key: str | None = None) -> ToolRun
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        f"clients.{tool}",
+        f"{package}.{tool}",
         *args,
         cwd=ROOT,
         env=env,

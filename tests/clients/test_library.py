@@ -15,7 +15,7 @@ from clients.client import (
     VoxtralClient,
     build_url,
 )
-from tests.fake_vllm import FakeVllm, predict_text
+from devtools.fake_vllm import FakeVllm, predict_text
 from tests.harness import RunningProxy, serve_proxy
 
 SHORT = load_pcm(sample("short.wav"))

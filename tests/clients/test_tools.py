@@ -11,8 +11,8 @@ from clients.audio import load_pcm
 from clients.cli import sample
 from clients.report import CSV_COLUMNS, STAT_METRICS
 from clients.stats import STAT_KEYS
+from devtools.fake_vllm import FakeVllm, predict_text
 from tests.clients.conftest import run_tool
-from tests.fake_vllm import FakeVllm, predict_text
 from tests.harness import RunningProxy, serve_proxy
 
 LEVEL_KEYS = {

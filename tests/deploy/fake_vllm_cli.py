@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests import fake_vllm
+from devtools import fake_vllm
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_vllm import FakeVllm
+from devtools.fake_vllm import FakeVllm
 from tests.harness import (
     TEST_KEY,
     RunningProxy,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.fake_vllm import FRAME_BYTES, predict_text
+from devtools.fake_vllm import FRAME_BYTES, predict_text
 from tests.harness import (
     assert_error,
     connected,

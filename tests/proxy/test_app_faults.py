@@ -12,7 +12,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fake_vllm import FRAME_BYTES, predict_text
+from devtools.fake_vllm import FRAME_BYTES, predict_text
 from tests.harness import (
     Client,
     assert_error,

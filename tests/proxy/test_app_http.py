@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fake_vllm import FakeVllm
+from devtools.fake_vllm import FakeVllm
 from tests.harness import (
     TEST_KEY,
     RunningProxy,

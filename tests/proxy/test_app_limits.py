@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from tests.fake_vllm import FRAME_BYTES, predict_text
+from devtools.fake_vllm import FRAME_BYTES, predict_text
 from tests.harness import (
     Client,
     assert_error,

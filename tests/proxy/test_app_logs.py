@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_vllm import FakeVllm
+from devtools.fake_vllm import FakeVllm
 from tests.harness import RunningProxy, connected, load_pcm, proxy_subprocess
 
 KEYS = ("logkey-first-9b1f4e", "logkey-second-27c0d3")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_vllm import FRAME_BYTES, FakeVllm, predict_deltas, predict_text
+from devtools.fake_vllm import FRAME_BYTES, FakeVllm, predict_deltas, predict_text
 from tests.harness import (
     Client,
     assert_error,

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.fake_vllm import FRAME_BYTES, predict_deltas
+from devtools.fake_vllm import FRAME_BYTES, predict_deltas
 from tests.harness import (
     TEST_KEY,
     Client,

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from playwright.async_api import Browser, Page, WebSocket, async_playwright, expect
 
-from tests.fake_vllm import _WORDS, FakeVllm, predict_text
+from devtools.fake_vllm import _WORDS, FakeVllm, predict_text
 from tests.harness import FRAME_BYTES, RunningProxy, load_pcm, serve_proxy
 
 pytestmark = pytest.mark.timeout(120)  # a hang guard; the file runs in well under a minute

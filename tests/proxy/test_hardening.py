@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from devtools.fake_vllm import FRAME_BYTES, predict_deltas, predict_text
 from proxy import relay as relay_module
 from proxy.logs import configure_logging
-from tests.fake_vllm import FRAME_BYTES, predict_deltas, predict_text
 from tests.harness import (
     TEST_KEY,
     Client,

@@ -1,10 +1,10 @@
 """Load: 300 concurrent streams through the real proxy and the fake vLLM for 60 s.
 
-Processes: the fake vLLM (``python -m tests.fake_vllm``), the proxy (``python -m proxy``, configured
-by its environment variables), and ``CLIENT_WORKERS`` client processes that each drive a share of
-the streams. Every stream is one WebSocket that speaks for the whole run: several utterances,
-each a distinct slice of ``samples/long.wav`` sent as real-time-paced 80 ms appends and a final
-commit, with a short pause between utterances, then ``end``.
+Processes: the fake vLLM (``python -m devtools.fake_vllm``), the proxy (``python -m proxy``,
+configured by its environment variables), and ``CLIENT_WORKERS`` client processes that each drive a
+share of the streams. Every stream is one WebSocket that speaks for the whole run: several
+utterances, each a distinct slice of ``samples/long.wav`` sent as real-time-paced 80 ms appends and
+a final commit, with a short pause between utterances, then ``end``.
 
 What must hold: every utterance ends in exactly one ``transcription.done`` (no error, no
 cancellation); each utterance's deltas are exactly the non-empty deltas the fake produces for its
@@ -47,7 +47,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.fake_vllm import predict_deltas
+from devtools.fake_vllm import predict_deltas
 from tests.harness import b64, load_pcm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -412,7 +412,7 @@ def test_300_streams_for_60_seconds(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXTRAL_", "WS_", "LOG_"))}
     with fake_log.open("wb") as out:
         fake = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_vllm", "--host", HOST, "--port", str(fake_port)],
+            [sys.executable, "-m", "devtools.fake_vllm", "--host", HOST, "--port", str(fake_port)],
             cwd=ROOT,
             env=env,
             stdout=out,

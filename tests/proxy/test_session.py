@@ -16,6 +16,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.actions import (
+    Action,
+    CloseClient,
+    OpenUpstream,
+    Outcome,
+    SendClient,
+    SendUpstream,
+    UpstreamOwes,
+    UpstreamSettled,
+    UtteranceEnded,
+    UtteranceRolledOver,
+    UtteranceStarted,
+)
 from proxy.envelope import (
     Append,
     Cancel,
@@ -28,24 +41,16 @@ from proxy.envelope import (
     SessionUpdate,
     parse_client_message,
 )
-from proxy.session import (
-    FRAME_BYTES,
-    Action,
-    CloseClient,
-    OpenUpstream,
-    SendClient,
-    SendUpstream,
-    Session,
-    SessionLimits,
-    Utterance,
-    WindDown,
-    segment_audio_limit,
-)
+from proxy.limits import SessionLimits
+from proxy.session import Session, WindDown
+from proxy.utterance import Utterance
+from proxy.vllm_wire import FRAME_BYTES
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 SERVER_SID = "sess_0123456789abcdef"
 SID = "client-session"
 USAGE = {"prompt_tokens": 39, "completion_tokens": 5, "total_tokens": 44}
+DELAY_MS = 480
 
 
 def b64(pcm: bytes) -> str:
@@ -70,6 +75,7 @@ class Harness:
             session_id=SERVER_SID,
             served_model=MODEL,
             limits=SessionLimits(**limits),
+            transcription_delay_ms=DELAY_MS,
             segment_max_bytes=segment_max_bytes,
         )
         self.now = 100.0
@@ -98,15 +104,22 @@ class Harness:
     def cancel(self, rid: str, reason: str = "client_request") -> list[Action]:
         return self.send(Cancel(SID, rid, reason))
 
+    def facts(self, kind: type) -> list[Any]:
+        """The lifecycle facts of one kind the session emitted so far."""
+        return [a for a in self.log if isinstance(a, kind)]
+
+    def outcomes(self) -> Counter[Outcome]:
+        return Counter(fact.outcome for fact in self.facts(UtteranceEnded))
+
     # upstream side
     def gen(self, generation: int | None) -> int:
-        return self.session.generation if generation is None else generation
+        return self.session.upstream_epoch if generation is None else generation
 
     def ready(self, generation: int | None = None) -> list[Action]:
-        return self._keep(self.session.on_upstream_ready(self.gen(generation)))
+        return self._keep(self.session.on_upstream_ready(self.gen(generation), self.now))
 
     def event(self, event: dict[str, Any], generation: int | None = None) -> list[Action]:
-        return self._keep(self.session.on_upstream_event(self.gen(generation), event))
+        return self._keep(self.session.on_upstream_event(self.gen(generation), event, self.now))
 
     def delta(self, text: str, generation: int | None = None) -> list[Action]:
         return self.event({"type": "transcription.delta", "delta": text}, generation)
@@ -124,13 +137,39 @@ class Harness:
         return self.event(event, generation)
 
     def lost(self, generation: int | None = None) -> list[Action]:
-        return self._keep(self.session.on_upstream_lost(self.gen(generation)))
+        return self._keep(self.session.on_upstream_lost(self.gen(generation), self.now))
+
+    def stalled(self, generation: int | None = None) -> list[Action]:
+        return self._keep(self.session.on_upstream_stalled(self.gen(generation), self.now))
+
+    def wind_down(self, reason: WindDown) -> list[Action]:
+        return self._keep(self.session.wind_down(reason, self.now))
+
+    def terminate(self, code: ErrorCode, close_code: int) -> list[Action]:
+        return self._keep(self.session.terminate(code, close_code, self.now))
+
+
+# Facts for telemetry and the relay's timers, left out of ``summary`` (tested on their own).
+NOT_SUMMARIZED = (
+    UtteranceStarted,
+    UtteranceRolledOver,
+    UtteranceEnded,
+    UpstreamOwes,
+    UpstreamSettled,
+)
+
+
+def wire(actions: list[Action]) -> list[Action]:
+    """The actions that reach a socket (events, upstream text, reopen, close)."""
+    return [a for a in actions if not isinstance(a, NOT_SUMMARIZED)]
 
 
 def summary(actions: list[Action]) -> list[tuple[Any, ...]]:
     """A readable digest of actions: client events, upstream messages, reopen, close."""
     out: list[tuple[Any, ...]] = []
     for action in actions:
+        if isinstance(action, NOT_SUMMARIZED):
+            continue
         if isinstance(action, SendClient):
             event = action.event
             kind, rid, payload = event["type"], event["request_id"], event["payload"]
@@ -147,13 +186,13 @@ def summary(actions: list[Action]) -> list[tuple[Any, ...]]:
         elif isinstance(action, SendUpstream):
             message = json.loads(action.text)
             if message["type"] == "input_audio_buffer.commit":
-                out.append(("final" if message["final"] else "open", action.generation))
+                out.append(("final" if message["final"] else "open", action.epoch))
             else:
                 assert message["type"] == "input_audio_buffer.append"
                 audio = base64.b64decode(message["audio"], validate=True)
-                out.append(("append", action.generation, len(audio)))
+                out.append(("append", action.epoch, len(audio)))
         elif isinstance(action, OpenUpstream):
-            out.append(("reopen", action.generation))
+            out.append(("reopen", action.epoch))
         else:
             out.append(("close", action.code))
     return out
@@ -306,7 +345,7 @@ def test_full_utterance() -> None:
     }
     assert upstream_pcm(harness.log) == chunk1 + chunk2
     assert harness.session.in_flight == []
-    assert harness.session.utterances_started == harness.session.utterances_done == 1
+    assert len(harness.facts(UtteranceStarted)) == harness.outcomes()[Outcome.DONE] == 1
 
 
 def test_appended_audio_is_forwarded_verbatim() -> None:
@@ -320,8 +359,8 @@ def test_appended_audio_is_forwarded_verbatim() -> None:
 
 def test_upstream_messages_are_vllm_commits() -> None:
     harness = Harness()
-    [open_action] = harness.commit("r1")
-    [final_action] = harness.commit("r1", final=True)
+    [open_action] = wire(harness.commit("r1"))
+    [final_action] = wire(harness.commit("r1", final=True))
     assert isinstance(open_action, SendUpstream)
     assert isinstance(final_action, SendUpstream)
     assert json.loads(open_action.text) == {"type": "input_audio_buffer.commit", "final": False}
@@ -378,7 +417,7 @@ def test_commit_same_open_id_again_has_no_effect() -> None:
 
 def test_commit_before_upstream_ready_waits() -> None:
     harness = Harness(ready=False)
-    assert harness.commit("r1") == []
+    assert wire(harness.commit("r1")) == []
     assert harness.append("r1", pcm_of(64)) == []
     assert summary(harness.ready()) == [("open", 0), ("append", 0, 64)]
 
@@ -469,7 +508,7 @@ def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
     harness.append("A", a1)
     harness.commit("A", final=True)
     # B opens at once for the client, but nothing of it goes upstream yet.
-    assert harness.commit("B") == []
+    assert wire(harness.commit("B")) == []
     assert harness.append("B", b1) == []
     assert harness.append("B", b2) == []
     assert harness.session.held_messages == 2
@@ -557,7 +596,7 @@ def test_barge_in_cancels_the_open_utterance() -> None:
     harness.commit("R", final=True)
     harness.delta("r")
     assert summary(harness.done()) == [("done", "R", "r")]
-    assert harness.session.utterances_cancelled == 1
+    assert harness.outcomes()[Outcome.CANCELLED] == 1
 
 
 def test_barge_in_on_a_queued_open_utterance_keeps_the_finalizing_one() -> None:
@@ -700,7 +739,7 @@ def test_vllm_error_ends_the_running_utterance() -> None:
     assert harness.delta("late", generation=0) == []
     assert harness.done(generation=0) == []
     assert harness.session.in_flight == []
-    assert harness.session.utterances_errored == 1
+    assert harness.outcomes()[Outcome.ERRORED] == 1
     # The utterance ended: the client cannot keep sending audio for it.
     assert summary(harness.append("r1", pcm_of(64))) == [("error", "r1", "no_active_request")]
 
@@ -756,7 +795,7 @@ def test_stalled_upstream_ends_the_running_utterance() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    actions = harness._keep(harness.session.on_upstream_stalled(0))
+    actions = harness.stalled(0)
     assert summary(actions) == [("error", "A", "upstream_error"), ("reopen", 1)]
     assert client_events(actions)[0]["payload"]["details"]["upstream_code"] == "no_response"
     assert harness.done(generation=0) == []
@@ -765,10 +804,10 @@ def test_stalled_upstream_ends_the_running_utterance() -> None:
 
 def test_stall_of_an_old_upstream_or_with_nothing_running_is_ignored() -> None:
     harness = Harness()
-    assert harness.session.on_upstream_stalled(0) == []
+    assert harness.stalled(0) == []
     harness.commit("A")
     harness.cancel("A")
-    assert harness.session.on_upstream_stalled(0) == []
+    assert harness.stalled(0) == []
     assert not harness.session.closed
 
 
@@ -797,8 +836,8 @@ def test_upstream_lost_errors_every_utterance_then_closes_1013() -> None:
     assert harness.commit("D") == []
     assert harness.lost() == []
     assert harness.ready() == []
-    assert harness.session.terminate(ErrorCode.INTERNAL_ERROR, 1011) == []
-    assert harness.session.wind_down(WindDown.END) == []
+    assert harness.terminate(ErrorCode.INTERNAL_ERROR, 1011) == []
+    assert harness.wind_down(WindDown.END) == []
 
 
 def test_upstream_lost_with_nothing_in_flight() -> None:
@@ -905,7 +944,7 @@ def test_wind_down_finalizes_delivers_then_closes(reason: WindDown, code: str, c
     harness = Harness()
     harness.commit("A")
     harness.append("A", pcm_of(64))
-    actions = harness._keep(harness.session.wind_down(reason))
+    actions = harness.wind_down(reason)
     assert summary(actions) == [("final", 0)]
     # No new utterances meanwhile; the reply names why.
     assert summary(harness.commit("B")) == [("error", "B", code)]
@@ -928,14 +967,14 @@ def test_wind_down_with_nothing_in_flight_closes_at_once(
     expected: list[tuple[Any, ...]] = (
         [("session.ended", None)] if code is None else [("error", None, code)]
     )
-    assert summary(harness.session.wind_down(reason)) == [*expected, ("close", close)]
+    assert summary(harness.wind_down(reason)) == [*expected, ("close", close)]
 
 
 def test_wind_down_deadline_then_terminate() -> None:
     harness = Harness()
     harness.commit("A")
-    harness.session.wind_down(WindDown.MAX_DURATION)
-    actions = harness.session.terminate(ErrorCode.MAX_DURATION_REACHED, 4003)
+    harness.wind_down(WindDown.MAX_DURATION)
+    actions = harness.terminate(ErrorCode.MAX_DURATION_REACHED, 4003)
     assert summary(actions) == [
         ("error", "A", "max_duration_reached"),
         ("error", None, "max_duration_reached"),
@@ -948,20 +987,20 @@ def test_terminate_errors_every_utterance_then_closes() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    actions = harness.session.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
+    actions = harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
     assert summary(actions) == [
         ("error", "A", "idle_timeout"),
         ("error", "B", "idle_timeout"),
         ("error", None, "idle_timeout"),
         ("close", 4000),
     ]
-    assert harness.session.terminate(ErrorCode.IDLE_TIMEOUT, 4000) == []
+    assert harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000) == []
     assert harness.done(generation=0) == []
 
 
 def test_terminate_with_nothing_in_flight() -> None:
     harness = Harness()
-    assert summary(harness.session.terminate(ErrorCode.SHUTTING_DOWN, 1001)) == [
+    assert summary(harness.terminate(ErrorCode.SHUTTING_DOWN, 1001)) == [
         ("error", None, "shutting_down"),
         ("close", 1001),
     ]
@@ -1133,17 +1172,6 @@ def test_cancel_rate_limit() -> None:
 # ====================================================================== rollover
 
 
-def test_segment_audio_limit_formula() -> None:
-    # frames = max_model_len - 33 - delay/80 - 12
-    assert segment_audio_limit(4096, 480) == (4096 - 33 - 6 - 12) * FRAME_BYTES
-    assert segment_audio_limit(131072, 2400) == (131072 - 33 - 30 - 12) * FRAME_BYTES
-    assert segment_audio_limit(128, 80) == (128 - 33 - 1 - 12) * FRAME_BYTES
-    assert segment_audio_limit(52, 480) == FRAME_BYTES
-    assert segment_audio_limit(51, 480) is None
-    assert segment_audio_limit(10, 480) is None
-    assert FRAME_BYTES == 2560
-
-
 def test_proactive_rollover_splits_the_crossing_chunk() -> None:
     harness = Harness(segment_max_bytes=4000)
     chunks = [pcm_of(2560, i) for i in range(4)]
@@ -1176,7 +1204,7 @@ def test_proactive_rollover_splits_the_crossing_chunk() -> None:
         "audio_ms": 4 * 2560 // 32,
     }
     assert upstream_pcm(harness.log) == b"".join(chunks)
-    assert harness.session.rollovers == 2
+    assert len(harness.facts(UtteranceRolledOver)) == 2
     # Every generation segment stayed within the limit.
     assert _segments(harness.log) == [4000, 4000, 2240]
 
@@ -1277,7 +1305,7 @@ def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
         "usage": {"prompt_tokens": 78, "completion_tokens": 91, "total_tokens": 169},
         "audio_ms": 1280 // 32,
     }
-    assert harness.session.rollovers == 1
+    assert len(harness.facts(UtteranceRolledOver)) == 1
 
 
 def test_reactive_rollover_keeps_audio_held_for_the_segment() -> None:
@@ -1309,8 +1337,8 @@ class Checker:
         self.session = harness.session
         self.endings: dict[int, int] = {}
         self.seen: list[Utterance] = []
-        self.ready_generations = {0} if harness.session.upstream_ready else set()
-        self.generation = harness.session.generation
+        self.ready_epochs = {0} if harness.session.upstream_ready else set()
+        self.epoch = harness.session.upstream_epoch
         self.closed_steps = 0
 
     def step(self, run: Callable[[], list[Action]], *, readying: int | None = None) -> list[Action]:
@@ -1322,8 +1350,8 @@ class Checker:
         if was_closed:
             assert actions == []
             return actions
-        if readying is not None and readying == self.generation:
-            self.ready_generations.add(readying)
+        if readying is not None and readying == self.epoch:
+            self.ready_epochs.add(readying)
         after = {id(u): u for u in session.in_flight}
         for key, utterance in after.items():
             if key not in self.endings:
@@ -1369,28 +1397,27 @@ class Checker:
                 assert event["request_id"] in ended_ids
         for action in actions:
             if isinstance(action, OpenUpstream):
-                assert action.generation == self.generation + 1
-                self.generation = action.generation
+                assert action.epoch == self.epoch + 1
+                self.epoch = action.epoch
             elif isinstance(action, SendUpstream):
-                assert action.generation == self.generation
-                assert self.generation in self.ready_generations
+                assert action.epoch == self.epoch
+                assert self.epoch in self.ready_epochs
         if closes:
             # The connection-level error (or session.ended) directly precedes the close.
             last = client_events(actions)[-1]
             assert last["request_id"] is None
             assert last["type"] in ("error", "session.ended")
             self.closed_steps += 1
-        # The outcome counters agree with what the client saw.
-        assert session.utterances_started == len(self.seen)
-        assert (
-            session.utterances_done + session.utterances_cancelled + session.utterances_errored
-            == sum(self.endings.values())
-        )
+        # The lifecycle facts agree with what the client saw.
+        assert len(self.harness.facts(UtteranceStarted)) == len(self.seen)
+        ended_facts = [a for a in actions if isinstance(a, UtteranceEnded)]
+        assert Counter(f.request_id for f in ended_facts) == ended_ids
+        assert len(self.harness.facts(UtteranceEnded)) == sum(self.endings.values())
         return actions
 
     def finish(self) -> None:
         if not self.session.closed:
-            self.step(lambda: self.session.terminate(ErrorCode.INTERNAL_ERROR, 1011))
+            self.step(lambda: self.harness.terminate(ErrorCode.INTERNAL_ERROR, 1011))
         assert self.session.in_flight == []
         assert all(count == 1 for count in self.endings.values())
 
@@ -1440,7 +1467,7 @@ def test_random_sequences_keep_the_utterance_invariants(
     session = harness.session
     for op in ops:
         kind = op[0]
-        gen = session.generation
+        gen = session.upstream_epoch
         if kind == "commit":
             checker.step(lambda op=op: harness.commit(op[1], final=op[2]))
         elif kind == "append":
@@ -1467,15 +1494,13 @@ def test_random_sequences_keep_the_utterance_invariants(
                 lambda op=op, gen=gen: harness.ready(generation=gen + op[1]), readying=gen + op[1]
             )
         elif kind == "stall":
-            checker.step(
-                lambda op=op, gen=gen: harness._keep(session.on_upstream_stalled(gen + op[1]))
-            )
+            checker.step(lambda op=op, gen=gen: harness.stalled(generation=gen + op[1]))
         elif kind == "lost":
             checker.step(lambda op=op, gen=gen: harness.lost(generation=gen + op[1]))
         elif kind == "wind":
-            checker.step(lambda op=op: harness._keep(session.wind_down(op[1])))
+            checker.step(lambda op=op: harness.wind_down(op[1]))
         elif kind == "terminate":
-            checker.step(lambda op=op: harness._keep(session.terminate(op[1], 4000)))
+            checker.step(lambda op=op: harness.terminate(op[1], 4000))
         elif kind == "tick":
             harness.now += op[1]
         else:
@@ -1556,16 +1581,16 @@ def test_with_a_faithful_upstream_every_done_spells_exactly_its_audio(
     def run(actions: list[Action]) -> list[Action]:
         for action in actions:
             if isinstance(action, OpenUpstream):
-                fakes[action.generation] = FakeGeneration(segment_max_bytes)
+                fakes[action.epoch] = FakeGeneration(segment_max_bytes)
             elif isinstance(action, SendUpstream):
-                fakes[action.generation].receive(action.text)
+                fakes[action.epoch].receive(action.text)
         for event in client_events(actions):
             if event["type"] == "cancelled":
                 cancelled.add(event["request_id"])
         return actions
 
     def ready() -> None:
-        gen = session.generation
+        gen = session.upstream_epoch
         if gen not in readied:
             readied.add(gen)
             run(checker.step(lambda: harness.ready(gen), readying=gen))
@@ -1596,9 +1621,9 @@ def test_with_a_faithful_upstream_every_done_spells_exactly_its_audio(
             rid = opened[data[0] % len(opened)]
             run(checker.step(lambda rid=rid: harness.cancel(rid)))
         elif kind == "deliver":
-            deliver(session.generation)
-        elif kind == "stale" and session.generation > 0:
-            deliver(session.generation - 1)
+            deliver(session.upstream_epoch)
+        elif kind == "stale" and session.upstream_epoch > 0:
+            deliver(session.upstream_epoch - 1)
         elif kind == "ready":
             ready()
 
@@ -1608,7 +1633,7 @@ def test_with_a_faithful_upstream_every_done_spells_exactly_its_audio(
         run(checker.step(lambda rid=rid: harness.commit(rid, final=True)))
     for _ in range(10_000):
         ready()
-        if not deliver(session.generation):
+        if not deliver(session.upstream_epoch):
             break
     assert session.in_flight == []
     assert not session.closed
@@ -1627,3 +1652,101 @@ def test_with_a_faithful_upstream_every_done_spells_exactly_its_audio(
         usage = event["payload"]["usage"]
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     checker.finish()
+
+
+# ====================================================================== lifecycle facts
+
+
+def test_a_done_utterance_is_started_and_ended_with_its_sizes_and_times() -> None:
+    harness = Harness()
+    [started] = [a for a in harness.commit("r1") if isinstance(a, UtteranceStarted)]
+    assert started == UtteranceStarted("r1", harness.now)
+    opened_at = harness.now
+    harness.append("r1", pcm_of(3200))
+    first_audio_at = harness.now
+    harness.append("r1", pcm_of(1600))
+    harness.now += 0.5
+    harness.delta(" hi")
+    first_delta_at = harness.now
+    harness.commit("r1", final=True)
+    final_at = harness.now
+    harness.delta(" there")
+    harness.now += 0.25
+    [ended] = [a for a in harness.done() if isinstance(a, UtteranceEnded)]
+    assert ended == UtteranceEnded(
+        "r1",
+        Outcome.DONE,
+        None,
+        4800,
+        " hi there",
+        opened_at,
+        first_audio_at,
+        first_delta_at,
+        final_at,
+        harness.now,
+    )
+
+
+def test_cancelled_and_errored_utterances_end_with_their_outcome() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.append("A", pcm_of(64))
+    harness.cancel("A")
+    harness.ready()
+    harness.commit("B")
+    harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
+    ended = [(f.request_id, f.outcome, f.error_code, f.audio_bytes, f.text) for f in
+             harness.facts(UtteranceEnded)]  # fmt: skip
+    assert ended == [
+        ("A", Outcome.CANCELLED, None, 64, ""),
+        ("B", Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT, 0, ""),
+    ]
+
+
+def test_a_rollover_is_reported_once_per_new_segment() -> None:
+    harness = Harness(segment_max_bytes=4)
+    harness.commit("R")
+    harness.append("R", pcm_of(6))
+    assert harness.facts(UtteranceRolledOver) == []
+    harness.done()
+    assert harness.facts(UtteranceRolledOver) == [UtteranceRolledOver("R")]
+
+
+def test_vllm_owes_an_event_after_its_delay_worth_of_audio_until_it_answers() -> None:
+    harness = Harness()
+    owed = (DELAY_MS // 80 + 2) * FRAME_BYTES
+    harness.commit("r1")
+    # Under the delay plus margin, vLLM's silence is only its delay.
+    actions = harness.append("r1", pcm_of(owed - 2))
+    assert [a for a in actions if isinstance(a, UpstreamOwes)] == []
+    actions = harness.append("r1", pcm_of(2))
+    assert [a for a in actions if isinstance(a, UpstreamOwes)] == [UpstreamOwes(0, harness.now)]
+    assert harness.session.feed.owes_since == harness.now
+    # Owed once: more audio does not restart the clock.
+    assert [a for a in harness.append("r1", pcm_of(64)) if isinstance(a, UpstreamOwes)] == []
+    assert UpstreamSettled() in harness.delta("")
+    assert harness.session.feed.owes_since is None
+    # Any event settles the debt; the count of audio starts again from there.
+    assert [a for a in harness.append("r1", pcm_of(owed - 2)) if isinstance(a, UpstreamOwes)] == []
+
+
+def test_a_final_commit_makes_vllm_owe_its_done_and_a_reopen_settles() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    actions = harness.commit("r1", final=True)
+    assert actions[-1] == UpstreamOwes(0, harness.now)
+    # A stall of an older connection changes nothing.
+    harness.commit("r2")
+    assert wire(harness.stalled(5)) == []
+    actions = harness.stalled()
+    assert UpstreamSettled() in actions
+    assert summary(actions) == [("error", "r1", "upstream_error"), ("reopen", 1)]
+    assert harness.session.feed.owes_since is None
+
+
+def test_a_cancel_that_reopens_settles_what_vllm_owed() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    actions = harness.cancel("r1")
+    assert actions[-2:] == [UpstreamSettled(), OpenUpstream(1)]

@@ -9,7 +9,7 @@ import contextlib
 
 import httpx
 
-from tests.fake_vllm import FakeVllm
+from devtools.fake_vllm import FakeVllm
 from tests.harness import TEST_KEY, connected, proxy_subprocess
 
 NOFILE = 256

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from devtools.fake_vllm import DEFAULT_MODEL, FakeVllm, predict_deltas
 from proxy.upstream import UpstreamConnection, UpstreamUnavailable, open_upstream
-from tests.fake_vllm import DEFAULT_MODEL, FakeVllm, predict_deltas
 from tests.harness import wait_for
 
 PCM = bytes(range(256)) * 40  # 10,240 bytes: four 80 ms frames

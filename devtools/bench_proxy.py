@@ -1,4 +1,4 @@
-"""`python -m clients.bench_proxy`: what the proxy costs, measured side by side with vLLM direct.
+"""`python -m devtools.bench_proxy`: what the proxy costs, measured side by side with vLLM direct.
 
 For each stream count N: N concurrent streams at real-time pace (one 80 ms frame per message,
 starts staggered over `--ramp-seconds`) go first straight to a fresh fake vLLM in vLLM's own
@@ -11,7 +11,7 @@ Per N it reports: per-delta latency (from sending the frame that releases a toke
 its delta; the fake's transcript is a pure function of the audio, so the releasing frame is
 known), the latency the proxy adds (p50 and p99, proxied minus direct), the proxy's CPU per
 second of audio streamed and its RSS per stream (from /proc), and every lost, duplicated or
-reordered event (each stream's deltas and done text against `tests.fake_vllm.predict_deltas`).
+reordered event (each stream's deltas and done text against `devtools.fake_vllm.predict_deltas`).
 Results: a table on stdout, `bench-proxy.json` and `bench-proxy.png` in `--out`.
 """
 
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from clients.audio import CHUNK_BYTES, AudioError, load_pcm
-from clients.bench_proxy_check import Expected, compare, expected_for, summary_ms
-from clients.bench_proxy_load import (
+from devtools.bench_proxy_check import Expected, compare, expected_for, summary_ms
+from devtools.bench_proxy_load import (
     CHUNK_S,
     Mode,
     StreamPlan,
@@ -45,7 +45,7 @@ from clients.bench_proxy_load import (
     WorkerResult,
     worker_main,
 )
-from clients.bench_proxy_procs import (
+from devtools.bench_proxy_procs import (
     ROOT,
     TICKS_PER_S,
     Child,
@@ -57,7 +57,7 @@ from clients.bench_proxy_procs import (
     stop,
     wait_for_quiet,
 )
-from clients.bench_proxy_profile import finish_py_spy, start_py_spy, summarize
+from devtools.bench_proxy_profile import finish_py_spy, start_py_spy, summarize
 
 SCHEMA_VERSION = 1
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
@@ -86,7 +86,7 @@ def _int_list(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m clients.bench_proxy",
+        prog="python -m devtools.bench_proxy",
         description="Proxy overhead: the same real-time load straight to a fake vLLM and "
         "through the proxy, side by side.",
     )
@@ -733,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     document = {
         "schema_version": SCHEMA_VERSION,
-        "tool": "clients.bench_proxy",
+        "tool": "devtools.bench_proxy",
         "started_at": started,
         "machine": {
             "cpus": os.cpu_count(),

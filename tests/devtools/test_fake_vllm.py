@@ -18,10 +18,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.fake_vllm import FRAME_BYTES, FakeVllm, predict_deltas, predict_text
+from devtools.fake_vllm import FRAME_BYTES, FakeVllm, predict_deltas, predict_text
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHORT_WAV = ROOT / "samples" / "short.wav"
 SPEECH = SHORT_WAV.read_bytes()[44:]  # canonical 44-byte WAV header, then PCM16LE 16 kHz mono
 GUARD_S = 5.0  # hang guard for a single expected event
@@ -812,7 +812,7 @@ async def test_command_line() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.fake_vllm",
+        "devtools.fake_vllm",
         "--port",
         "0",
         stdout=asyncio.subprocess.PIPE,

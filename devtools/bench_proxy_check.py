@@ -1,6 +1,6 @@
 """What each benchmark stream should receive, and how what it did receive compares.
 
-The fake vLLM's transcript is a pure function of the audio (``tests.fake_vllm.predict_deltas``),
+The fake vLLM's transcript is a pure function of the audio (``devtools.fake_vllm.predict_deltas``),
 so every stream's deltas and done text are known in advance: anything lost, duplicated or
 reordered on the way is counted exactly. The fake's token model also says which audio chunk
 releases which token, which turns a delta's arrival time into a latency.
@@ -9,14 +9,13 @@ releases which token, which turns a delta's arrival time into a latency.
 from __future__ import annotations
 
 import difflib
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tests.fake_vllm import FRAME_BYTES, predict_deltas
-
-FRAME_MS = 80
+from clients.stats import summarize
+from devtools.fake_vllm import predict_deltas
+from proxy.vllm_wire import FRAME_BYTES, FRAME_MS
 
 
 def delay_frames(delay_ms: int) -> int:
@@ -88,25 +87,11 @@ def compare(expected: Sequence[str], received: Sequence[str], *, text_ok: bool) 
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 def summary_ms(values_s: Sequence[float]) -> dict[str, float | int | None]:
-    """p50/p90/p99/max of durations in seconds, reported in milliseconds."""
-
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 3)
-
+    """Durations in seconds summarized in milliseconds, with the percentiles of ``make bench``
+    (``clients.stats``), plus the count and the maximum."""
     return {
         "count": len(values_s),
-        "p50": ms(percentile(values_s, 50)),
-        "p90": ms(percentile(values_s, 90)),
-        "p99": ms(percentile(values_s, 99)),
-        "max": ms(max(values_s) if values_s else None),
+        **summarize((v * 1000 for v in values_s), ndigits=3),
+        "max": round(max(values_s) * 1000, 3) if values_s else None,
     }

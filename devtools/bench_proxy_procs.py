@@ -1,4 +1,4 @@
-"""Processes of ``clients.bench_proxy``: the fake vLLM and the real proxy as child processes on
+"""Processes of ``devtools.bench_proxy``: the fake vLLM and the real proxy as child processes on
 loopback ports, and a sampler that reads their CPU time and RSS (and the machine's CPU) from
 /proc while the load runs."""
 
@@ -70,8 +70,9 @@ def _read_line(stream: IO[bytes], timeout_s: float) -> str:
 
 
 def start_fake(log_path: Path, delay_ms: int) -> tuple[Child, str]:
-    """``python -m tests.fake_vllm`` on a free loopback port; returns it and its WebSocket URL."""
-    args = ["-m", "tests.fake_vllm", "--host", HOST, "--port", "0", "--delay-ms", str(delay_ms)]
+    """``python -m devtools.fake_vllm`` on a free loopback port; returns it and its WebSocket
+    URL."""
+    args = ["-m", "devtools.fake_vllm", "--host", HOST, "--port", "0", "--delay-ms", str(delay_ms)]
     child = _spawn("fake vLLM", args, log_path, dict(os.environ))
     assert child.proc.stdout is not None
     url = _read_line(child.proc.stdout, START_TIMEOUT_S)

@@ -1,4 +1,5 @@
-"""A fake of vLLM's realtime WebSocket server (`/v1/realtime`) for integration tests.
+"""A fake of vLLM's realtime WebSocket server (`/v1/realtime`): the upstream of the integration
+tests and of the proxy benchmark.
 
 It speaks the wire protocol of `vllm serve` 0.32.0 with Voxtral Mini 4B Realtime: the same event
 names, JSON shapes (compact encoding), error codes, queue quirks and token arithmetic. Transcripts
@@ -7,7 +8,8 @@ are a deterministic function of the audio, so tests can predict them with `predi
 
 Run by hand (prints the WebSocket URL, stops on Ctrl+C or SIGTERM):
 
-    python -m tests.fake_vllm --port 8001 [--delay-ms 480] [--max-model-len 131072] [--step-delay 0]
+    python -m devtools.fake_vllm --port 8001 [--delay-ms 480] [--max-model-len 131072] \
+        [--step-delay 0]
 
 HTTP on the same port: `GET /health` (200 empty body, 503 when `healthy` is off), `GET /v1/models`,
 `GET /version`; any other path is a 404. The WebSocket lives at `/v1/realtime`.
@@ -74,17 +76,19 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from proxy.vllm_wire import (
+    FLUSH_EXTRA_TOKENS,
+    FRAME_BYTES,
+    FRAME_MS,
+    prompt_tokens,
+)
+
 __all__ = ["FRAME_BYTES", "FakeVllm", "predict_deltas", "predict_text"]
 
-log = logging.getLogger("tests.fake_vllm")
+log = logging.getLogger("devtools.fake_vllm")
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-FRAME_MS = 80
-FRAME_BYTES = 2560  # 80 ms of 16 kHz mono int16
-BYTES_PER_MS = 32
 LOOKAHEAD_BYTES = 80  # the model's 2.5 ms look-ahead
-FLUSH_EXTRA_TOKENS = 11
-PROMPT_BASE = 33  # BOS + 32 left-pad tokens; the delay adds n more
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # uvicorn's WebSocket message limit in front of vLLM
 
 # Short common words; a non-empty token is " " + one of these.
@@ -100,10 +104,6 @@ _WORDS = (
 
 # ---------------------------------------------------------------------------------------------
 # Deterministic token model (shared by the server and the prediction helpers)
-
-
-def _prompt_tokens(delay_ms: int) -> int:
-    return PROMPT_BASE + delay_ms // FRAME_MS
 
 
 def _ready_frames(audio_bytes: int) -> int:
@@ -133,7 +133,7 @@ def predict_deltas(
 
     With `final=False`: the deltas sent before the end marker (all the audio has arrived).
     """
-    cap = max_model_len - _prompt_tokens(delay_ms)
+    cap = max_model_len - prompt_tokens(delay_ms)
     if final:
         count = _final_token_count(len(pcm))
     else:
@@ -240,7 +240,7 @@ class FakeVllm:
     ) -> None:
         if transcription_delay_ms <= 0 or transcription_delay_ms % FRAME_MS:
             raise ValueError("transcription_delay_ms must be a positive multiple of 80")
-        if max_model_len <= _prompt_tokens(transcription_delay_ms):
+        if max_model_len <= prompt_tokens(transcription_delay_ms):
             raise ValueError("max_model_len must exceed the prompt length")
         self.served_model_name = served_model_name
         self.transcription_delay_ms = transcription_delay_ms
@@ -512,7 +512,7 @@ class FakeVllm:
 
     async def _run_generation(self, conn: _Conn) -> None:
         n = self.transcription_delay_ms // FRAME_MS
-        prompt = _prompt_tokens(self.transcription_delay_ms)
+        prompt = prompt_tokens(self.transcription_delay_ms)
         cap = self.max_model_len - prompt
         pcm = bytearray()
         sent = 0

@@ -1,4 +1,4 @@
-"""The load generator of ``clients.bench_proxy``: one OS process drives a share of the streams.
+"""The load generator of ``devtools.bench_proxy``: one OS process drives a share of the streams.
 
 Each stream is one WebSocket carrying one utterance at real-time pace (one 80 ms frame per
 message), either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol

@@ -1,4 +1,4 @@
-"""clients.bench_proxy: its bookkeeping, and one tiny run against the real proxy and fake vLLM."""
+"""devtools.bench_proxy: its bookkeeping, and one tiny run against the real proxy and fake vLLM."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from clients.bench_proxy import CHUNK_S, PhaseRun, steady_state_cpu
-from clients.bench_proxy_check import compare, expected_for, percentile, trigger_index
-from clients.bench_proxy_load import StreamResult
-from clients.bench_proxy_procs import Sample, Sampler
+from clients.stats import summarize
+from devtools.bench_proxy import CHUNK_S, PhaseRun, steady_state_cpu
+from devtools.bench_proxy_check import compare, expected_for, summary_ms, trigger_index
+from devtools.bench_proxy_load import StreamResult
+from devtools.bench_proxy_procs import Sample, Sampler
+from devtools.fake_vllm import FRAME_BYTES, predict_deltas
 from tests.clients.conftest import run_tool
-from tests.fake_vllm import FRAME_BYTES, predict_deltas
 
 DELAY_MS = 480
 
@@ -60,11 +61,14 @@ def test_compare_counts_each_kind_of_fault() -> None:
     assert not compare(sent, sent, text_ok=False).clean
 
 
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0
-    assert percentile(values, 99) == 99.0
-    assert percentile([], 50) is None
+def test_latency_summary_uses_the_bench_percentiles_in_milliseconds() -> None:
+    values = [v / 1000 for v in range(1, 101)]
+    summary = summary_ms(values)
+    # Linear interpolation, as clients.stats (make bench) computes them.
+    assert summary == {"count": 100, **summarize(range(1, 101), ndigits=3), "max": 100.0}
+    assert summary["p50"] == 50.5
+    assert summary_ms([]) == {"count": 0, "p50": None, "p95": None, "p99": None,
+                              "mean": None, "max": None}  # fmt: skip
 
 
 def _phase(send_times: list[list[float]], cpu_at: dict[float, float]) -> PhaseRun:
@@ -110,6 +114,7 @@ async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None
         "--ramp-seconds", "0.2",
         "--quiet-wait", "0",
         "--out", str(tmp_path),
+        package="devtools",
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "added p50/p99 ms" in run.stdout

@@ -1,0 +1,110 @@
+"""What the session returns: actions for the relay to carry out, and lifecycle facts for
+telemetry and metrics to record. Plain frozen data, so any consumer reads them without
+knowing the session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from proxy.envelope import ErrorCode
+
+
+class Outcome(StrEnum):
+    """How an utterance ended: every opened utterance ends in exactly one of these."""
+
+    DONE = "done"
+    CANCELLED = "cancelled"
+    ERRORED = "errored"
+
+
+# ---------------------------------------------------------------- to carry out
+
+
+@dataclass(frozen=True, slots=True)
+class SendClient:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    """Text for the upstream connection of ``epoch`` (the session emits none for an epoch
+    before that connection is ready, and none for an older one after it)."""
+
+    epoch: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenUpstream:
+    """Close the current upstream connection (if any) and open the one of ``epoch``; what
+    waited for the old one is dropped."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient:
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOwes:
+    """vLLM owes an event since ``since``: a final commit, or more audio than its delay, went
+    up after its last one. Its silence from then on counts toward the stall timeout."""
+
+    epoch: int
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettled:
+    """vLLM owes nothing any more (it answered, or its connection was replaced)."""
+
+
+# ---------------------------------------------------------------- lifecycle facts
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceStarted:
+    request_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceRolledOver:
+    """The utterance went on in a new vLLM generation (a new segment)."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnded:
+    request_id: str
+    outcome: Outcome
+    # Set when the outcome is ERRORED: the code of the error event that ended it.
+    error_code: ErrorCode | None
+    audio_bytes: int
+    # The transcript delivered in ``transcription.done`` ("" for other outcomes).
+    text: str
+    opened_at: float
+    first_audio_at: float | None
+    first_delta_at: float | None
+    final_at: float | None
+    ended_at: float
+
+
+Action = (
+    SendClient
+    | SendUpstream
+    | OpenUpstream
+    | CloseClient
+    | UpstreamOwes
+    | UpstreamSettled
+    | UtteranceStarted
+    | UtteranceRolledOver
+    | UtteranceEnded
+)
+# The actions only telemetry and metrics read.
+LifecycleFact = UtteranceStarted | UtteranceRolledOver | UtteranceEnded

@@ -1,0 +1,93 @@
+"""One utterance as the session tracks it: its phase, its held audio, its text so far."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from proxy.actions import Outcome, UtteranceEnded
+from proxy.envelope import ErrorCode
+
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class Phase(Enum):
+    """Where an utterance stands; each phase is one combination that can really happen.
+
+    A *segment* is one vLLM generation. A segment closed by the proxy at vLLM's length cap
+    ("rolling") ends with a final commit upstream, and the utterance goes on in a new one.
+    """
+
+    # The client sends audio; while current, its segment takes it as it comes.
+    OPEN = "open"
+    # The client sends audio; the running segment was closed at the cap, audio is held.
+    OPEN_ROLLING = "open_rolling"
+    # The client's final commit arrived; it is not current yet, so nothing was committed.
+    CLOSED = "closed"
+    # The client's final commit arrived; the running segment was closed at the cap and the
+    # rest of the audio waits for the next one.
+    CLOSED_ROLLING = "closed_rolling"
+    # The final commit of the last segment went upstream: its done ends the utterance.
+    FINALIZING = "finalizing"
+
+    @property
+    def client_final(self) -> bool:
+        """The client's final commit arrived: no more audio will come."""
+        return self in _CLIENT_FINAL
+
+    @property
+    def segment_committed(self) -> bool:
+        """A final commit went upstream for the running segment."""
+        return self in _SEGMENT_COMMITTED
+
+    @property
+    def rolling(self) -> bool:
+        """The running segment's done starts the next segment rather than ending anything."""
+        return self is Phase.OPEN_ROLLING or self is Phase.CLOSED_ROLLING
+
+
+_CLIENT_FINAL = frozenset({Phase.CLOSED, Phase.CLOSED_ROLLING, Phase.FINALIZING})
+_SEGMENT_COMMITTED = frozenset({Phase.OPEN_ROLLING, Phase.CLOSED_ROLLING, Phase.FINALIZING})
+
+
+@dataclass(slots=True)
+class Utterance:
+    request_id: str
+    opened_at: float = 0.0
+    phase: Phase = Phase.OPEN
+    audio_bytes: int = 0
+    # Audio not yet sent upstream: (base64, PCM bytes), oldest first.
+    held: deque[tuple[str, int]] = field(default_factory=deque)
+    segment_bytes: int = 0
+    segments: int = 0
+    texts: list[str] = field(default_factory=list)
+    # Token usage summed over the utterance's vLLM generations.
+    usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USAGE_KEYS, 0))
+    first_audio_at: float | None = None
+    first_delta_at: float | None = None
+    final_at: float | None = None
+
+    def ended(
+        self, outcome: Outcome, error_code: ErrorCode | None, text: str, now: float
+    ) -> UtteranceEnded:
+        return UtteranceEnded(
+            self.request_id,
+            outcome,
+            error_code,
+            self.audio_bytes,
+            text,
+            self.opened_at,
+            self.first_audio_at,
+            self.first_delta_at,
+            self.final_at,
+            now,
+        )
+
+    def add_usage(self, usage: object) -> None:
+        if not isinstance(usage, dict):
+            return
+        for name in USAGE_KEYS:
+            value = usage.get(name)
+            if isinstance(value, int):
+                self.usage[name] += value

@@ -1,0 +1,84 @@
+"""vLLM's realtime wire format and token clock: the one place that knows them.
+
+Used by the session (what to send, when vLLM owes an answer, where to cut a segment), by the
+fake vLLM (which plays the same clock) and by the proxy benchmark. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+# PCM16 mono at 16 kHz: 32 bytes of audio per millisecond.
+PCM_BYTES_PER_MS: Final = 32
+# One model step consumes one 80 ms frame of audio.
+FRAME_MS: Final = 80
+FRAME_BYTES: Final = FRAME_MS * PCM_BYTES_PER_MS
+# The prompt is BOS + this many left-pad tokens + one pad token per frame of delay.
+LEFT_PAD_FRAMES: Final = 32
+PROMPT_BASE_TOKENS: Final = 1 + LEFT_PAD_FRAMES
+# Tokens a final commit adds after the last audio frame (its flush silence, minus the delay).
+FLUSH_EXTRA_TOKENS: Final = 11
+
+APPEND_PREFIX: Final = '{"type":"input_audio_buffer.append","audio":"'
+APPEND_SUFFIX: Final = '"}'
+COMMIT_OPEN: Final = '{"type":"input_audio_buffer.commit","final":false}'
+COMMIT_FINAL: Final = '{"type":"input_audio_buffer.commit","final":true}'
+# vLLM's compact encoding of a step that produced no text (about half of its events).
+EMPTY_DELTA_TEXT: Final = '{"type":"transcription.delta","delta":""}'
+EMPTY_DELTA: Final[dict[str, Any]] = {"type": "transcription.delta", "delta": ""}
+
+
+def append_text(audio_b64: str) -> str:
+    return APPEND_PREFIX + audio_b64 + APPEND_SUFFIX
+
+
+def session_update_text(model: str) -> str:
+    return orjson.dumps({"type": "session.update", "model": model}).decode()
+
+
+def decode_event(raw: str) -> dict[str, Any] | None:
+    """One upstream text message as an event, or None when it is not a JSON object. The empty
+    delta is recognised without parsing and returned as the shared ``EMPTY_DELTA`` (read-only)."""
+    if raw == EMPTY_DELTA_TEXT:
+        return EMPTY_DELTA
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def error_details(event: dict[str, Any]) -> dict[str, str]:
+    """What the client is told of one of vLLM's ``error`` events."""
+    details = {"upstream_code": str(event.get("code"))}
+    text = event.get("error")
+    if isinstance(text, str):
+        details["upstream_message"] = text[:300]
+    return details
+
+
+def prompt_tokens(delay_ms: int) -> int:
+    return PROMPT_BASE_TOKENS + delay_ms // FRAME_MS
+
+
+def right_pad_frames(delay_ms: int) -> int:
+    """Silence frames vLLM appends after the audio at a final commit: the delay, plus 11."""
+    return delay_ms // FRAME_MS + FLUSH_EXTRA_TOKENS
+
+
+def owed_audio_bytes(delay_ms: int) -> int:
+    """Audio sent since vLLM's last event after which its silence is a stall, not a pause:
+    its delay plus two frames of margin."""
+    return (delay_ms // FRAME_MS + 2) * FRAME_BYTES
+
+
+def segment_audio_limit(max_model_len: int, transcription_delay_ms: int) -> int | None:
+    """Bytes of audio one generation can take and still flush before vLLM's length cap.
+
+    A generation of A frames with a final commit produces A + 11 tokens after a prompt of
+    33 + delay/80 tokens; keeping that within ``max_model_len`` means vLLM never cuts it off.
+    """
+    frames = max_model_len - prompt_tokens(transcription_delay_ms) - FLUSH_EXTRA_TOKENS - 1
+    return frames * FRAME_BYTES if frames > 0 else None
