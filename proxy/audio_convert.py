@@ -18,11 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from proxy.audio_format import NATIVE, AudioFormat, Encoding
+from proxy.audio_format import CHUNK_MS, NATIVE, AudioFormat, Encoding
 from proxy.g711 import ALAW_TO_PCM16, ULAW_TO_PCM16
 
 UPSTREAM_RATE = NATIVE.sample_rate
-CHUNK_MS = 80  # one model step
 CHUNK_BYTES = NATIVE.chunk_bytes(CHUNK_MS)  # 2560
 # soxr's "HQ" costs what its faster settings cost at these ratios, and unlike "LQ" it keeps the
 # passband flat up to the telephone band's edge (ADVANCED.md: audio formats).

@@ -23,6 +23,8 @@ class Encoding(StrEnum):
     G711_ALAW = "g711_alaw"
 
 
+# vLLM's model step, and so the natural piece of audio on the wire: 80 ms.
+CHUNK_MS = 80
 PCM16_MIN_RATE = 8_000
 PCM16_MAX_RATE = 48_000
 G711_RATE = 8_000  # G.711 is defined at 8 kHz only
@@ -37,7 +39,7 @@ DEFAULT_RATES = {
 FORMAT_FIELD, RATE_FIELD, CHANNELS_FIELD = "format", "sample_rate", "channels"
 QUERY_FORMAT, QUERY_RATE, QUERY_CHANNELS = "audio_format", "sample_rate", "channels"
 
-_FIELDS = (FORMAT_FIELD, RATE_FIELD, CHANNELS_FIELD)
+_FIELDS: tuple[str, str, str] = (FORMAT_FIELD, RATE_FIELD, CHANNELS_FIELD)
 _ENCODING_VALUES = frozenset(e.value for e in Encoding)
 _ENCODINGS = ", ".join(e.value for e in Encoding)
 # A query value longer than this is no sample rate or channel count (and int() is not fed a
@@ -182,11 +184,15 @@ NATIVE = AudioFormat()  # what vLLM takes, and the default for every session
 
 
 def make_format(
-    encoding: object, sample_rate: object = None, channels: object = None
+    encoding: object,
+    sample_rate: object = None,
+    channels: object = None,
+    *,
+    names: tuple[str, str, str] = _FIELDS,
 ) -> AudioFormat:
-    """An `AudioFormat` from loosely typed values (None means the default), named as in a
-    `session.update` `audio` object in any error."""
-    return _build(encoding, sample_rate, channels, (FORMAT_FIELD, RATE_FIELD, CHANNELS_FIELD))
+    """An `AudioFormat` from loosely typed values (None means the default); errors call the
+    three values by `names` (a caller's own option names)."""
+    return _build(encoding, sample_rate, channels, names)
 
 
 def parse_audio_object(value: object) -> AudioFormat:

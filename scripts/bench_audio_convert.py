@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy import audio_convert  # noqa: E402
-from proxy.audio_convert import AudioConverter  # noqa: E402
-from proxy.audio_format import AudioFormat, Encoding  # noqa: E402
-from proxy.g711 import encode_alaw, encode_ulaw  # noqa: E402
+from proxy import audio_convert
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import AudioFormat, Encoding
+from proxy.g711 import encode_alaw, encode_ulaw
 
 PATHS = (
     ("pcm16 16 kHz mono (passthrough), 80 ms", AudioFormat(Encoding.PCM16, 16_000, 1), 80),
