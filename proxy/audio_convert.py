@@ -36,7 +36,8 @@ _EMPTY: Samples = np.zeros(0, dtype=np.float32)
 
 
 class InvalidAudio(ValueError):
-    """A piece of audio that is not whole sample frames; `message` is the `invalid_audio` text."""
+    """An empty piece of audio, or one that ends inside a sample frame; `message` is the
+    `invalid_audio` text."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -90,8 +90,8 @@ def _checked_rate(encoding: Encoding, rate: object, name: str) -> int:
     if _is_int(rate) and rate == G711_RATE:
         return rate
     raise UnsupportedAudioFormat(
-        f"{encoding.value} audio takes {name} {G711_RATE} only: send it at 8000 Hz, or send "
-        f"pcm16 at its own rate.",
+        f"{encoding.value} audio takes {name} {G711_RATE} only: send it at {G711_RATE} Hz, or "
+        f"send pcm16 at its own rate.",
         name,
         rate,
     )
