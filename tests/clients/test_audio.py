@@ -251,3 +251,20 @@ def test_the_clients_share_the_formats_without_the_server() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert proc.stdout.split() == ["proxy", "proxy.audio_format", "proxy.g711"]
+
+
+@pytest.mark.parametrize(
+    ("subtype", "encoding", "table"),
+    [("ULAW", Encoding.G711_ULAW, ULAW_TO_PCM16), ("ALAW", Encoding.G711_ALAW, ALAW_TO_PCM16)],
+)
+def test_a_g711_wav_is_sent_with_its_own_values(
+    tmp_path: Path, subtype: str, encoding: Encoding, table: np.ndarray
+) -> None:
+    # libsndfile decodes the file's codes and load_audio encodes them again: the values the
+    # server will decode are the file's (μ-law's negative zero may come back as positive zero).
+    path = tmp_path / "phone.wav"
+    t = np.arange(8000) / 8000
+    sf.write(path, 0.5 * np.sin(2 * np.pi * 440 * t), 8000, subtype=subtype)
+    file_values, _ = sf.read(path, dtype="int16")
+    codes = load_audio(path, AudioFormat(encoding, 8000, 1))
+    assert np.array_equal(table[np.frombuffer(codes, dtype=np.uint8)], file_values)

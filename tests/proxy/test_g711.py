@@ -9,10 +9,13 @@ with every one of those 7 bits inverted for μ-law and the even bits inverted (X
 
 from __future__ import annotations
 
+import io
+import struct
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from proxy.g711 import ALAW_TO_PCM16, ULAW_TO_PCM16, encode_alaw, encode_ulaw
 
@@ -142,3 +145,19 @@ def test_tone_round_trip_has_the_laws_signal_to_noise(
         noise = y - x
         snr = 10 * np.log10(np.mean(x.astype(float) ** 2) / np.mean(noise**2))
         assert snr > 35.0, (amplitude, snr)
+
+
+def _g711_wav(format_tag: int, codes: bytes) -> bytes:
+    """A minimal 8 kHz mono WAV file holding G.711 codes (format tag 7 μ-law, 6 A-law)."""
+    fmt = struct.pack("<HHIIHHH", format_tag, 1, 8000, 8000, 1, 8, 0)
+    body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(codes)) + codes
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize(("format_tag", "table"), [(7, ULAW_TO_PCM16), (6, ALAW_TO_PCM16)])
+def test_libsndfile_decodes_every_code_alike(format_tag: int, table: np.ndarray) -> None:
+    # An independent implementation of the same standard, as a second opinion on the tables.
+    decoded, rate = sf.read(io.BytesIO(_g711_wav(format_tag, bytes(range(256)))), dtype="int16")
+    assert rate == 8000
+    assert np.array_equal(decoded, table)
