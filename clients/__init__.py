@@ -1,6 +1,14 @@
 """Client library and tools for the Yap Voxtral STT envelope protocol (`/api/asr-streaming`)."""
 
-from clients.audio import CHUNK_BYTES, SAMPLE_RATE, AudioError, load_pcm, paced_chunks
+from clients.audio import (
+    CHUNK_BYTES,
+    SAMPLE_RATE,
+    TELEPHONY_FORMAT,
+    AudioError,
+    load_audio,
+    load_pcm,
+    paced_chunks,
+)
 from clients.client import (
     ClientError,
     ClientTimeout,
@@ -17,6 +25,7 @@ from clients.timing import UtteranceTimings
 __all__ = [
     "CHUNK_BYTES",
     "SAMPLE_RATE",
+    "TELEPHONY_FORMAT",
     "AudioError",
     "ClientError",
     "ClientTimeout",
@@ -28,6 +37,7 @@ __all__ = [
     "UtteranceTimings",
     "VoxtralClient",
     "build_url",
+    "load_audio",
     "load_pcm",
     "paced_chunks",
 ]

@@ -20,13 +20,17 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from clients.audio import load_pcm, pcm_seconds
+from clients.audio import load_audio
 from clients.cli import (
     EXIT_FAILED,
     EXIT_OK,
+    AudioOptions,
+    add_audio_args,
     add_pacing_args,
     add_server_args,
+    audio_options,
     int_list,
+    open_session,
     pacing_label,
     positive_int,
     run_tool,
@@ -37,7 +41,6 @@ from clients.client import (
     ClientError,
     ClientTimeout,
     ProtocolError,
-    VoxtralClient,
     build_url,
     redact_url,
 )
@@ -59,6 +62,7 @@ class BenchConfig:
     done_timeout: float
     speed: float | None
     stagger_s: float
+    audio: AudioOptions
 
 
 @dataclass
@@ -95,20 +99,23 @@ def _error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def run_session(cfg: BenchConfig, pcm: bytes, reference: str | None) -> SessionOutcome:
+async def run_session(cfg: BenchConfig, audio: bytes, reference: str | None) -> SessionOutcome:
     """One session: connect, one utterance, end. Never raises: failures become the outcome."""
     started = now()
     try:
-        client = await VoxtralClient.connect(
-            cfg.server, api_key=cfg.api_key, open_timeout=cfg.open_timeout
-        )
+        client = await open_session(cfg.server, cfg.api_key, cfg.open_timeout, cfg.audio)
     except Exception as exc:
         refused = isinstance(exc, ProtocolError) and exc.code == CAPACITY_CODE
         return SessionOutcome("refused" if refused else "error", _error_code(exc), str(exc))
     connect_ms = round((now() - started) * 1000.0, 2)
     try:
         async with client:
-            result = await client.transcribe(pcm, speed=cfg.speed, done_timeout=cfg.done_timeout)
+            result = await client.transcribe(
+                audio,
+                speed=cfg.speed,
+                done_timeout=cfg.done_timeout,
+                chunk_ms=cfg.audio.chunk_ms,
+            )
             # The utterance is measured; a slow or failed `end` does not change its figures.
             with contextlib.suppress(ClientError):
                 await client.end(END_TIMEOUT_S)
@@ -122,7 +129,7 @@ async def run_level(
     cfg: BenchConfig,
     concurrency: int,
     n: int,
-    pcm: bytes,
+    audio: bytes,
     reference: str | None,
     progress: tqdm,
 ) -> dict[str, Any]:
@@ -133,7 +140,7 @@ async def run_level(
     async def worker(slot: int) -> None:
         await asyncio.sleep(slot * cfg.stagger_s)  # staggered first wave
         for _ in jobs:  # the iterator is shared: each job is taken by exactly one worker
-            outcomes.append(await run_session(cfg, pcm, reference))
+            outcomes.append(await run_session(cfg, audio, reference))
             progress.update(1)
 
     started = now()
@@ -172,8 +179,8 @@ def summarize_level(
     }
 
 
-async def bench(args: argparse.Namespace) -> int:
-    pcm = load_pcm(args.file)
+async def bench(args: argparse.Namespace, audio_opts: AudioOptions) -> int:
+    audio = load_audio(args.file, audio_opts.format)
     reference = reference_for(args.file)
     prepare_out_dir(args.out_dir)  # an unwritable folder fails now, not after the run
     cfg = BenchConfig(
@@ -183,11 +190,11 @@ async def bench(args: argparse.Namespace) -> int:
         done_timeout=args.timeout,
         speed=speed_of(args),
         stagger_s=args.stagger,
+        audio=audio_opts,
     )
-    # Fail fast, with one clear line, when the server is unreachable or refuses the key.
-    probe = await VoxtralClient.connect(
-        cfg.server, api_key=cfg.api_key, open_timeout=cfg.open_timeout
-    )
+    # Fail fast, with one clear line, when the server is unreachable or refuses the key or the
+    # audio format.
+    probe = await open_session(cfg.server, cfg.api_key, cfg.open_timeout, cfg.audio)
     await probe.close()
     await asyncio.sleep(args.settle)  # let the server release the probe's slot
 
@@ -202,7 +209,7 @@ async def bench(args: argparse.Namespace) -> int:
             if index:
                 await asyncio.sleep(args.settle)  # let the server release the previous sockets
             progress.set_postfix(concurrency=concurrency)
-            summaries.append(await run_level(cfg, concurrency, n, pcm, reference, progress))
+            summaries.append(await run_level(cfg, concurrency, n, audio, reference, progress))
 
     document = {
         "tool": "clients.bench",
@@ -210,7 +217,8 @@ async def bench(args: argparse.Namespace) -> int:
         "started_at": started_at,
         "server": redact_url(build_url(cfg.server)),
         "file": str(args.file),
-        "audio_s": round(pcm_seconds(len(pcm)), 3),
+        "audio_s": round(len(audio) / audio_opts.format.bytes_per_second, 3),
+        "audio": audio_opts.describe(),
         "pacing": pacing_label(cfg.speed),
         "stagger_s": cfg.stagger_s,
         "reference": reference,
@@ -272,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "--settle", type=float, default=1.0, help="seconds of rest before each level (default 1)"
     )
     add_pacing_args(parser)
+    add_audio_args(parser)
     parser.add_argument(
         "--out-dir", type=Path, default=Path("bench-results"), help="default bench-results/"
     )
@@ -282,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stagger and --settle must not be negative")
     if args.sweep == []:
         parser.error("--sweep needs at least one level")
-    return run_tool(parser.prog, lambda: bench(args))
+    audio = audio_options(parser, args)
+    return run_tool(parser.prog, lambda: bench(args, audio))
 
 
 if __name__ == "__main__":

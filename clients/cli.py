@@ -7,10 +7,19 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from clients.audio import AudioError
-from clients.client import ClientError
+from clients.audio import TELEPHONY_FORMAT, TELEPHONY_FRAME_MS, AudioError
+from clients.client import BINARY_DEFAULT, ClientError, VoxtralClient
+from proxy.audio_format import (
+    CHANNEL_COUNTS,
+    CHUNK_MS,
+    AudioFormat,
+    Encoding,
+    UnsupportedAudioFormat,
+    make_format,
+)
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SERVER_ENV = "VOXTRAL_SERVER"
@@ -55,6 +64,103 @@ def add_server_args(
         default=done_timeout,
         help=f"seconds to wait for transcription.done after the final commit "
         f"(default {done_timeout:g})",
+    )
+
+
+@dataclass(frozen=True)
+class AudioOptions:
+    """How a tool sends its audio: in which format, how much per message, and how framed."""
+
+    format: AudioFormat
+    chunk_ms: int
+    binary: bool
+
+    def describe(self) -> str:
+        framing = "binary frames" if self.binary else "JSON appends"
+        return f"{self.format.describe()}, {self.chunk_ms} ms {framing}"
+
+
+def add_audio_args(parser: argparse.ArgumentParser) -> None:
+    """--format, --sample-rate, --channels, --chunk-ms, --frames, --telephony."""
+    group = parser.add_argument_group("audio sent (the file is converted to it)")
+    group.add_argument(
+        "--format", choices=[e.value for e in Encoding], default=None, help="default pcm16"
+    )
+    group.add_argument(
+        "--sample-rate",
+        type=positive_int,
+        default=None,
+        help="Hz (default 16000 for pcm16, 8000 for G.711)",
+    )
+    group.add_argument(
+        "--channels", type=int, choices=CHANNEL_COUNTS, default=None, help="default 1"
+    )
+    group.add_argument(
+        "--chunk-ms",
+        type=positive_int,
+        default=None,
+        help=f"audio per message in ms (default {CHUNK_MS})",
+    )
+    group.add_argument(
+        "--frames",
+        choices=("binary", "json"),
+        default=None,
+        help="binary frames or base64 JSON appends "
+        f"(default {'binary' if BINARY_DEFAULT else 'json'})",
+    )
+    group.add_argument(
+        "--telephony",
+        action="store_true",
+        help=f"as a phone provider streams: {TELEPHONY_FORMAT.describe()} in "
+        f"{TELEPHONY_FRAME_MS} ms binary frames",
+    )
+
+
+def audio_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> AudioOptions:
+    """The audio options asked for; a bad combination exits through `parser.error`."""
+    flags = {
+        "--format": args.format,
+        "--sample-rate": args.sample_rate,
+        "--channels": args.channels,
+        "--chunk-ms": args.chunk_ms,
+        "--frames": args.frames,
+    }
+    if args.telephony:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            parser.error(f"--telephony sets the audio itself: drop {', '.join(given)}")
+        return AudioOptions(TELEPHONY_FORMAT, TELEPHONY_FRAME_MS, binary=True)
+    try:
+        fmt = make_format(
+            args.format,
+            args.sample_rate,
+            args.channels,
+            names=("--format", "--sample-rate", "--channels"),
+        )
+    except UnsupportedAudioFormat as exc:
+        parser.error(exc.message)
+    binary = BINARY_DEFAULT if args.frames is None else args.frames == "binary"
+    return AudioOptions(fmt, args.chunk_ms or CHUNK_MS, binary)
+
+
+async def open_session(
+    server: str,
+    api_key: str | None,
+    open_timeout: float,
+    audio: AudioOptions,
+    *,
+    default_scheme: str = "ws",
+) -> VoxtralClient:
+    """`VoxtralClient.connect` with a tool's audio options."""
+    return await VoxtralClient.connect(
+        server,
+        api_key=api_key,
+        default_scheme=default_scheme,
+        open_timeout=open_timeout,
+        audio_format=audio.format.encoding.value,
+        sample_rate=audio.format.sample_rate,
+        channels=audio.format.channels,
+        binary=audio.binary,
     )
 
 

@@ -1,9 +1,12 @@
 """Async client for the envelope protocol spoken on `/api/asr-streaming`.
 
 One `VoxtralClient` is one WebSocket session. `client.stream(audio)` sends one utterance
-(opening commit, appends, final commit) from a background task and returns an `Utterance`: iterate
+(opening commit, audio, final commit) from a background task and returns an `Utterance`: iterate
 it for the transcript deltas as they arrive, then `await utterance.result()` for the final text and
 timings. Several utterances can share one connection, back to back.
+
+The session's audio format (PCM16 at 8-48 kHz or G.711 at 8 kHz, mono or stereo) is chosen at
+connect and asked for in the query; audio travels as binary frames or as base64 JSON appends.
 """
 
 from __future__ import annotations
@@ -26,8 +29,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from clients.audio import CHUNK_BYTES, load_pcm, paced_chunks, pcm_seconds
+from clients.audio import load_audio, paced_chunks
 from clients.timing import UtteranceTimings, now
+from proxy.audio_format import (
+    CHUNK_MS,
+    NATIVE,
+    AudioFormat,
+    UnsupportedAudioFormat,
+    make_format,
+    parse_audio_object,
+)
 
 API_PATH = "/api/asr-streaming"
 API_KEY_ENV = "VOXTRAL_API_KEY"
@@ -48,7 +59,11 @@ CLOSING_ERROR_CODES = frozenset(
     }
 )
 _CLOSE_WAIT_S = 2.0
-# Larger caller-supplied chunks are split so a base64 frame stays far below max_message_bytes.
+# Audio goes as JSON appends by default until the server takes binary frames (issue 14); then
+# binary frames become the default and JSON appends the option.
+BINARY_DEFAULT = False
+# Larger caller-supplied chunks are split so a frame stays far below max_message_bytes (a
+# multiple of every frame size: 1, 2 and 4 bytes).
 _MAX_APPEND_BYTES = 96_000
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str] | AsyncIterable[bytes]
@@ -169,10 +184,17 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(6)}"
 
 
-def build_url(server: str, *, default_scheme: str = "ws", session_id: str | None = None) -> str:
+def build_url(
+    server: str,
+    *,
+    default_scheme: str = "ws",
+    session_id: str | None = None,
+    audio: AudioFormat = NATIVE,
+) -> str:
     """Turn `host:port`, `ws(s)://host[:port][/path]` or `http(s)://...` into the endpoint URL.
 
-    A bare host gets `default_scheme` and the API path; an explicit path is kept as given.
+    A bare host gets `default_scheme` and the API path; an explicit path is kept as given. An
+    audio format other than the default is asked for with its query parameters.
     """
     text = server.strip()
     if "://" not in text:
@@ -187,6 +209,9 @@ def build_url(server: str, *, default_scheme: str = "ws", session_id: str | None
     query = parse_qsl(parts.query, keep_blank_values=True)
     if session_id is not None and not any(k == "session_id" for k, _ in query):
         query.append(("session_id", session_id))
+    if not audio.is_native:
+        params = audio.query_params()
+        query = [(k, v) for k, v in query if k not in params] + list(params.items())
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
@@ -242,6 +267,8 @@ class Utterance:
         request_id: str,
         chunks: AsyncIterator[bytes],
         done_timeout: float | None,
+        *,
+        binary: bool,
     ) -> None:
         self.request_id = request_id
         self.timings = UtteranceTimings()
@@ -250,6 +277,7 @@ class Utterance:
         # Position of this utterance's ending event among all events received on the connection.
         self.end_index: int | None = None
         self._client = client
+        self._binary = binary
         self._done_timeout = done_timeout
         self._queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
         self._outcome: UtteranceResult | BaseException | None = None
@@ -286,14 +314,18 @@ class Utterance:
         try:
             t.opened = now()
             await client._send("input_audio_buffer.commit", rid, {"final": False})
+            bytes_per_second = client.audio_format.bytes_per_second
             async for chunk in chunks:
                 if self._ended or self.finished:  # cancelled, superseded or failed: stop
                     return
-                audio = base64.b64encode(chunk).decode("ascii")
                 if t.first_audio is None:
                     t.first_audio = now()
-                await client._send("input_audio_buffer.append", rid, {"audio": audio})
-                t.audio_s += pcm_seconds(len(chunk))
+                if self._binary:
+                    await client._send_binary(chunk)
+                else:
+                    audio = base64.b64encode(chunk).decode("ascii")
+                    await client._send("input_audio_buffer.append", rid, {"audio": audio})
+                t.audio_s += len(chunk) / bytes_per_second
             if self._ended or self.finished:
                 return
             t.final_commit = now()
@@ -413,10 +445,20 @@ class _PendingPing:
 class VoxtralClient:
     """One WebSocket session with the service. Create it with `await VoxtralClient.connect(...)`."""
 
-    def __init__(self, ws: ClientConnection, session: SessionInfo, url: str) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        session: SessionInfo,
+        url: str,
+        *,
+        audio_format: AudioFormat = NATIVE,
+        binary: bool = BINARY_DEFAULT,
+    ) -> None:
         self.session = session
         self.session_id = session.session_id
         self.url = url
+        self.audio_format = audio_format  # what this session's audio is sent as
+        self.binary = binary  # binary frames (True) or base64 JSON appends
         self.ended_payload: dict[str, Any] | None = None
         self.connection_errors: list[ProtocolError] = []  # errors not tied to an utterance
         self._ws = ws
@@ -438,6 +480,10 @@ class VoxtralClient:
         session_id: str | None = None,
         default_scheme: str = "ws",
         open_timeout: float = 10.0,
+        audio_format: str = NATIVE.encoding.value,
+        sample_rate: int | None = None,
+        channels: int = NATIVE.channels,
+        binary: bool = BINARY_DEFAULT,
     ) -> VoxtralClient:
         """Open a session and wait for `session.created`.
 
@@ -445,9 +491,24 @@ class VoxtralClient:
         `VOXTRAL_API_KEY` environment variable (its first entry when it lists several) and travels
         in the `X-API-Key` header. A refusal raises `ProtocolError` with the server's code and the
         close code (for example `server_at_capacity`, close 4002).
+
+        `audio_format` (`pcm16`, `g711_ulaw`, `g711_alaw`), `sample_rate` (default: 16000 for
+        pcm16, 8000 for G.711) and `channels` (1 or 2) say what this session's audio will be;
+        a format other than pcm16 16 kHz mono is asked for in the query, and a server that does
+        not announce it in `session.created` fails the connect with `ClientError`. `binary`
+        sends audio as binary frames instead of base64 JSON appends.
         """
+        try:
+            fmt = make_format(
+                audio_format,
+                sample_rate,
+                channels,
+                names=("audio_format", "sample_rate", "channels"),
+            )
+        except UnsupportedAudioFormat as exc:
+            raise ClientError(exc.message) from None
         session_id = session_id or new_id("cli")
-        url = build_url(server, default_scheme=default_scheme, session_id=session_id)
+        url = build_url(server, default_scheme=default_scheme, session_id=session_id, audio=fmt)
         key = api_key if api_key is not None else _key_from_env()
         headers = {"X-API-Key": key} if key else {}
         shown = redact_url(url)
@@ -470,10 +531,11 @@ class VoxtralClient:
             raise ClientError(f"cannot connect to {shown}: {exc}") from None
         try:
             session = await cls._await_session(ws, session_id, open_timeout)
+            _check_announced_format(session, fmt)
         except BaseException:
             await ws.close()
             raise
-        return cls(ws, session, url)
+        return cls(ws, session, url, audio_format=fmt, binary=binary)
 
     @staticmethod
     async def _await_session(
@@ -527,28 +589,37 @@ class VoxtralClient:
         request_id: str | None = None,
         speed: float | None = 1.0,
         done_timeout: float | None = 30.0,
+        chunk_ms: int = CHUNK_MS,
+        binary: bool | None = None,
     ) -> Utterance:
         """Start sending one utterance and return it at once.
 
-        `audio` is a file path (decoded with `load_pcm`), PCM16LE 16 kHz mono bytes (cut into 80 ms
-        chunks paced at `speed` times real time; `speed=None` sends as fast as possible), or an
-        async iterable of PCM chunks (sent as they come: the caller paces them).
+        `audio` is a file path (decoded into the session's format with `load_audio`), bytes in
+        the session's format (cut into `chunk_ms` pieces paced at `speed` times real time;
+        `speed=None` sends as fast as possible), or an async iterable of such bytes (sent as they
+        come: the caller paces them). `binary` overrides the session's choice of binary frames.
         """
         if self._close_info is not None:
             raise ProtocolError("connection_closed", "the connection is closed")
         rid = request_id or new_id("utt")
         if rid in self._utterances:
             raise ClientError(f"utterance {rid} is already in flight")
+        fmt = self.audio_format
         if isinstance(audio, str | os.PathLike):
-            audio = load_pcm(Path(audio))
+            audio = load_audio(Path(audio), fmt)
         if isinstance(audio, bytes | bytearray | memoryview):
-            pcm = bytes(audio)
-            if len(pcm) % 2:
-                raise ClientError("PCM16 audio must have an even number of bytes")
-            chunks = paced_chunks(pcm, speed=speed, chunk_bytes=CHUNK_BYTES)
+            data = bytes(audio)
+            problem = fmt.audio_problem(len(data)) if data else None
+            if problem is not None:
+                raise ClientError(problem)
+            chunk_bytes = fmt.chunk_bytes(chunk_ms)
+            if chunk_bytes <= 0:
+                raise ClientError(f"chunk_ms must hold at least one sample frame, not {chunk_ms}")
+            chunks = paced_chunks(data, speed=speed, chunk_bytes=chunk_bytes, fmt=fmt)
         else:
-            chunks = _even_chunks(audio)
-        utterance = Utterance(self, rid, chunks, done_timeout)
+            chunks = _whole_frames(audio, fmt.frame_bytes)
+        binary = self.binary if binary is None else binary
+        utterance = Utterance(self, rid, chunks, done_timeout, binary=binary)
         self._utterances[rid] = utterance
         return utterance
 
@@ -619,6 +690,10 @@ class VoxtralClient:
             "payload": payload,
         }
         await self._ws.send(orjson.dumps(message).decode())
+
+    async def _send_binary(self, audio: bytes) -> None:
+        """Audio for the open utterance as one binary frame."""
+        await self._ws.send(audio)
 
     def _forget(self, request_id: str) -> None:
         self._utterances.pop(request_id, None)
@@ -696,12 +771,30 @@ def _key_from_env() -> str | None:
     return keys[0] if keys else None
 
 
-async def _even_chunks(source: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Forward caller chunks, carrying an odd trailing byte over and splitting very large ones."""
+def _check_announced_format(session: SessionInfo, asked: AudioFormat) -> None:
+    """Fail unless the server announced the asked-for audio format: a server that ignored the
+    query would take the audio as something else and transcribe noise."""
+    announced = session.payload.get("audio", NATIVE.as_payload())
+    try:
+        taken = parse_audio_object(announced)
+    except UnsupportedAudioFormat:
+        raise ClientError(
+            f"session.created announced an unknown audio format: {announced!r}"
+        ) from None
+    if taken != asked:
+        raise ClientError(
+            f"the server takes {taken.describe()}, not {asked.describe()}: it does not support "
+            "this audio format; send pcm16 16000 Hz mono, or use a server that does"
+        )
+
+
+async def _whole_frames(source: AsyncIterable[bytes], frame_bytes: int) -> AsyncIterator[bytes]:
+    """Forward caller chunks, carrying a partial sample frame over and splitting very large
+    chunks."""
     carry = b""
     async for piece in source:
         data = carry + bytes(piece)
-        cut = len(data) // 2 * 2
+        cut = len(data) // frame_bytes * frame_bytes
         data, carry = data[:cut], data[cut:]
         for start in range(0, len(data), _MAX_APPEND_BYTES):
             yield data[start : start + _MAX_APPEND_BYTES]

@@ -15,37 +15,43 @@ import json
 import sys
 from pathlib import Path
 
-from clients.audio import load_pcm
+from clients.audio import load_audio
 from clients.cli import (
     EXIT_FAILED,
     EXIT_OK,
+    AudioOptions,
+    add_audio_args,
     add_pacing_args,
     add_server_args,
+    audio_options,
     fail,
+    open_session,
     run_tool,
     sample,
     speed_of,
 )
-from clients.client import Utterance, UtteranceResult, VoxtralClient
+from clients.client import Utterance, UtteranceResult
 
 DEFAULT_FILES = ("short.wav", "mid.wav")
 
 
-async def convo(args: argparse.Namespace, prog: str) -> int:
+async def convo(args: argparse.Namespace, audio: AudioOptions, prog: str) -> int:
     files: list[Path] = args.file or [sample(name) for name in DEFAULT_FILES]
-    audio = [load_pcm(path) for path in files]
+    clips = [load_audio(path, audio.format) for path in files]
     speed = speed_of(args)
-    client = await VoxtralClient.connect(
-        args.server, api_key=args.api_key, open_timeout=args.open_timeout
-    )
+    client = await open_session(args.server, args.api_key, args.open_timeout, audio)
     async with client:
         utterances: list[Utterance] = []
         pending: list[asyncio.Task[UtteranceResult]] = []
-        for index, pcm in enumerate(audio):
+        for index, clip in enumerate(clips):
             if index:
                 await asyncio.sleep(args.pause)
             utterance = client.stream(
-                pcm, request_id=f"convo-{index + 1}", speed=speed, done_timeout=args.timeout
+                clip,
+                request_id=f"convo-{index + 1}",
+                speed=speed,
+                done_timeout=args.timeout,
+                chunk_ms=audio.chunk_ms,
             )
             utterances.append(utterance)
             pending.append(asyncio.create_task(utterance.result()))
@@ -101,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         "--wait", action="store_true", help="wait for each done before the pause and the next one"
     )
     add_pacing_args(parser)
+    add_audio_args(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object per utterance")
     args = parser.parse_args(argv)
     if args.pause < 0:
         parser.error("--pause must not be negative")
-    return run_tool(parser.prog, lambda: convo(args, parser.prog))
+    audio = audio_options(parser, args)
+    return run_tool(parser.prog, lambda: convo(args, audio, parser.prog))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from clients.cli import run_tool
+from clients.cli import audio_options, run_tool
 from clients.warmup import build_parser, warmup
 
 
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         done_timeout=120.0,
     )
     args = parser.parse_args(argv)
-    return run_tool(parser.prog, lambda: warmup(args, default_scheme="wss"))
+    audio = audio_options(parser, args)
+    return run_tool(parser.prog, lambda: warmup(args, audio, default_scheme="wss"))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clients.audio import CHUNK_BYTES, load_pcm
+from clients.audio import load_audio
 from clients.cli import (
     EXIT_OK,
+    AudioOptions,
+    add_audio_args,
     add_pacing_args,
     add_server_args,
+    audio_options,
+    open_session,
     pacing_label,
     run_tool,
     sample,
     speed_of,
 )
-from clients.client import UtteranceResult, VoxtralClient, redact_url
+from clients.client import UtteranceResult, redact_url
 from clients.timing import now
 from clients.wer import reference_for, word_error_rate
 
@@ -34,25 +38,30 @@ def build_parser(
         "--file", type=Path, default=sample("mid.wav"), help="audio file (default samples/mid.wav)"
     )
     add_pacing_args(parser)
+    add_audio_args(parser)
     parser.add_argument("--deltas", action="store_true", help="echo deltas to stderr as they come")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser
 
 
-async def warmup(args: argparse.Namespace, *, default_scheme: str = "ws") -> int:
-    pcm = load_pcm(args.file)  # decode first: a bad file fails before any network traffic
+async def warmup(
+    args: argparse.Namespace, audio: AudioOptions, *, default_scheme: str = "ws"
+) -> int:
+    # Decode first: a bad file fails before any network traffic.
+    data = load_audio(args.file, audio.format)
     speed = speed_of(args)
     started = now()
-    client = await VoxtralClient.connect(
-        args.server,
-        api_key=args.api_key,
-        default_scheme=default_scheme,
-        open_timeout=args.open_timeout,
+    client = await open_session(
+        args.server, args.api_key, args.open_timeout, audio, default_scheme=default_scheme
     )
     connect_ms = (now() - started) * 1000.0
     async with client:
         result = await client.transcribe(
-            pcm, speed=speed, done_timeout=args.timeout, on_delta=_echo if args.deltas else None
+            data,
+            speed=speed,
+            done_timeout=args.timeout,
+            chunk_ms=audio.chunk_ms,
+            on_delta=_echo if args.deltas else None,
         )
         if args.deltas:
             print(file=sys.stderr)
@@ -62,7 +71,8 @@ async def warmup(args: argparse.Namespace, *, default_scheme: str = "ws") -> int
             "session_id": client.session_id,
             "model": client.session.model,
             "file": str(args.file),
-            "chunks": -(-len(pcm) // CHUNK_BYTES),
+            "chunks": -(-len(data) // audio.format.chunk_bytes(audio.chunk_ms)),
+            "audio": audio.describe(),
             "pacing": pacing_label(speed),
             "connect_ms": round(connect_ms, 2),
             **result.as_dict(),
@@ -93,6 +103,7 @@ def print_report(report: dict[str, Any], result: UtteranceResult) -> None:
         ("text", result.text.strip()),
         ("status", result.status),
         ("audio", f"{t.audio_s:.2f} s in {report['chunks']} chunks, {report['pacing']}"),
+        ("format", report["audio"]),
         ("deltas", str(len(result.deltas))),
         ("connect", f"{report['connect_ms']:.1f} ms"),
         ("ttfw", ms(t.ttfw_s)),
@@ -110,7 +121,8 @@ def print_report(report: dict[str, Any], result: UtteranceResult) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("clients.warmup", "Send one utterance and print its text and timings.")
     args = parser.parse_args(argv)
-    return run_tool(parser.prog, lambda: warmup(args))
+    audio = audio_options(parser, args)
+    return run_tool(parser.prog, lambda: warmup(args, audio))
 
 
 if __name__ == "__main__":

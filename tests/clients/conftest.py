@@ -1,12 +1,23 @@
-"""Fixtures: the fake vLLM and the real proxy in front of it, plus a runner for the tools."""
+"""Fixtures: the fake vLLM and the real proxy in front of it, a runner for the tools, and a
+recording peer for what the proxy does not take yet (binary frames, other audio formats)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from websockets.asyncio.server import ServerConnection, serve
+
+from proxy.audio_format import parse_query
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL_TIMEOUT_S = 120.0  # a hang guard only
@@ -46,3 +57,63 @@ async def run_tool(
         raise
     assert proc.returncode is not None
     return ToolRun(proc.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class Peer:
+    url: str
+    # Announced in session.created; None means "the format asked for in the query".
+    announce: dict[str, Any] | None = None
+    query: dict[str, str] = field(default_factory=dict)
+    frames: list[bytes | dict[str, Any]] = field(default_factory=list)
+
+    def audio(self) -> list[bytes]:
+        """The audio of every frame, in order: binary frames as sent, appends decoded."""
+        pieces = []
+        for frame in self.frames:
+            if isinstance(frame, bytes):
+                pieces.append(frame)
+            elif frame["type"] == "input_audio_buffer.append":
+                pieces.append(base64.b64decode(frame["payload"]["audio"]))
+        return pieces
+
+    def kinds(self) -> list[str]:
+        return ["binary" if isinstance(f, bytes) else str(f["type"]) for f in self.frames]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [f for f in self.frames if isinstance(f, dict)]
+
+
+@asynccontextmanager
+async def recording_peer(announce: dict[str, Any] | None = None) -> AsyncIterator[Peer]:
+    """A WebSocket peer on loopback that answers like a server taking every audio format: it
+    announces the format asked for in the query (or `announce`, like an older server), records
+    every frame, answers each final commit with `transcription.done` and `end` with a close."""
+    peer = Peer(url="", announce=announce)
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        peer.query = dict(parse_qsl(urlsplit(ws.request.path).query))
+        audio = peer.announce or parse_query(peer.query).as_payload()
+        created = {"type": "session.created", "payload": {"id": "s", "audio": audio}}
+        await ws.send(orjson.dumps(created).decode())
+        async for message in ws:
+            if isinstance(message, bytes):
+                peer.frames.append(message)
+                continue
+            event = orjson.loads(message)
+            peer.frames.append(event)
+            if event["type"] == "end":
+                await ws.close()
+            elif event["type"] == "input_audio_buffer.commit" and event["payload"].get("final"):
+                done = {
+                    "type": "transcription.done",
+                    "request_id": event["request_id"],
+                    "payload": {"text": "ok"},
+                }
+                await ws.send(orjson.dumps(done).decode())
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        peer.url = f"ws://127.0.0.1:{port}"
+        yield peer

@@ -1,4 +1,5 @@
-"""The tools as users run them (`python -m clients.<tool>`), against the real proxy and the fake."""
+"""The tools as users run them (`python -m clients.<tool>`), against the real proxy and the fake
+(and, for what the proxy does not take yet, the recording peer)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clients.audio import load_pcm
+from clients.audio import TELEPHONY_FORMAT, load_audio, load_pcm
 from clients.cli import sample
 from clients.report import CSV_COLUMNS, STAT_METRICS
 from clients.stats import STAT_KEYS
 from devtools.fake_vllm import FakeVllm, predict_text
-from tests.clients.conftest import run_tool
+from proxy.audio_format import AudioFormat, Encoding
+from tests.clients.conftest import recording_peer, run_tool
 from tests.harness import RunningProxy, serve_proxy
 
 LEVEL_KEYS = {
@@ -223,3 +225,40 @@ async def test_bench_counts_capacity_refusals_apart(fake: FakeVllm, tmp_path: Pa
     assert level["ok"] + level["capacity_refusals"] == 3
     refused = [u for u in level["utterances"] if u["status"] == "refused"]
     assert all(u["error_code"] == "server_at_capacity" for u in refused)
+
+
+async def test_warmup_telephony_sends_20ms_mulaw_binary_frames() -> None:
+    # The proxy does not take μ-law yet: a recording peer stands in for a server that does.
+    async with recording_peer() as peer:
+        run = await run_tool(
+            "warmup", "--server", peer.url, "--telephony", "--no-pace", "--json", api_key="k"
+        )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["audio"] == "g711_ulaw 8000 Hz mono, 20 ms binary frames"
+    assert peer.query["audio_format"] == "g711_ulaw"
+    expected = load_audio(sample("mid.wav"), TELEPHONY_FORMAT)
+    assert b"".join(peer.audio()) == expected
+    kinds = peer.kinds()
+    assert kinds[-2:] == ["input_audio_buffer.commit", "end"]
+    assert set(kinds[1:-2]) == {"binary"}
+    assert report["chunks"] == len(expected) // 160
+    assert report["audio_s"] == 11.0
+
+
+async def test_convo_sends_each_file_in_the_chosen_format() -> None:
+    files = [sample("short.wav"), sample("mid.wav")]
+    fmt = AudioFormat(Encoding.G711_ALAW, 8000, 2)
+    async with recording_peer() as peer:
+        run = await run_tool(
+            "convo",
+            "--server",
+            peer.url,
+            *("--file", str(files[0]), "--file", str(files[1])),
+            *("--format", "g711_alaw", "--channels", "2", "--frames", "json"),
+            *("--pause", "0", "--no-pace", "--json"),
+            api_key="k",
+        )
+    assert run.returncode == 0, run.stderr
+    assert set(peer.kinds()) == {"input_audio_buffer.commit", "input_audio_buffer.append", "end"}
+    assert b"".join(peer.audio()) == b"".join(load_audio(f, fmt) for f in files)

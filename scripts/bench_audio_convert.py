@@ -1,0 +1,99 @@
+"""CPU cost of the proxy's audio conversion (proxy/audio_convert.py), per second of client audio.
+
+Run: `.venv/bin/python scripts/bench_audio_convert.py [--seconds 60] [--repeats 5]`. Each path
+converts `--seconds` of a speech-like signal cut into pieces of the given size, as one utterance
+(converter made, fed, flushed); the best of `--repeats` runs is reported, since other load only
+ever adds time. Also prints the resampler's quality settings side by side on the 8 kHz μ-law path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy import audio_convert
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import AudioFormat, Encoding
+from proxy.g711 import encode_alaw, encode_ulaw
+
+PATHS = (
+    ("pcm16 16 kHz mono (passthrough), 80 ms", AudioFormat(Encoding.PCM16, 16_000, 1), 80),
+    ("pcm16 16 kHz mono (passthrough), 20 ms", AudioFormat(Encoding.PCM16, 16_000, 1), 20),
+    ("g711_ulaw 8 kHz mono, 20 ms", AudioFormat(Encoding.G711_ULAW, 8_000, 1), 20),
+    ("g711_alaw 8 kHz mono, 20 ms", AudioFormat(Encoding.G711_ALAW, 8_000, 1), 20),
+    ("pcm16 8 kHz mono, 20 ms", AudioFormat(Encoding.PCM16, 8_000, 1), 20),
+    ("pcm16 24 kHz mono, 40 ms", AudioFormat(Encoding.PCM16, 24_000, 1), 40),
+    ("pcm16 16 kHz stereo, 80 ms", AudioFormat(Encoding.PCM16, 16_000, 2), 80),
+    ("pcm16 44.1 kHz stereo, 20 ms", AudioFormat(Encoding.PCM16, 44_100, 2), 20),
+    ("pcm16 48 kHz stereo, 20 ms", AudioFormat(Encoding.PCM16, 48_000, 2), 20),
+    ("pcm16 48 kHz stereo, 80 ms", AudioFormat(Encoding.PCM16, 48_000, 2), 80),
+)
+
+
+def client_audio(fmt: AudioFormat, seconds: float) -> bytes:
+    """A few tones under a syllable-rate envelope plus noise: busy enough to exercise every
+    stage, in the client's format."""
+    rng = np.random.default_rng(7)
+    t = np.arange(int(fmt.sample_rate * seconds)) / fmt.sample_rate
+    voice = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 660.0, 1800.0)) / 3
+    signal = voice * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) + 0.01 * rng.standard_normal(t.size)
+    pcm = np.round(signal * 12_000).astype("<i2")
+    if fmt.channels == 2:
+        pcm = np.repeat(pcm, 2)
+    raw = pcm.tobytes()
+    if fmt.encoding is Encoding.G711_ULAW:
+        return encode_ulaw(raw)
+    if fmt.encoding is Encoding.G711_ALAW:
+        return encode_alaw(raw)
+    return raw
+
+
+def cpu_ms_per_audio_s(fmt: AudioFormat, piece_ms: int, seconds: float, repeats: int) -> float:
+    data = client_audio(fmt, seconds)
+    step = fmt.chunk_bytes(piece_ms)
+    pieces = [data[i : i + step] for i in range(0, len(data), step)]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        converter = AudioConverter(fmt)
+        for piece in pieces:
+            converter.feed(piece)
+        converter.flush()
+        best = min(best, time.process_time() - started)
+    return best / seconds * 1000.0
+
+
+def utterance_setup_us(fmt: AudioFormat, repeats: int = 2000) -> float:
+    """Making and flushing a converter with no audio: the fixed cost per utterance."""
+    started = time.process_time()
+    for _ in range(repeats):
+        AudioConverter(fmt).flush()
+    return (time.process_time() - started) / repeats * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{'path':<42} {'CPU ms per audio s':>18} {'setup us':>9}")
+    for label, fmt, piece_ms in PATHS:
+        cost = cpu_ms_per_audio_s(fmt, piece_ms, args.seconds, args.repeats)
+        print(f"{label:<42} {cost:>18.3f} {utterance_setup_us(fmt):>9.1f}")
+    print("\nresampler quality on g711_ulaw 8 kHz mono, 20 ms pieces:")
+    ulaw = AudioFormat(Encoding.G711_ULAW, 8_000, 1)
+    for quality in ("LQ", "MQ", "HQ", "VHQ"):
+        audio_convert.RESAMPLER_QUALITY = quality
+        cost = cpu_ms_per_audio_s(ulaw, 20, args.seconds, args.repeats)
+        print(f"  {quality:<4} {cost:.3f} ms per audio s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
