@@ -29,16 +29,16 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from proxy.vllm_wire import FRAME_BYTES, FRAME_MS
-from tests.e2e.flow import SERVED_MODEL, UTTERANCE_LIMIT_S
+from tests.e2e.flow import PCM_BYTES_PER_MS, SERVED_MODEL, UTTERANCE_LIMIT_S
 from tests.e2e.stack import Stack, running_stack
 from tests.harness import chunks, load_pcm
 
 pytestmark = pytest.mark.vllm
 
-BYTES_PER_MS = 32
 # The model's 2.5 ms look-ahead, in bytes of 16 kHz PCM16.
 LOOK_AHEAD_BYTES = 80
-# Deltas after the audio's last whole step: the right padding minus what the delay holds back.
+# What the final commit adds: its right padding (delay/80 + 11 frames) less the delay/80 frames
+# the prompt holds back.
 FLUSH_DELTAS = 11
 # BOS + 32 frames of left padding; the delay adds one token per 80 ms.
 PROMPT_BASE = 33
@@ -55,10 +55,10 @@ SPEECH = load_pcm("mid.wav")
 LENGTHS = {
     "empty": 0,
     "1 sample": 2,
-    "0.4 s": 400 * BYTES_PER_MS,
-    "1 s": 1000 * BYTES_PER_MS,
-    "1.234 s": 1234 * BYTES_PER_MS,
-    "3 s": 3000 * BYTES_PER_MS,
+    "0.4 s": 400 * PCM_BYTES_PER_MS,
+    "1 s": 1000 * PCM_BYTES_PER_MS,
+    "1.234 s": 1234 * PCM_BYTES_PER_MS,
+    "3 s": 3000 * PCM_BYTES_PER_MS,
     "10 frames + 39 samples": 10 * FRAME_BYTES + 78,
     "10 frames + 40 samples": 10 * FRAME_BYTES + 80,
 }

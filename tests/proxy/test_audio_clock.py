@@ -3,6 +3,7 @@ index -> audio time, rollovers, clamping of the right-padding tail, and segments
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -165,6 +166,14 @@ def test_the_pause_is_configurable() -> None:
         Segment(" a", 80, 160),
         Segment(" b", 320, 400),
         Segment(" c", 480, 560),
+    ]
+
+
+def test_segments_serialize_as_the_protocol_objects() -> None:
+    segments = clock_of([" hi", *[None] * 6, " there"]).segments()
+    assert orjson.loads(orjson.dumps(segments)) == [
+        {"text": " hi", "start_ms": 0, "end_ms": 80},
+        {"text": " there", "start_ms": 560, "end_ms": 640},
     ]
 
 
