@@ -1,0 +1,122 @@
+"""The token clock: where in an utterance's audio each of vLLM's model steps sits. Pure, no I/O.
+
+Voxtral Realtime decodes exactly one token per 80 ms frame, and vLLM sends one
+``transcription.delta`` per token, empty ones included. Within one generation (a *run*), the delta
+with index k (every delta counted from 0) is the model's output for the run's audio frame k, so
+it sits k * 80 ms after the run's first sample. The transcription delay changes when a delta is
+sent, never which frame it belongs to. A final commit adds right padding, so a run's last steps
+lie past its audio: their time is clamped to the run's end. An utterance longer than one
+generation goes on in the next run, whose index 0 sits where the previous run's audio ended.
+
+How the session uses it, per utterance: ``clock.steps += 1`` for each empty delta (nothing
+else: they stay as cheap as before), ``clock.add_text(delta, run_bytes)`` for each delta with
+text (it returns the delta's ``audio_ms``), ``clock.end_run(run_bytes)`` when a run of the
+utterance ends and another follows, and ``clock.text()`` / ``clock.segments(pause_ms)`` once, at
+``done``.
+
+The emission arithmetic (how many deltas vLLM has sent after so much audio) lives here too, so
+the fake vLLM and the proxy share one definition of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.vllm_wire import FRAME_BYTES, FRAME_MS, LEFT_PAD_FRAMES, right_pad_frames
+
+BYTES_PER_MS = FRAME_BYTES // FRAME_MS
+# The model looks 2.5 ms past each frame: a step runs only once that much more audio is in.
+LOOK_AHEAD_BYTES = 80
+# vLLM's prompt opens with BOS, which takes one frame of the padded audio like a pad token does.
+BOS_FRAMES = 1
+DEFAULT_PAUSE_MS = 480
+
+
+def prompt_tokens(delay_ms: int) -> int:
+    """vLLM's prompt for each run (``usage.prompt_tokens``): BOS, the left padding and one pad
+    token per 80 ms of delay."""
+    return BOS_FRAMES + LEFT_PAD_FRAMES + delay_ms // FRAME_MS
+
+
+def steps_sent(run_bytes: int, delay_ms: int, *, final: bool) -> int:
+    """How many deltas vLLM has sent in a run that has received ``run_bytes`` of audio (and its
+    final commit, if ``final``), before any ``max_model_len`` cut (see ``max_steps``).
+
+    vLLM feeds the model [left padding][the audio][right padding, once final]; step k runs as
+    soon as that stream holds ``prompt_tokens + k`` frames plus the look-ahead, and not before.
+    The left padding comes with the first audio, so a run without audio makes no step. With the
+    final commit this is floor((A - 2.5 ms) / 80 ms) + 11 for A of audio, whatever the delay.
+    """
+    if not run_bytes:
+        return 0
+    stream = LEFT_PAD_FRAMES * FRAME_BYTES + run_bytes
+    if final:
+        stream += right_pad_frames(delay_ms) * FRAME_BYTES
+    return max(0, (stream - LOOK_AHEAD_BYTES) // FRAME_BYTES - prompt_tokens(delay_ms) + 1)
+
+
+def max_steps(max_model_len: int, delay_ms: int) -> int:
+    """The most steps one run makes: vLLM ends it (and sends ``done`` by itself) once prompt
+    plus generated tokens reach ``max_model_len``. The next run starts with new padding."""
+    return max(0, max_model_len - prompt_tokens(delay_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+class AudioClock:
+    """One utterance's token clock. Positions are kept in bytes of 16 kHz PCM16 (exact) and
+    given out in whole milliseconds from the utterance's first sample."""
+
+    __slots__ = ("_base", "_pieces", "steps")
+
+    def __init__(self) -> None:
+        # Deltas of the current run so far, empty ones included; the session adds the empty ones.
+        self.steps = 0
+        # Bytes of the utterance's audio before the current run.
+        self._base = 0
+        # (start byte, end byte, text) of each delta with text, in order.
+        self._pieces: list[tuple[int, int, str]] = []
+
+    def add_text(self, delta: str, run_bytes: int) -> int:
+        """Records a delta with text as the current run's next step and returns its ``audio_ms``.
+
+        ``run_bytes`` is the audio sent to the current run so far. vLLM sends a step only once
+        its frame has arrived, unless the step is right padding, so clamping to it is exact."""
+        end = self._base + run_bytes
+        start = self._base + self.steps * FRAME_BYTES
+        self.steps += 1
+        start, stop = min(start, end), min(start + FRAME_BYTES, end)
+        self._pieces.append((start, stop, delta))
+        return start // BYTES_PER_MS
+
+    def end_run(self, run_bytes: int) -> None:
+        """The current run ended after taking ``run_bytes`` of audio; the next one starts there.
+        (Audio vLLM dropped at a ``max_model_len`` cut still counts: it was spoken.)"""
+        self._base += run_bytes
+        self.steps = 0
+
+    def text(self) -> str:
+        return "".join(piece for _, _, piece in self._pieces)
+
+    def segments(self, pause_ms: int = DEFAULT_PAUSE_MS) -> list[Segment]:
+        """The text split where at least ``pause_ms`` (> 0) of audio passed between two deltas
+        with text (a run of empty steps), each part timed from its first frame to its last."""
+        pause = pause_ms * BYTES_PER_MS
+        groups: list[list[tuple[int, int, str]]] = []
+        for piece in self._pieces:
+            if not groups or piece[0] - groups[-1][-1][1] >= pause:
+                groups.append([])
+            groups[-1].append(piece)
+        return [
+            Segment(
+                "".join(text for _, _, text in group),
+                group[0][0] // BYTES_PER_MS,
+                group[-1][1] // BYTES_PER_MS,
+            )
+            for group in groups
+        ]
