@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SERVER ?= localhost:8000
 
-.PHONY: help env test lint fmt up down restart status logs warmup convo idle remote bench bench-proxy
+.PHONY: help env test lint fmt up down restart status logs warmup convo idle remote bench bench-proxy bench-vad
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,3 +54,6 @@ bench: env  ## concurrency sweep against SERVER, with table, JSON and chart
 bench-proxy: STREAMS ?= 100,300,600
 bench-proxy: env  ## proxy overhead: the same load direct to a fake vLLM and through the proxy
 	@$(PY) -m clients.bench_proxy --streams $(STREAMS) $(BENCH_PROXY_ARGS)
+
+bench-vad: env  ## turn detection's CPU per audio second per stream, in-process, VAD on vs off
+	@$(PY) -m clients.bench_vad --streams "$${STREAMS:-100,300}"
