@@ -76,14 +76,14 @@ class VadStream:
     """One session's audio into the engine. Feed 16 kHz mono PCM16 little-endian bytes in any
     sizes; the engine calls ``on_windows`` on the event loop after each step that scored some."""
 
-    __slots__ = ("_engine", "_on_windows", "_pending", "closed", "row", "windows_done")
+    __slots__ = ("_engine", "_on_windows", "_pending", "_windows_done", "closed", "row")
 
     def __init__(self, engine: VadEngine, row: int, on_windows: OnWindows) -> None:
         self._engine = engine
         self._on_windows = on_windows
         self._pending = bytearray()
         self.row = row
-        self.windows_done = 0
+        self._windows_done = 0
         self.closed = False
 
     def feed(self, pcm16: bytes) -> None:
@@ -186,8 +186,8 @@ class VadEngine:
                 continue
             self._state[:, stream.row] = state[:, i]
             self._context[stream.row] = context[i]
-            first = stream.windows_done
-            stream.windows_done += count
+            first = stream._windows_done
+            stream._windows_done += count
             stream._deliver(
                 [((first + k + 1) * WINDOW_MS, float(probs[k, i])) for k in range(count)]
             )
@@ -202,7 +202,7 @@ class VadEngine:
         context: Float32Array,
     ) -> tuple[Float32Array, Float32Array, Float32Array]:
         """Runs on the VAD thread: round r scores the r-th window of every stream that has one.
-        Returns probabilities [rounds, B] (unset where a stream had no window), state, context."""
+        Returns probabilities [rounds, B] (0 where a stream had no window), state, context."""
         rounds = int(counts.max())
         batch = len(audio)
         windows = np.zeros((rounds, batch, WINDOW_SAMPLES), dtype=np.float32)
@@ -211,8 +211,7 @@ class VadEngine:
         windows *= 1.0 / 32768.0
         probs = np.zeros((rounds, batch), dtype=np.float32)
         for r in range(rounds):
-            # Streams are sorted by nothing in particular; those still active in round r are
-            # the ones with more than r windows.
+            # The streams with more than r windows pending.
             active = np.flatnonzero(counts > r)
             model_input = np.concatenate((context[active], windows[r, active]), axis=1)
             probs[r, active], state[:, active] = self._model.run(model_input, state[:, active])
