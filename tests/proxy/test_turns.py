@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.turns import (
     SpeechStarted,
@@ -121,6 +123,42 @@ def test_end_turn_returns_to_idle_and_continued_speech_opens_a_new_turn() -> Non
             audio_start_ms=10 * WINDOW, turn_start_ms=10 * WINDOW - 300, detected_ms=18 * WINDOW
         )
     ]
+
+
+@given(
+    probabilities=st.lists(st.sampled_from([0.0, 0.2, 0.4, 0.6, 1.0]), max_size=300),
+    silence_ms=st.integers(1, 1000),
+    min_speech_ms=st.integers(0, 500),
+    prefix_padding_ms=st.integers(0, 500),
+)
+def test_facts_agree_with_the_windows(
+    probabilities: list[float], silence_ms: int, min_speech_ms: int, prefix_padding_ms: int
+) -> None:
+    options = TurnOptions(0.5, silence_ms, prefix_padding_ms, min_speech_ms)
+    events = run(TurnDetector(options), probabilities)
+    starts = [WINDOW * i for i in range(len(probabilities))]
+
+    def probs_in(begin: int, end: int) -> list[float]:
+        return [p for s, p in zip(starts, probabilities, strict=True) if begin <= s < end]
+
+    started: SpeechStarted | None = None
+    for i, event in enumerate(events):
+        # Facts alternate, a start first.
+        assert isinstance(event, SpeechStarted if i % 2 == 0 else SpeechStopped)
+        if isinstance(event, SpeechStarted):
+            assert event.detected_ms - event.audio_start_ms >= min_speech_ms
+            assert event.turn_start_ms == max(0, event.audio_start_ms - prefix_padding_ms)
+            speech = probs_in(event.audio_start_ms, event.detected_ms)
+            assert speech[0] >= 0.5
+            assert min(speech) >= options.silence_below
+            started = event
+        else:
+            assert started is not None
+            assert event.audio_end_ms >= started.detected_ms
+            assert event.detected_ms - event.audio_end_ms >= silence_ms
+            silence = probs_in(event.audio_end_ms, event.detected_ms)
+            assert silence[0] < options.silence_below
+            assert max(silence) < 0.5
 
 
 def test_windows_must_advance() -> None:
