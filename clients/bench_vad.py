@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,9 +24,9 @@ from pathlib import Path
 
 from clients.audio import CHUNK_BYTES, CHUNK_MS, AudioError, load_pcm, pcm_seconds
 from clients.bench_proxy_check import percentile
+from clients.bench_proxy_procs import ROOT
 from proxy.vad import WINDOW_MS, WINDOW_SAMPLES, VadEngine, VadModel, Window
 
-ROOT = Path(__file__).resolve().parents[1]
 _LAG_PROBE_S = 0.01
 _WARMUP_S = 1.0
 
@@ -96,7 +98,7 @@ async def measure(
     audio_s = scored * WINDOW_MS / 1000 if engine else pcm_seconds(fed)
     return Run(
         streams=streams,
-        cpu_ms_per_audio_s=cpu * 1000 / audio_s,
+        cpu_ms_per_audio_s=cpu * 1000 / audio_s if audio_s else math.inf,
         windows_fed=fed // (2 * WINDOW_SAMPLES),
         windows_scored=scored,
         lag_p50_ms=(percentile(lags, 50) or 0.0) * 1000,
@@ -158,8 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         pcm = load_pcm(args.audio)
+        if len(pcm) < CHUNK_BYTES:
+            raise AudioError(f"{args.audio} is shorter than one {CHUNK_MS} ms frame")
     except AudioError as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 2
     asyncio.run(bench(args, pcm))
     return 0

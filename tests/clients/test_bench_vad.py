@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import wave
+from pathlib import Path
+
 import pytest
 
 from clients.audio import CHUNK_BYTES, load_pcm
-from clients.bench_vad import ROOT, measure
+from clients.bench_proxy_procs import ROOT
+from clients.bench_vad import measure
 from proxy.vad import VadModel
 from tests.clients.conftest import run_tool
 
@@ -37,3 +41,15 @@ async def test_bad_arguments_are_refused(args: list[str]) -> None:
     run = await run_tool("bench_vad", *args)
     assert run.returncode == 2
     assert "bench_vad" in run.stderr
+
+
+async def test_audio_shorter_than_a_frame_is_refused(tmp_path: Path) -> None:
+    short = tmp_path / "short.wav"
+    with wave.open(str(short), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16_000)
+        wav.writeframes(bytes(100))
+    run = await run_tool("bench_vad", "--audio", str(short))
+    assert run.returncode == 2
+    assert "shorter than one 80 ms frame" in run.stderr
