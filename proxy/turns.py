@@ -35,8 +35,14 @@ class TurnOptions:
     min_speech_ms: int = 250
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> TurnOptions:
-        """Reads a ``turn_detection`` object (each field optional); raises ``TurnOptionsError``."""
+    def from_json(cls, raw: object) -> TurnOptions:
+        """Reads a ``turn_detection`` object (each field optional; ``null``, which turns turn
+        detection off, is the caller's to handle); raises ``TurnOptionsError``."""
+        if not isinstance(raw, Mapping):
+            raise TurnOptionsError(
+                f"turn_detection {_shown(raw)} is invalid: use an object like "
+                '{"type": "server_vad"}, or null to turn it off'
+            )
         unknown = sorted(set(raw) - {"type", *(field.name for field in fields(cls))})
         if unknown:
             raise TurnOptionsError(
@@ -45,7 +51,7 @@ class TurnOptions:
             )
         if raw.get("type", "server_vad") != "server_vad":
             raise TurnOptionsError(
-                f'turn_detection.type {raw["type"]!r} is not supported: use "server_vad"'
+                f'turn_detection.type {_shown(raw["type"])} is not supported: use "server_vad"'
             )
         defaults = cls()
         return cls(
@@ -62,11 +68,17 @@ class TurnOptions:
         return self.threshold - min(HYSTERESIS, self.threshold / 2)
 
 
+def _shown(value: object) -> str:
+    """The client's value in an error, cut short: it may be anything and of any size."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def _threshold(value: object) -> float:
     # bool is an int in Python; true/false is not a probability.
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
         raise TurnOptionsError(
-            f"turn_detection.threshold {value!r} is invalid: use a number between 0 and 1 "
+            f"turn_detection.threshold {_shown(value)} is invalid: use a number between 0 and 1 "
             "(exclusive), e.g. 0.5"
         )
     return float(value)
@@ -76,7 +88,7 @@ def _ms(raw: Mapping[str, Any], name: str, default: int, low: int, high: int) ->
     value = raw.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise TurnOptionsError(
-            f"turn_detection.{name} {value!r} is invalid: use a whole number of milliseconds "
+            f"turn_detection.{name} {_shown(value)} is invalid: use a whole number of milliseconds "
             f"{low}..{high}"
         )
     return value

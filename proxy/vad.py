@@ -219,7 +219,9 @@ class VadEngine:
         return probs, state, context
 
     async def run(self, interval_s: float = 0.1) -> None:
-        """Steps every ``interval_s`` while any stream has a window pending; sleeps otherwise."""
+        """Steps every ``interval_s`` while any stream has a window pending; sleeps otherwise.
+        Runs until cancelled; an error from the model ends it (and the windows of that step are
+        lost), so whoever runs it must treat its end as the end of turn detection."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -195,12 +193,15 @@ def test_options_from_json_reads_each_field() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
+        ("server_vad", "turn_detection 'server_vad' is invalid: use an object like {\"type\""),
+        ([], "turn_detection [] is invalid"),
         ({"type": "semantic_vad"}, "type 'semantic_vad' is not supported"),
         ({"silence": 500}, "unknown field(s) silence"),
         ({"threshold": 0}, "threshold 0 is invalid"),
         ({"threshold": 1}, "threshold 1 is invalid"),
         ({"threshold": "0.5"}, "threshold '0.5' is invalid"),
         ({"threshold": True}, "threshold True is invalid"),
+        ({"threshold": "9" * 1000}, "threshold '" + "9" * 36 + "... is invalid"),
         ({"silence_ms": 0}, "silence_ms 0 is invalid"),
         ({"silence_ms": 10_001}, "silence_ms 10001 is invalid"),
         ({"silence_ms": 500.0}, "silence_ms 500.0 is invalid: use a whole number"),
@@ -210,7 +211,7 @@ def test_options_from_json_reads_each_field() -> None:
         ({"min_speech_ms": False}, "min_speech_ms False is invalid"),
     ],
 )
-def test_options_from_json_refuses_bad_values(raw: dict[str, Any], message: str) -> None:
+def test_options_from_json_refuses_bad_values(raw: object, message: str) -> None:
     with pytest.raises(TurnOptionsError) as refused:
         TurnOptions.from_json(raw)
     assert message in str(refused.value)
