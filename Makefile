@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SERVER ?= localhost:8000
 
-.PHONY: help env test lint fmt doctor up down restart status logs warmup convo idle remote bench bench-proxy
+.PHONY: help env test lint fmt doctor up down restart status logs warmup convo idle remote bench bench-proxy bench-vad
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,3 +57,6 @@ bench: env  ## concurrency sweep against SERVER, with table, JSON and chart
 bench-proxy: STREAMS ?= 100,300,600
 bench-proxy: env  ## proxy overhead: the same load direct to a fake vLLM and through the proxy
 	@$(PY) -m devtools.bench_proxy --streams $(STREAMS) $(BENCH_PROXY_ARGS)
+
+bench-vad: env  ## turn detection's CPU per audio second per stream, in-process, VAD on vs off
+	@$(PY) -m devtools.bench_vad --streams "$${STREAMS:-100,300}"
