@@ -51,14 +51,46 @@ _CLIENT_FINAL = frozenset({Phase.CLOSED, Phase.CLOSED_ROLLING, Phase.FINALIZING}
 _SEGMENT_COMMITTED = frozenset({Phase.OPEN_ROLLING, Phase.CLOSED_ROLLING, Phase.FINALIZING})
 
 
+class HeldAudio:
+    """Audio an utterance keeps until it can go upstream, oldest first: (audio, PCM bytes)
+    chunks and their size in bytes as held here (``len`` of the held object, which is its size
+    for base64 text and raw bytes alike), kept as a sum so the budget costs nothing per message.
+    """
+
+    __slots__ = ("_chunks", "nbytes")
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[str, int]] = deque()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def append(self, audio: str, pcm_bytes: int) -> None:
+        self._chunks.append((audio, pcm_bytes))
+        self.nbytes += len(audio)
+
+    def appendleft(self, audio: str, pcm_bytes: int) -> None:
+        self._chunks.appendleft((audio, pcm_bytes))
+        self.nbytes += len(audio)
+
+    def popleft(self) -> tuple[str, int]:
+        chunk = self._chunks.popleft()
+        self.nbytes -= len(chunk[0])
+        return chunk
+
+
 @dataclass(slots=True)
 class Utterance:
     request_id: str
     opened_at: float = 0.0
     phase: Phase = Phase.OPEN
     audio_bytes: int = 0
-    # Audio not yet sent upstream: (base64, PCM bytes), oldest first.
-    held: deque[tuple[str, int]] = field(default_factory=deque)
+    # Audio not yet sent upstream.
+    held: HeldAudio = field(default_factory=HeldAudio)
     segment_bytes: int = 0
     segments: int = 0
     texts: list[str] = field(default_factory=list)
