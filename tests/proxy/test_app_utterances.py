@@ -65,10 +65,11 @@ async def test_one_utterance_minimal_flow() -> None:
     assert all(e["payload"]["delta"] for e in events if e["type"] == "transcription.delta")
     assert_complete(events, "r1", SHORT)
     done = events[-1]["payload"]
-    assert set(done) == {"text", "usage", "audio_ms"}
+    assert set(done) == {"text", "segments", "usage", "audio_ms"}
     assert done["audio_ms"] == len(SHORT) // 32
     usage = done["usage"]
-    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens", "audio_seconds"}
+    assert usage["audio_seconds"] == done["audio_ms"] / 1000
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["completion_tokens"] == len(predict_deltas(SHORT))
 
@@ -275,7 +276,7 @@ async def test_session_update_with_the_served_model() -> None:
             "type": "session.updated",
             "session_id": "s1",
             "request_id": "u1",
-            "payload": {"model": MODEL},
+            "payload": {"model": MODEL, "segment_pause_ms": 480},
         }
         await client.send("session.update", None, {"model": MODEL})
         assert (await client.recv())["request_id"] is None

@@ -249,7 +249,7 @@ def test_session_update_same_model() -> None:
         "type": "session.updated",
         "session_id": SID,
         "request_id": "u1",
-        "payload": {"model": MODEL},
+        "payload": {"model": MODEL, "segment_pause_ms": 480},
     }
 
 
@@ -337,11 +337,19 @@ def test_full_utterance() -> None:
     assert summary(harness.delta("")) == []
     assert summary(harness.delta(" world")) == [("delta", "r1", " world")]
     done = only_event(harness.done(USAGE, text=" hello world"))
+    # Step 1 sits at 80 ms; step 3 (right padding) is clamped to the audio's end, 150 ms.
+    deltas = [e for e in client_events(harness.log) if e["type"] == "transcription.delta"]
+    assert [e["payload"]["audio_ms"] for e in deltas] == [80, 150]
     assert done == {
         "type": "transcription.done",
         "session_id": SID,
         "request_id": "r1",
-        "payload": {"text": " hello world", "usage": USAGE, "audio_ms": (3200 + 1600) // 32},
+        "payload": {
+            "text": " hello world",
+            "segments": [{"text": " hello world", "start_ms": 80, "end_ms": 150}],
+            "usage": {**USAGE, "audio_seconds": 0.15},
+            "audio_ms": (3200 + 1600) // 32,
+        },
     }
     assert upstream_pcm(harness.log) == chunk1 + chunk2
     assert harness.session.in_flight == []
@@ -388,7 +396,8 @@ def test_done_without_audio() -> None:
     done = only_event(harness.done({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
     assert done["payload"] == {
         "text": "",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "segments": [],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "audio_seconds": 0},
         "audio_ms": 0,
     }
 
@@ -403,6 +412,7 @@ def test_done_usage_tolerates_missing_fields() -> None:
         "prompt_tokens": 7,
         "completion_tokens": 0,
         "total_tokens": 0,
+        "audio_seconds": 0,
     }
 
 
@@ -1198,9 +1208,16 @@ def test_proactive_rollover_splits_the_crossing_chunk() -> None:
     usage3 = {"prompt_tokens": 39, "completion_tokens": 1, "total_tokens": 40}
     done = only_event(harness.done(usage3))
     assert done["request_id"] == "R"
+    # Each segment's first step sits where the audio before it ended: 0, 4000 and 8000 bytes.
     assert done["payload"] == {
         "text": "onetwothree",
-        "usage": {"prompt_tokens": 117, "completion_tokens": 8, "total_tokens": 125},
+        "segments": [{"text": "onetwothree", "start_ms": 0, "end_ms": 320}],
+        "usage": {
+            "prompt_tokens": 117,
+            "completion_tokens": 8,
+            "total_tokens": 125,
+            "audio_seconds": 0.32,
+        },
         "audio_ms": 4 * 2560 // 32,
     }
     assert upstream_pcm(harness.log) == b"".join(chunks)
@@ -1302,7 +1319,13 @@ def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
     )
     assert done["payload"] == {
         "text": "first second",
-        "usage": {"prompt_tokens": 78, "completion_tokens": 91, "total_tokens": 169},
+        "segments": [{"text": "first second", "start_ms": 0, "end_ms": 40}],
+        "usage": {
+            "prompt_tokens": 78,
+            "completion_tokens": 91,
+            "total_tokens": 169,
+            "audio_seconds": 0.04,
+        },
         "audio_ms": 1280 // 32,
     }
     assert len(harness.facts(UtteranceRolledOver)) == 1
