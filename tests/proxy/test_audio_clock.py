@@ -1,4 +1,5 @@
-"""The token clock: index -> audio time, rollovers, clamping of the right-padding tail, and segments at pauses."""
+"""The token clock: index -> audio time, rollovers, clamping of the right-padding tail, and
+segments at pauses."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from proxy.vllm_wire import FRAME_BYTES, steps_sent
 
 MS = 32  # bytes of 16 kHz PCM16 per millisecond
 DELAYS = [80, 480, 2400]
+
 
 def feed_run(clock: AudioClock, pcm_bytes: int, delay_ms: int) -> list[int]:
     """Plays one run as vLLM sends it (audio a frame at a time, then the final commit), every
