@@ -115,8 +115,8 @@ def test_a_segment_at_the_audio_limit_flushes_before_the_cap(
     max_model_len: int, delay_ms: int
 ) -> None:
     """The proxy's cut is 2 frames and 78 bytes short of the most a generation can take with
-    its flush inside ``max_model_len`` (kept cautious: the rollover e2e test proves the
-    limit, not the exact edge)."""
+    its flush inside ``max_model_len`` (a margin kept on purpose; the rollover e2e test runs
+    with this limit)."""
     limit = segment_audio_limit(max_model_len, delay_ms)
     cap = max_steps(max_model_len, delay_ms)
     if limit is None:
