@@ -111,6 +111,7 @@ class ProxyState:
             "id": f"sess_{uuid.uuid4().hex}",
             "model": config.served_model_name,
             "transcription_delay_ms": config.transcription_delay_ms,
+            "segment_pause_ms": config.segment_pause_ms,
             "audio": {"format": "pcm16", "sample_rate": 16000, "channels": 1},
             "limits": {
                 "idle_timeout_s": _number(config.idle_timeout_s),
@@ -312,6 +313,7 @@ async def _relay_session(
             if max_model_len
             else None
         ),
+        segment_pause_ms=config.segment_pause_ms,
     )
     relay = Relay(
         receive,

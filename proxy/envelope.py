@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import orjson
 
+from proxy.audio_clock import MAX_PAUSE_MS, MIN_PAUSE_MS
+
 ID_MAX_CHARS = 128
 CANCEL_REASON_MAX_CHARS = 256
 # A ping's payload is echoed in the pong: room for timestamps and ids, not for a flood of
@@ -102,7 +104,9 @@ class SessionUpdate:
     TYPE: ClassVar[str] = "session.update"
     session_id: str
     request_id: str | None
-    model: str
+    # None: left as it is (each field is optional, but one must be given).
+    model: str | None
+    segment_pause_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,11 +316,25 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
         return Cancel(session_id, request_id, reason)
     if kind == SessionUpdate.TYPE:
         model = payload.get("model")
-        if not isinstance(model, str):
+        pause = payload.get("segment_pause_ms")
+        if model is None and pause is None:
             return refuse(
-                ErrorCode.INVALID_MESSAGE, "session.update needs payload.model, a string."
+                ErrorCode.INVALID_MESSAGE,
+                "session.update needs payload.model or payload.segment_pause_ms.",
             )
-        return SessionUpdate(session_id, request_id, model)
+        if model is not None and not isinstance(model, str):
+            return refuse(ErrorCode.INVALID_MESSAGE, "payload.model must be a string.")
+        if pause is not None and (
+            not isinstance(pause, int)
+            or isinstance(pause, bool)
+            or not MIN_PAUSE_MS <= pause <= MAX_PAUSE_MS
+        ):
+            return refuse(
+                ErrorCode.INVALID_MESSAGE,
+                f"payload.segment_pause_ms must be a whole number of milliseconds from "
+                f"{MIN_PAUSE_MS} to {MAX_PAUSE_MS}.",
+            )
+        return SessionUpdate(session_id, request_id, model, pause)
     if kind == Ping.TYPE:
         try:
             echoed = orjson.dumps(payload)

@@ -83,9 +83,10 @@ class Relay:
         self.open_upstream = open_upstream
         # Accepted text not yet written to vLLM: its socket's buffer is full.
         self.pending_upstream: deque[str] = deque()
+        # Sizes reported to the session: len() of the texts, which is their size in bytes for
+        # ASCII (all of vLLM's side, and events but for non-ASCII transcript characters).
         self.pending_upstream_bytes = 0
         self.outbound: asyncio.Queue[str | CloseClient] = asyncio.Queue()
-        # The size of the encoded events in ``outbound``.
         self.outbound_bytes = 0
         self.upstream: UpstreamConnection | None = upstream
         self.last_activity = clock()

@@ -32,6 +32,7 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
+from proxy.audio_clock import DEFAULT_PAUSE_MS
 from proxy.envelope import (
     ENDING_AFTER_END,
     NOTHING_TO_CANCEL,
@@ -72,10 +73,13 @@ class Session:
         limits: SessionLimits,
         transcription_delay_ms: int,
         segment_max_bytes: int | None = None,
+        segment_pause_ms: int = DEFAULT_PAUSE_MS,
     ) -> None:
         self.session_id = session_id
         self.served_model = served_model
         self.limits = limits
+        # The pause that splits a done's text into segments (session.update may change it).
+        self.segment_pause_ms = segment_pause_ms
         self._out: list[Action] = []
         self.feed = UpstreamFeed(
             self._out,
@@ -213,12 +217,19 @@ class Session:
         kind = event.get("type")
         if kind == "transcription.delta":
             delta = event.get("delta")
-            # vLLM sends an empty delta for every step that produced no text: not forwarded.
             if isinstance(delta, str) and delta:
                 if utterance.first_delta_at is None:
                     utterance.first_delta_at = now
-                utterance.texts.append(delta)
-                self._send("transcription.delta", utterance.request_id, {"delta": delta})
+                audio_ms = utterance.clock.add_text(delta, utterance.segment_bytes)
+                self._send(
+                    "transcription.delta",
+                    utterance.request_id,
+                    {"delta": delta, "audio_ms": audio_ms},
+                )
+            else:
+                # vLLM sends an empty delta for every step that produced no text: not
+                # forwarded, only counted (it is one step of the token clock).
+                utterance.clock.steps += 1
         elif kind == "transcription.done":
             utterance.add_usage(event.get("usage"))
             if utterance.phase.rolling:
@@ -264,15 +275,21 @@ class Session:
     # ------------------------------------------------------------------ client messages
 
     def _on_session_update(self, message: SessionUpdate) -> None:
-        if message.model == self.served_model:
-            self._send("session.updated", message.request_id, {"model": self.served_model})
-        else:
+        if message.model is not None and message.model != self.served_model:
             self._error(
                 ErrorCode.UNSUPPORTED_MODEL,
                 message.request_id,
                 unsupported_model(self.served_model),
                 {"model": self.served_model},
             )
+            return
+        if message.segment_pause_ms is not None:
+            self.segment_pause_ms = message.segment_pause_ms
+        self._send(
+            "session.updated",
+            message.request_id,
+            {"model": self.served_model, "segment_pause_ms": self.segment_pause_ms},
+        )
 
     def _on_open(self, message: Commit) -> None:
         request_id = message.request_id
@@ -368,6 +385,7 @@ class Session:
             self.feed.begin_segment(self.current, self._now)
 
     def _next_segment(self, utterance: Utterance) -> None:
+        utterance.clock.end_run(utterance.segment_bytes)
         utterance.segments += 1
         self._out.append(UtteranceRolledOver(utterance.request_id))
         if utterance.phase.client_final and not utterance.held:
@@ -378,17 +396,9 @@ class Session:
 
     def _complete(self, utterance: Utterance) -> None:
         self.current = None
-        text = "".join(utterance.texts)
-        self._send(
-            "transcription.done",
-            utterance.request_id,
-            {
-                "text": text,
-                "usage": dict(utterance.usage),
-                "audio_ms": utterance.audio_bytes // vllm_wire.PCM_BYTES_PER_MS,
-            },
-        )
-        self._ended(utterance, Outcome.DONE, text=text)
+        payload = utterance.done_payload(self.segment_pause_ms)
+        self._send("transcription.done", utterance.request_id, payload)
+        self._ended(utterance, Outcome.DONE, text=payload["text"])
         self._start_next()
         self._check_wound_down()
 
