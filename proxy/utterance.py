@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from proxy.actions import Outcome, UtteranceEnded
+from proxy.audio_format import NATIVE
+from proxy.audio_input import UtteranceAudio
 from proxy.envelope import ErrorCode
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -56,8 +58,9 @@ class Utterance:
     request_id: str
     opened_at: float = 0.0
     phase: Phase = Phase.OPEN
-    audio_bytes: int = 0
-    # Audio not yet sent upstream: (base64, PCM bytes), oldest first.
+    # The client's audio (its format is fixed for the utterance) on its way to vLLM's format.
+    audio: UtteranceAudio = field(default_factory=lambda: UtteranceAudio(NATIVE))
+    # Audio for vLLM not yet sent upstream: (base64, PCM bytes), oldest first.
     held: deque[tuple[str, int]] = field(default_factory=deque)
     segment_bytes: int = 0
     segments: int = 0
@@ -75,7 +78,7 @@ class Utterance:
             self.request_id,
             outcome,
             error_code,
-            self.audio_bytes,
+            self.audio.client_ms,
             text,
             self.opened_at,
             self.first_audio_at,
