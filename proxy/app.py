@@ -107,6 +107,7 @@ class ProxyState:
             "id": f"sess_{uuid.uuid4().hex}",
             "model": config.served_model_name,
             "transcription_delay_ms": config.transcription_delay_ms,
+            "segment_pause_ms": config.segment_pause_ms,
             "audio": audio_format.as_payload(),
             "limits": {
                 "idle_timeout_s": _number(config.idle_timeout_s),
@@ -321,6 +322,7 @@ async def _relay_session(
             if max_model_len
             else None
         ),
+        segment_pause_ms=config.segment_pause_ms,
         audio_format=audio_format,
     )
     relay = Relay(

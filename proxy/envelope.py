@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from proxy.audio_clock import MAX_PAUSE_MS, MIN_PAUSE_MS
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_audio_object
 
 ID_MAX_CHARS = 128
@@ -103,8 +104,9 @@ class SessionUpdate:
     TYPE: ClassVar[str] = "session.update"
     session_id: str
     request_id: str | None
-    # Each None when not given.
+    # None: left as it is (each field is optional, but one must be given).
     model: str | None
+    segment_pause_ms: int | None = None
     audio: AudioFormat | None = None
 
 
@@ -332,22 +334,33 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
             )
         return Cancel(session_id, request_id, reason)
     if kind == SessionUpdate.TYPE:
-        model, audio_object = payload.get("model"), payload.get("audio")
-        if model is None and audio_object is None:
+        model = payload.get("model")
+        pause = payload.get("segment_pause_ms")
+        audio_object = payload.get("audio")
+        if model is None and pause is None and audio_object is None:
             return refuse(
                 ErrorCode.INVALID_MESSAGE,
-                "session.update needs payload.model (a string), payload.audio (an object), or "
-                "both.",
+                "session.update needs payload.model, payload.segment_pause_ms or payload.audio.",
             )
         if model is not None and not isinstance(model, str):
             return refuse(ErrorCode.INVALID_MESSAGE, "payload.model must be a string.")
+        if pause is not None and (
+            not isinstance(pause, int)
+            or isinstance(pause, bool)
+            or not MIN_PAUSE_MS <= pause <= MAX_PAUSE_MS
+        ):
+            return refuse(
+                ErrorCode.INVALID_MESSAGE,
+                f"payload.segment_pause_ms must be a whole number of milliseconds from "
+                f"{MIN_PAUSE_MS} to {MAX_PAUSE_MS}.",
+            )
         audio_format = None
         if audio_object is not None:
             try:
                 audio_format = parse_audio_object(audio_object)
             except UnsupportedAudioFormat as exc:
                 return refuse(ErrorCode.UNSUPPORTED_AUDIO_FORMAT, exc.message, **exc.details)
-        return SessionUpdate(session_id, request_id, model, audio_format)
+        return SessionUpdate(session_id, request_id, model, pause, audio_format)
     if kind == Ping.TYPE:
         try:
             orjson.dumps(payload)

@@ -32,6 +32,7 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
+from proxy.audio_clock import DEFAULT_PAUSE_MS
 from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
@@ -77,6 +78,7 @@ class Session:
         limits: SessionLimits,
         transcription_delay_ms: int,
         segment_max_bytes: int | None = None,
+        segment_pause_ms: int = DEFAULT_PAUSE_MS,
         audio_format: AudioFormat = NATIVE,
     ) -> None:
         self.session_id = session_id
@@ -84,6 +86,8 @@ class Session:
         self.audio_format = audio_format
         self.served_model = served_model
         self.limits = limits
+        # The pause that splits a done's text into segments (session.update may change it).
+        self.segment_pause_ms = segment_pause_ms
         self._out: list[Action] = []
         self.feed = UpstreamFeed(
             self._out,
@@ -201,12 +205,19 @@ class Session:
         kind = event.get("type")
         if kind == "transcription.delta":
             delta = event.get("delta")
-            # vLLM sends an empty delta for every step that produced no text: not forwarded.
             if isinstance(delta, str) and delta:
                 if utterance.first_delta_at is None:
                     utterance.first_delta_at = now
-                utterance.texts.append(delta)
-                self._send("transcription.delta", utterance.request_id, {"delta": delta})
+                audio_ms = utterance.clock.add_text(delta, utterance.segment_bytes)
+                self._send(
+                    "transcription.delta",
+                    utterance.request_id,
+                    {"delta": delta, "audio_ms": audio_ms},
+                )
+            else:
+                # vLLM sends an empty delta for every step that produced no text: not
+                # forwarded, only counted (it is one step of the token clock).
+                utterance.clock.steps += 1
         elif kind == "transcription.done":
             utterance.add_usage(event.get("usage"))
             if utterance.phase.rolling:
@@ -262,17 +273,21 @@ class Session:
             )
             return
         audio_format = message.audio
-        if audio_format is not None and audio_format != self.audio_format:
-            if self.in_flight:
-                self._error(
-                    ErrorCode.INVALID_MESSAGE, message.request_id, FORMAT_CHANGE_IN_UTTERANCE
-                )
-                return
+        if audio_format is not None and audio_format != self.audio_format and self.in_flight:
+            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, FORMAT_CHANGE_IN_UTTERANCE)
+            return
+        if audio_format is not None:
             self.audio_format = audio_format
+        if message.segment_pause_ms is not None:
+            self.segment_pause_ms = message.segment_pause_ms
         self._send(
             "session.updated",
             message.request_id,
-            {"model": self.served_model, "audio": self.audio_format.as_payload()},
+            {
+                "model": self.served_model,
+                "segment_pause_ms": self.segment_pause_ms,
+                "audio": self.audio_format.as_payload(),
+            },
         )
 
     def _on_open(self, message: Commit) -> None:
@@ -390,6 +405,7 @@ class Session:
             self.feed.begin_segment(self.current, self._now)
 
     def _next_segment(self, utterance: Utterance) -> None:
+        utterance.clock.end_run(utterance.segment_bytes)
         utterance.segments += 1
         self._out.append(UtteranceRolledOver(utterance.request_id))
         if utterance.phase.client_final and not utterance.held:
@@ -400,17 +416,9 @@ class Session:
 
     def _complete(self, utterance: Utterance) -> None:
         self.current = None
-        text = "".join(utterance.texts)
-        self._send(
-            "transcription.done",
-            utterance.request_id,
-            {
-                "text": text,
-                "usage": dict(utterance.usage),
-                "audio_ms": utterance.audio.client_ms,
-            },
-        )
-        self._ended(utterance, Outcome.DONE, text=text)
+        payload = utterance.done_payload(self.segment_pause_ms)
+        self._send("transcription.done", utterance.request_id, payload)
+        self._ended(utterance, Outcome.DONE, text=payload["text"])
         self._start_next()
         self._check_wound_down()
 

@@ -70,10 +70,10 @@ def test_session_update_with_an_audio_format() -> None:
     ulaw = AudioFormat(Encoding.G711_ULAW, 8000, 1)
     audio = {"format": "g711_ulaw"}
     assert parse(envelope("session.update", {"audio": audio})) == SessionUpdate(
-        SID, RID, None, ulaw
+        SID, RID, None, audio=ulaw
     )
     both = parse(envelope("session.update", {"model": "m", "audio": ulaw.as_payload()}))
-    assert both == SessionUpdate(SID, RID, "m", ulaw)
+    assert both == SessionUpdate(SID, RID, "m", audio=ulaw)
 
 
 @pytest.mark.parametrize(
@@ -339,10 +339,35 @@ def test_cancel_reason_must_be_short_text(reason: Any) -> None:
     assert error.request_id == RID
 
 
-@pytest.mark.parametrize("payload", [{}, {"model": None}, {"model": 1}, {"model": ["m"]}])
-def test_session_update_needs_a_model_string(payload: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"model": None},
+        {"model": 1},
+        {"model": ["m"]},
+        {"segment_pause_ms": None},
+        {"model": 1, "segment_pause_ms": 480},
+    ],
+)
+def test_session_update_needs_a_model_string_or_a_pause(payload: dict[str, Any]) -> None:
     error = error_of(envelope("session.update", payload))
     assert error.code is ErrorCode.INVALID_MESSAGE
+
+
+def test_session_update_segment_pause() -> None:
+    assert parse(envelope("session.update", {"segment_pause_ms": 80})) == SessionUpdate(
+        SID, RID, None, 80
+    )
+    both = {"model": "m", "segment_pause_ms": 60000}
+    assert parse(envelope("session.update", both)) == SessionUpdate(SID, RID, "m", 60000)
+
+
+@pytest.mark.parametrize("pause", [79, 60001, 0, -480, 480.0, "480", True, [480]])
+def test_session_update_segment_pause_must_be_whole_ms_in_range(pause: Any) -> None:
+    error = error_of(envelope("session.update", {"model": "m", "segment_pause_ms": pause}))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert "segment_pause_ms" in error.message
 
 
 @pytest.mark.parametrize("kind", KINDS)

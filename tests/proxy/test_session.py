@@ -49,7 +49,7 @@ from proxy.envelope import (
 from proxy.limits import SessionLimits
 from proxy.session import Session, WindDown
 from proxy.utterance import Utterance
-from proxy.vllm_wire import FRAME_BYTES
+from proxy.vllm_wire import FRAME_BYTES, steps_sent
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 SERVER_SID = "sess_0123456789abcdef"
@@ -259,7 +259,7 @@ def test_session_update_same_model() -> None:
         "type": "session.updated",
         "session_id": SID,
         "request_id": "u1",
-        "payload": {"model": MODEL, "audio": NATIVE.as_payload()},
+        "payload": {"model": MODEL, "segment_pause_ms": 480, "audio": NATIVE.as_payload()},
     }
 
 
@@ -347,11 +347,19 @@ def test_full_utterance() -> None:
     assert summary(harness.delta("")) == []
     assert summary(harness.delta(" world")) == [("delta", "r1", " world")]
     done = only_event(harness.done(USAGE, text=" hello world"))
+    # Step 1 sits at 80 ms; step 3 (right padding) is clamped to the audio's end, 150 ms.
+    deltas = [e for e in client_events(harness.log) if e["type"] == "transcription.delta"]
+    assert [e["payload"]["audio_ms"] for e in deltas] == [80, 150]
     assert done == {
         "type": "transcription.done",
         "session_id": SID,
         "request_id": "r1",
-        "payload": {"text": " hello world", "usage": USAGE, "audio_ms": (3200 + 1600) // 32},
+        "payload": {
+            "text": " hello world",
+            "segments": [{"text": " hello world", "start_ms": 80, "end_ms": 150}],
+            "usage": {**USAGE, "audio_seconds": 0.15},
+            "audio_ms": (3200 + 1600) // 32,
+        },
     }
     assert upstream_pcm(harness.log) == chunk1 + chunk2
     assert harness.session.in_flight == []
@@ -398,7 +406,13 @@ def test_done_without_audio() -> None:
     done = only_event(harness.done({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
     assert done["payload"] == {
         "text": "",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "segments": [],
+        "usage": {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "audio_seconds": 0,
+        },
         "audio_ms": 0,
     }
 
@@ -413,6 +427,7 @@ def test_done_usage_tolerates_missing_fields() -> None:
         "prompt_tokens": 7,
         "completion_tokens": 0,
         "total_tokens": 0,
+        "audio_seconds": 0,
     }
 
 
@@ -1208,9 +1223,16 @@ def test_proactive_rollover_splits_the_crossing_chunk() -> None:
     usage3 = {"prompt_tokens": 39, "completion_tokens": 1, "total_tokens": 40}
     done = only_event(harness.done(usage3))
     assert done["request_id"] == "R"
+    # Each segment's first step sits where the audio before it ended: 0, 4000 and 8000 bytes.
     assert done["payload"] == {
         "text": "onetwothree",
-        "usage": {"prompt_tokens": 117, "completion_tokens": 8, "total_tokens": 125},
+        "segments": [{"text": "onetwothree", "start_ms": 0, "end_ms": 320}],
+        "usage": {
+            "prompt_tokens": 117,
+            "completion_tokens": 8,
+            "total_tokens": 125,
+            "audio_seconds": 0.32,
+        },
         "audio_ms": 4 * 2560 // 32,
     }
     assert upstream_pcm(harness.log) == b"".join(chunks)
@@ -1312,7 +1334,13 @@ def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
     )
     assert done["payload"] == {
         "text": "first second",
-        "usage": {"prompt_tokens": 78, "completion_tokens": 91, "total_tokens": 169},
+        "segments": [{"text": "first second", "start_ms": 0, "end_ms": 40}],
+        "usage": {
+            "prompt_tokens": 78,
+            "completion_tokens": 91,
+            "total_tokens": 169,
+            "audio_seconds": 0.04,
+        },
         "audio_ms": 1280 // 32,
     }
     assert len(harness.facts(UtteranceRolledOver)) == 1
@@ -1324,6 +1352,113 @@ def test_reactive_rollover_keeps_audio_held_for_the_segment() -> None:
     harness.append("R", pcm_of(800))
     harness.done()  # vLLM stopped early by itself
     assert summary(harness.append("R", pcm_of(400, 5))) == [("append", 0, 400)]
+
+
+# ====================================================================== times
+
+
+def delta_times(actions: list[Action]) -> list[tuple[str, int]]:
+    return [
+        (e["payload"]["delta"], e["payload"]["audio_ms"])
+        for e in client_events(actions)
+        if e["type"] == "transcription.delta"
+    ]
+
+
+@pytest.mark.parametrize("delay_ms", [80, 480, 2400])
+def test_each_delta_sits_at_its_step_whatever_the_delay(delay_ms: int) -> None:
+    """vLLM's deltas as it sends them (a step once its audio is in, the flush at the final
+    commit); every third has text. Step k sits at k * 80 ms, the flush clamped to the end."""
+    harness = Harness()
+    audio = 4000 * 32 + 640  # 4.02 s: a partial last frame
+    harness.commit("r1")
+    steps = 0
+
+    def vllm_sends(count: int) -> None:
+        nonlocal steps
+        while steps < count:
+            harness.delta(f" w{steps}" if steps % 3 == 0 else "")
+            steps += 1
+
+    for sent in range(FRAME_BYTES, audio + FRAME_BYTES, FRAME_BYTES):
+        harness.append("r1", pcm_of(min(sent, audio) - (sent - FRAME_BYTES)))
+        vllm_sends(steps_sent(min(sent, audio), delay_ms, final=False))
+    harness.commit("r1", final=True)
+    vllm_sends(steps_sent(audio, delay_ms, final=True))
+    done = only_event(harness.done())
+    assert steps == 4020 // 80 + 11
+    expected = [(f" w{k}", min(k * 80, 4020)) for k in range(0, steps, 3)]
+    assert delta_times(harness.log) == expected
+    assert done["payload"]["segments"] == [
+        {"text": "".join(t for t, _ in expected), "start_ms": 0, "end_ms": 4020}
+    ]
+
+
+def test_a_rolled_segment_counts_from_where_the_previous_one_ended() -> None:
+    harness = Harness(segment_max_bytes=10 * FRAME_BYTES)
+    harness.commit("R")
+    harness.append("R", pcm_of(12 * FRAME_BYTES))  # 10 frames go up, 2 wait for the next segment
+    for _ in range(3):
+        harness.delta("")
+    harness.delta("a")  # step 3 of segment 1: 240 ms
+    harness.delta("")
+    harness.done()
+    harness.commit("R", final=True)
+    harness.delta("")
+    harness.delta("")
+    harness.delta("b")  # step 2 of segment 2, which starts at 800 ms: 960 ms
+    harness.delta("c")  # step 3 lies past the 2 frames segment 2 has: clamped to 960 ms
+    done = only_event(harness.done())
+    assert delta_times(harness.log) == [("a", 240), ("b", 960), ("c", 960)]
+    assert done["payload"]["segments"] == [
+        {"text": "a", "start_ms": 240, "end_ms": 320},
+        {"text": "bc", "start_ms": 960, "end_ms": 960},
+    ]
+    assert done["payload"]["usage"]["audio_seconds"] == 0.96
+
+
+def test_audio_vllm_dropped_at_its_cut_still_moves_the_clock() -> None:
+    harness = Harness()
+    harness.commit("R")
+    harness.append("R", pcm_of(5 * FRAME_BYTES))
+    harness.delta("")
+    harness.delta("x")  # 80 ms
+    harness.done()  # vLLM's own cut: it dropped the frames it had not stepped through
+    harness.append("R", pcm_of(FRAME_BYTES))
+    harness.delta("y")  # the new generation's step 0, at the audio after the first 5 frames
+    harness.commit("R", final=True)
+    harness.done()
+    assert delta_times(harness.log) == [("x", 80), ("y", 400)]
+
+
+def test_session_update_sets_the_pause_of_the_next_dones() -> None:
+    def segments(pause_ms: int | None) -> list[str]:
+        harness = Harness()
+        if pause_ms is not None:
+            event = only_event(harness.send(SessionUpdate(SID, "u1", None, pause_ms)))
+            assert event["payload"] == {
+                "model": MODEL,
+                "segment_pause_ms": pause_ms,
+                "audio": NATIVE.as_payload(),
+            }
+        harness.commit("r1")
+        harness.append("r1", pcm_of(10 * FRAME_BYTES))
+        for text in ["a", "", "b", "", "", "", "", "", "", "c"]:
+            harness.delta(text)
+        harness.commit("r1", final=True)
+        done = only_event(harness.done())
+        return [s["text"] for s in done["payload"]["segments"]]
+
+    # Gaps of 80 ms (a..b) and 480 ms (b..c).
+    assert segments(None) == ["ab", "c"]
+    assert segments(80) == ["a", "b", "c"]
+    assert segments(560) == ["abc"]
+
+
+def test_a_refused_model_leaves_the_pause_as_it_was() -> None:
+    harness = Harness()
+    assert only_event(harness.send(SessionUpdate(SID, "u1", "other", 80)))["type"] == "error"
+    assert harness.session.segment_pause_ms == 480
 
 
 # ====================================================================== the invariant
@@ -1853,7 +1988,7 @@ def test_a_queued_utterance_holds_its_converted_audio_and_tail() -> None:
 
 def test_the_audio_format_changes_between_utterances_only() -> None:
     harness = Harness()
-    update = SessionUpdate(SID, "u1", None, ULAW_8K)
+    update = SessionUpdate(SID, "u1", None, audio=ULAW_8K)
     harness.commit("r1")
     refused = only_event(harness.send(update))
     assert refused["payload"]["code"] == "invalid_message"
@@ -1862,7 +1997,7 @@ def test_the_audio_format_changes_between_utterances_only() -> None:
     assert only_event(harness.send(update))["payload"]["code"] == "invalid_message"
     harness.done()
     updated = only_event(harness.send(update))
-    assert updated["payload"] == {"model": MODEL, "audio": ULAW_8K.as_payload()}
+    assert updated["payload"]["audio"] == ULAW_8K.as_payload()
     assert harness.session.audio_format == ULAW_8K
     harness.commit("r2")
     harness.binary(pcm_of(160))
@@ -1872,7 +2007,7 @@ def test_the_audio_format_changes_between_utterances_only() -> None:
 
 def test_a_refused_update_changes_nothing() -> None:
     harness = Harness()
-    event = only_event(harness.send(SessionUpdate(SID, "u1", "other/model", ULAW_8K)))
+    event = only_event(harness.send(SessionUpdate(SID, "u1", "other/model", audio=ULAW_8K)))
     assert event["payload"]["code"] == "unsupported_model"
     assert harness.session.audio_format == NATIVE
 
