@@ -33,8 +33,13 @@ from proxy.actions import (
     UtteranceStarted,
 )
 from proxy.audio_clock import DEFAULT_PAUSE_MS
+from proxy.audio_convert import InvalidAudio
+from proxy.audio_format import NATIVE, AudioFormat
+from proxy.audio_input import UtteranceAudio
 from proxy.envelope import (
     ENDING_AFTER_END,
+    FORMAT_CHANGE_IN_UTTERANCE,
+    NO_OPEN_UTTERANCE,
     NOTHING_TO_CANCEL,
     REQUEST_ID_IN_USE,
     Append,
@@ -74,8 +79,11 @@ class Session:
         transcription_delay_ms: int,
         segment_max_bytes: int | None = None,
         segment_pause_ms: int = DEFAULT_PAUSE_MS,
+        audio_format: AudioFormat = NATIVE,
     ) -> None:
         self.session_id = session_id
+        # The client's audio format: each utterance keeps the one in effect when it opened.
+        self.audio_format = audio_format
         self.served_model = served_model
         self.limits = limits
         # The pause that splits a done's text into segments (session.update may change it).
@@ -165,7 +173,8 @@ class Session:
                 )
             return self._flush()
 
-        self.session_id = message.session_id
+        if message.session_id is not None:  # None: a binary frame
+            self.session_id = message.session_id
         if isinstance(message, Ping):
             self._send("pong", message.request_id, message.payload)
         elif isinstance(message, End):
@@ -275,6 +284,7 @@ class Session:
     # ------------------------------------------------------------------ client messages
 
     def _on_session_update(self, message: SessionUpdate) -> None:
+        # Checked whole before anything changes: a refused update changes nothing.
         if message.model is not None and message.model != self.served_model:
             self._error(
                 ErrorCode.UNSUPPORTED_MODEL,
@@ -283,12 +293,22 @@ class Session:
                 {"model": self.served_model},
             )
             return
+        audio_format = message.audio
+        if audio_format is not None and audio_format != self.audio_format and self.in_flight:
+            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, FORMAT_CHANGE_IN_UTTERANCE)
+            return
+        if audio_format is not None:
+            self.audio_format = audio_format
         if message.segment_pause_ms is not None:
             self.segment_pause_ms = message.segment_pause_ms
         self._send(
             "session.updated",
             message.request_id,
-            {"model": self.served_model, "segment_pause_ms": self.segment_pause_ms},
+            {
+                "model": self.served_model,
+                "segment_pause_ms": self.segment_pause_ms,
+                "audio": self.audio_format.as_payload(),
+            },
         )
 
     def _on_open(self, message: Commit) -> None:
@@ -305,23 +325,41 @@ class Session:
             if not self._admit_cancel(request_id):
                 return
             self._cancel(self.open, "superseded")
-        utterance = Utterance(request_id, opened_at=self._now)
+        utterance = Utterance(
+            request_id, opened_at=self._now, audio=UtteranceAudio(self.audio_format)
+        )
         self._out.append(UtteranceStarted(request_id, self._now))
         self.line.append(utterance)
         self.open = utterance
         self._start_next()
 
     def _on_append(self, message: Append) -> None:
-        utterance = self._open_utterance(message.request_id)
+        request_id = message.request_id
+        if request_id is not None:
+            utterance = self._open_utterance(request_id)
+        elif self.open is None:
+            self._error(ErrorCode.NO_ACTIVE_REQUEST, None, NO_OPEN_UTTERANCE)
+            return
+        else:
+            utterance = self.open  # a binary frame is for the open utterance
         if utterance is None:
             return
-        utterance.audio_bytes += message.pcm_bytes
+        try:
+            upstream = utterance.audio.take(message.audio, message.nbytes)
+        except InvalidAudio as exc:
+            self._error(ErrorCode.INVALID_AUDIO, request_id, exc.message)
+            return
         if utterance.first_audio_at is None:
             utterance.first_audio_at = self._now
+        for audio, pcm_bytes in upstream:
+            self._deliver(utterance, audio, pcm_bytes)
+
+    def _deliver(self, utterance: Utterance, audio: str, pcm_bytes: int) -> None:
+        """Audio for vLLM: sent up while the utterance's segment takes it, held otherwise."""
         if utterance is self.current and utterance.phase is Phase.OPEN:
-            self.feed.forward_audio(utterance, message.audio, message.pcm_bytes, self._now)
+            self.feed.forward_audio(utterance, audio, pcm_bytes, self._now)
         else:
-            utterance.held.append(message.audio, message.pcm_bytes)
+            utterance.held.append(audio, pcm_bytes)
 
     def _on_final(self, message: Commit) -> None:
         utterance = self._open_utterance(message.request_id)
@@ -371,6 +409,9 @@ class Session:
         return None
 
     def _finalize(self, utterance: Utterance) -> None:
+        # The resampler's tail, so the last milliseconds reach vLLM too.
+        for audio, pcm_bytes in utterance.audio.flush():
+            self._deliver(utterance, audio, pcm_bytes)
         self.open = None
         if utterance.phase is Phase.OPEN_ROLLING:
             utterance.phase = Phase.CLOSED_ROLLING

@@ -10,8 +10,9 @@ from typing import Any
 
 from proxy.actions import Outcome, UtteranceEnded
 from proxy.audio_clock import AudioClock
+from proxy.audio_format import NATIVE
+from proxy.audio_input import UtteranceAudio
 from proxy.envelope import ErrorCode
-from proxy.vllm_wire import PCM_BYTES_PER_MS
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -92,8 +93,9 @@ class Utterance:
     request_id: str
     opened_at: float = 0.0
     phase: Phase = Phase.OPEN
-    audio_bytes: int = 0
-    # Audio not yet sent upstream.
+    # The client's audio (its format is fixed for the utterance) on its way to vLLM's format.
+    audio: UtteranceAudio = field(default_factory=lambda: UtteranceAudio(NATIVE))
+    # Audio for vLLM not yet sent upstream.
     held: HeldAudio = field(default_factory=HeldAudio)
     segment_bytes: int = 0
     segments: int = 0
@@ -112,7 +114,7 @@ class Utterance:
             self.request_id,
             outcome,
             error_code,
-            self.audio_bytes,
+            self.audio.client_ms,
             text,
             self.opened_at,
             self.first_audio_at,
@@ -132,7 +134,7 @@ class Utterance:
     def done_payload(self, pause_ms: int) -> dict[str, Any]:
         """``transcription.done``'s payload: the text, split into segments at pauses of at
         least ``pause_ms``, vLLM's token counts and the audio as the client sent it."""
-        audio_ms = self.audio_bytes // PCM_BYTES_PER_MS
+        audio_ms = self.audio.client_ms
         return {
             "text": self.clock.text(),
             "segments": [

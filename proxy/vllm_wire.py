@@ -6,6 +6,7 @@ fake vLLM (which plays the same clock) and by the proxy benchmark. Pure: no I/O.
 
 from __future__ import annotations
 
+import binascii
 from typing import Any, Final
 
 import orjson
@@ -36,6 +37,11 @@ EMPTY_DELTA: Final[dict[str, Any]] = {"type": "transcription.delta", "delta": ""
 
 def append_text(audio_b64: str) -> str:
     return APPEND_PREFIX + audio_b64 + APPEND_SUFFIX
+
+
+def encode_audio(pcm: bytes) -> str:
+    """PCM16 16 kHz mono as the base64 an append carries."""
+    return binascii.b2a_base64(pcm, newline=False).decode()
 
 
 def session_update_text(model: str) -> str:

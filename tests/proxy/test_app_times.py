@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from devtools.fake_vllm import FRAME_BYTES, predict_deltas
+from proxy.audio_format import NATIVE
 from tests.harness import assert_error, chunks, connected, fake_and_proxy, load_pcm
 
 MS = 32  # bytes of 16 kHz PCM16 per millisecond
@@ -131,7 +132,11 @@ async def test_the_pause_from_the_environment_and_session_update() -> None:
     async with fake_and_proxy(segment_pause_ms=960) as (_, proxy), connected(proxy) as client:
         await client.send("session.update", "u1", {"segment_pause_ms": 1200, "model": MODEL})
         updated = await client.recv()
-        assert updated["payload"] == {"model": MODEL, "segment_pause_ms": 1200}
+        assert updated["payload"] == {
+            "model": MODEL,
+            "segment_pause_ms": 1200,
+            "audio": NATIVE.as_payload(),
+        }
         for bad in (0, 79, 60001, 480.5, "480", True):
             await client.send("session.update", "u2", {"segment_pause_ms": bad})
             assert_error(await client.recv(), "invalid_message", "u2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from devtools.fake_vllm import FRAME_BYTES, FakeVllm, predict_deltas, predict_text
+from proxy.audio_format import NATIVE
 from tests.harness import (
     Client,
     assert_error,
@@ -279,7 +280,7 @@ async def test_session_update_with_the_served_model() -> None:
             "type": "session.updated",
             "session_id": "s1",
             "request_id": "u1",
-            "payload": {"model": MODEL, "segment_pause_ms": 480},
+            "payload": {"model": MODEL, "segment_pause_ms": 480, "audio": NATIVE.as_payload()},
         }
         await client.send("session.update", None, {"model": MODEL})
         assert (await client.recv())["request_id"] is None

@@ -29,7 +29,11 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from proxy.envelope import (
+    FORMAT_CHANGE_IN_UTTERANCE,
+    NO_OPEN_UTTERANCE,
     Append,
     Cancel,
     ClientMessage,
@@ -39,6 +43,7 @@ from proxy.envelope import (
     ErrorCode,
     Ping,
     SessionUpdate,
+    binary_append,
     parse_client_message,
 )
 from proxy.limits import SessionLimits
@@ -69,6 +74,7 @@ class Harness:
         *,
         segment_max_bytes: int | None = None,
         ready: bool = True,
+        audio_format: AudioFormat = NATIVE,
         **limits: Any,
     ) -> None:
         self.session = Session(
@@ -77,6 +83,7 @@ class Harness:
             limits=SessionLimits(**limits),
             transcription_delay_ms=DELAY_MS,
             segment_max_bytes=segment_max_bytes,
+            audio_format=audio_format,
         )
         self.now = 100.0
         self.log: list[Action] = []
@@ -104,6 +111,9 @@ class Harness:
         self, rid: str, pcm: bytes, backlog: int = 0, backlog_bytes: int = 0
     ) -> list[Action]:
         return self.send(Append(SID, rid, b64(pcm), len(pcm)), backlog, backlog_bytes)
+
+    def binary(self, data: bytes, backlog: int = 0) -> list[Action]:
+        return self.send(binary_append(data), backlog)
 
     def cancel(self, rid: str, reason: str = "client_request") -> list[Action]:
         return self.send(Cancel(SID, rid, reason))
@@ -253,7 +263,7 @@ def test_session_update_same_model() -> None:
         "type": "session.updated",
         "session_id": SID,
         "request_id": "u1",
-        "payload": {"model": MODEL, "segment_pause_ms": 480},
+        "payload": {"model": MODEL, "segment_pause_ms": 480, "audio": NATIVE.as_payload()},
     }
 
 
@@ -296,8 +306,8 @@ def test_frame_level_refusals_keep_the_connection() -> None:
         "message": "Too large.",
         "details": {"max_message_bytes": 1024},
     }
-    binary = EnvelopeError(ErrorCode.INVALID_MESSAGE, "Binary frames are not accepted.")
-    assert summary(harness.send(binary)) == [("error", None, "invalid_message")]
+    invalid = EnvelopeError(ErrorCode.INVALID_MESSAGE, "Not an envelope.")
+    assert summary(harness.send(invalid)) == [("error", None, "invalid_message")]
     assert not harness.session.closed
     assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
 
@@ -465,7 +475,7 @@ def test_append_for_another_id_is_a_mismatch_and_dropped() -> None:
     assert event["payload"]["code"] == "request_id_mismatch"
     assert upstream(actions) == []
     assert harness.session.open is not None
-    assert harness.session.open.audio_bytes == 0
+    assert harness.session.open.audio.client_bytes == 0
 
 
 def test_final_commit_for_another_id_is_a_mismatch() -> None:
@@ -1114,6 +1124,19 @@ def test_held_audio_is_counted_in_bytes_as_held() -> None:
     assert harness.session.held_messages == 0
 
 
+def test_binary_frames_are_held_as_the_base64_that_goes_to_vllm() -> None:
+    """A binary frame's raw PCM is held as base64 for vLLM: its bytes are counted as held,
+    not as they came."""
+    harness = Harness(inbound_queue_max_bytes=2 * HELD)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    for count in range(1, 3):
+        assert harness.binary(CHUNK) == []
+        assert harness.session.held_bytes == count * HELD  # 4000 held for 3000 received
+    assert summary(harness.binary(CHUNK))[-1] == ("close", 4004)
+
+
 def test_held_audio_past_the_byte_budget_closes_4004_below_the_message_bound() -> None:
     harness = Harness(inbound_queue_max_bytes=3 * HELD)
     harness.commit("A")
@@ -1201,7 +1224,7 @@ def test_message_rate_limit_refuses_with_details_and_drops() -> None:
     assert 9.9 < details["retry_in"] <= 10.0
     assert upstream(actions) == []
     assert harness.session.open is not None
-    assert harness.session.open.audio_bytes == 4
+    assert harness.session.open.audio.client_bytes == 4
     # Once the window has passed, messages are accepted again.
     harness.now += 10.0
     assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
@@ -1517,7 +1540,11 @@ def test_session_update_sets_the_pause_of_the_next_dones() -> None:
         harness = Harness()
         if pause_ms is not None:
             event = only_event(harness.send(SessionUpdate(SID, "u1", None, pause_ms)))
-            assert event["payload"] == {"model": MODEL, "segment_pause_ms": pause_ms}
+            assert event["payload"] == {
+                "model": MODEL,
+                "segment_pause_ms": pause_ms,
+                "audio": NATIVE.as_payload(),
+            }
         harness.commit("r1")
         harness.append("r1", pcm_of(10 * FRAME_BYTES))
         for text in ["a", "", "b", "", "", "", "", "", "", "c"]:
@@ -1899,7 +1926,7 @@ def test_a_done_utterance_is_started_and_ended_with_its_sizes_and_times() -> Non
         "r1",
         Outcome.DONE,
         None,
-        4800,
+        150,  # ms: 4800 bytes of 16 kHz PCM16
         " hi there",
         opened_at,
         first_audio_at,
@@ -1917,10 +1944,10 @@ def test_cancelled_and_errored_utterances_end_with_their_outcome() -> None:
     harness.ready()
     harness.commit("B")
     harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
-    ended = [(f.request_id, f.outcome, f.error_code, f.audio_bytes, f.text) for f in
+    ended = [(f.request_id, f.outcome, f.error_code, f.audio_ms, f.text) for f in
              harness.facts(UtteranceEnded)]  # fmt: skip
     assert ended == [
-        ("A", Outcome.CANCELLED, None, 64, ""),
+        ("A", Outcome.CANCELLED, None, 2, ""),
         ("B", Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT, 0, ""),
     ]
 
@@ -1972,3 +1999,127 @@ def test_a_cancel_that_reopens_settles_what_vllm_owed() -> None:
     harness.commit("r1", final=True)
     actions = harness.cancel("r1")
     assert actions[-2:] == [UpstreamSettled(), OpenUpstream(1)]
+
+
+# ====================================================================== audio formats and binary
+
+ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
+
+
+def commits(actions: list[Action]) -> list[bool]:
+    """The final flags of the commits sent upstream, in order."""
+    return [
+        json.loads(a.text)["final"]
+        for a in upstream(actions)
+        if json.loads(a.text)["type"] == "input_audio_buffer.commit"
+    ]
+
+
+def test_a_binary_frame_is_audio_for_the_open_utterance() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    actions = harness.binary(pcm_of(640))
+    assert client_events(actions) == []
+    assert upstream_pcm(actions) == pcm_of(640)
+    harness.append("r1", pcm_of(320, seed=1))
+    harness.commit("r1", final=True)
+    done = only_event(harness.done())
+    assert done["payload"]["audio_ms"] == 30
+    assert harness.session.session_id == SID  # a binary frame carries no session_id
+
+
+def test_a_binary_frame_with_nothing_open_is_refused() -> None:
+    harness = Harness()
+    event = only_event(harness.binary(pcm_of(64)))
+    assert (event["session_id"], event["request_id"]) == (SERVER_SID, None)
+    assert event["payload"]["code"] == "no_active_request"
+    assert event["payload"]["message"] == NO_OPEN_UTTERANCE
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    # Finalizing is not open: the frame has nowhere to go.
+    assert summary(harness.binary(pcm_of(64))) == [("error", None, "no_active_request")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 63])
+def test_native_audio_must_be_whole_samples(size: int) -> None:
+    harness = Harness()
+    harness.commit("r1")
+    assert summary(harness.append("r1", pcm_of(size))) == [("error", "r1", "invalid_audio")]
+    actions = harness.binary(pcm_of(size))
+    assert summary(actions) == [("error", None, "invalid_audio")]
+    assert harness.session.open is not None
+    assert harness.session.open.audio.client_bytes == 0
+
+
+def test_converted_audio_goes_up_in_80_ms_chunks_and_the_tail_before_the_final() -> None:
+    harness = Harness(audio_format=ULAW_8K)
+    harness.commit("r1")
+    pieces = [pcm_of(160, seed=i) for i in range(13)]  # 13 x 20 ms of 8 kHz mu-law
+    sent: list[Action] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            sent += harness.append("r1", piece)
+        else:
+            sent += harness.binary(piece)
+    final = harness.commit("r1", final=True)
+    reference = AudioConverter(ULAW_8K)
+    expected = [c for p in pieces for c in reference.feed(p)] + reference.flush()
+    assert upstream_pcm(sent + final) == b"".join(expected)
+    sizes = [len(upstream_pcm([a])) for a in upstream(sent) if upstream_pcm([a])]
+    assert sizes
+    assert set(sizes) == {2560}  # 80 ms chunks until the tail
+    assert commits(final) == [True]  # after the tail
+    assert json.loads(upstream(final)[-1].text)["type"] == "input_audio_buffer.commit"
+    done = only_event(harness.done())
+    assert done["payload"]["audio_ms"] == 260
+
+
+def test_a_queued_utterance_holds_its_converted_audio_and_tail() -> None:
+    harness = Harness(audio_format=ULAW_8K)
+    harness.commit("A")
+    harness.commit("A", final=True)  # A waits for its done: B queues behind it
+    harness.commit("B")
+    pieces = [pcm_of(160, seed=i) for i in range(5)]
+    held = [action for piece in pieces for action in harness.binary(piece)]
+    held += harness.commit("B", final=True)
+    assert upstream(held) == []
+    reference = AudioConverter(ULAW_8K)
+    expected = [c for p in pieces for c in reference.feed(p)] + reference.flush()
+    released = harness.done()
+    assert upstream_pcm(released) == b"".join(expected)
+    assert commits(released) == [False, True]
+
+
+def test_the_audio_format_changes_between_utterances_only() -> None:
+    harness = Harness()
+    update = SessionUpdate(SID, "u1", None, audio=ULAW_8K)
+    harness.commit("r1")
+    refused = only_event(harness.send(update))
+    assert refused["payload"]["code"] == "invalid_message"
+    assert refused["payload"]["message"] == FORMAT_CHANGE_IN_UTTERANCE
+    harness.commit("r1", final=True)
+    assert only_event(harness.send(update))["payload"]["code"] == "invalid_message"
+    harness.done()
+    updated = only_event(harness.send(update))
+    assert updated["payload"]["audio"] == ULAW_8K.as_payload()
+    assert harness.session.audio_format == ULAW_8K
+    harness.commit("r2")
+    harness.binary(pcm_of(160))
+    harness.commit("r2", final=True)
+    assert only_event(harness.done())["payload"]["audio_ms"] == 20
+
+
+def test_a_refused_update_changes_nothing() -> None:
+    harness = Harness()
+    event = only_event(harness.send(SessionUpdate(SID, "u1", "other/model", audio=ULAW_8K)))
+    assert event["payload"]["code"] == "unsupported_model"
+    assert harness.session.audio_format == NATIVE
+
+
+def test_each_utterance_keeps_the_format_it_opened_with() -> None:
+    harness = Harness(audio_format=ULAW_8K)
+    harness.commit("r1")
+    assert harness.session.open is not None
+    assert harness.session.open.audio.format == ULAW_8K
+    # One odd byte is a whole mu-law sample, not a partial PCM16 one.
+    assert summary(harness.binary(pcm_of(1))) == []
