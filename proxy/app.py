@@ -34,6 +34,7 @@ from proxy.envelope import (
     server_event,
 )
 from proxy.limits import AuthFailureLimiter, Refusal, SessionLimits, auth_failure_details
+from proxy.memory import MemoryReleaser
 from proxy.metrics import STARTED, Metrics
 from proxy.relay import Relay
 from proxy.security_headers import SecurityHeaders
@@ -73,11 +74,15 @@ class ProxyState:
         )
         self.limits = SessionLimits(
             inbound_queue_max=config.inbound_queue_max,
+            inbound_queue_max_bytes=config.inbound_queue_max_bytes,
+            outbound_queue_max=config.outbound_queue_max,
+            outbound_queue_max_bytes=config.outbound_queue_max_bytes,
             max_messages_per_window=config.max_messages_per_window,
             message_window_s=config.message_window_s,
             max_cancels_per_window=config.max_cancels_per_window,
             cancel_window_s=config.cancel_window_s,
         )
+        self.memory = MemoryReleaser()
         # Slots are taken before the upstream is dialled, so admission cannot overshoot.
         self.slots_taken = 0
         self.relays: set[Relay] = set()
@@ -113,6 +118,7 @@ class ProxyState:
                 "idle_timeout_s": _number(config.idle_timeout_s),
                 "max_duration_s": _number(config.max_duration_s),
                 "inbound_queue_max": config.inbound_queue_max,
+                "inbound_queue_max_bytes": config.inbound_queue_max_bytes,
                 "max_message_bytes": config.max_message_bytes,
             },
         }
@@ -351,6 +357,7 @@ async def _relay_session(
         await relay.run()
     finally:
         state.relays.discard(relay)
+        state.memory.connection_ended()
         state.metrics.connections_open.dec()
         counts = relay.telemetry.counts
         log.info(

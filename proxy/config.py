@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
+from proxy.limits import INBOUND_QUEUE_MAX_BYTES, OUTBOUND_QUEUE_MAX_BYTES
 
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_UPSTREAM_URL = "ws://127.0.0.1:8001/v1/realtime"
@@ -48,6 +49,7 @@ class ProxyConfig:
     idle_timeout_s: float = 150.0
     max_duration_s: float = 5400.0
     inbound_queue_max: int = 256
+    inbound_queue_max_bytes: int = INBOUND_QUEUE_MAX_BYTES
     max_messages_per_window: int = 5000
     message_window_s: float = 60.0
     max_cancels_per_window: int = 50
@@ -57,6 +59,7 @@ class ProxyConfig:
     max_message_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
     outbound_queue_max: int = 1024
+    outbound_queue_max_bytes: int = OUTBOUND_QUEUE_MAX_BYTES
     upstream_timeout_s: float = 30.0
     log_level: str = "INFO"
     demo_page: bool = True
@@ -196,6 +199,16 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             "which reads vLLM's KV cache; give python -m proxy a whole number"
         )
     port = _number(env, "SERVER_PORT", 8000, int, 0)
+    max_message_bytes = _number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024)
+    inbound_queue_max_bytes = _number(
+        env, "WS_INBOUND_QUEUE_MAX_BYTES", INBOUND_QUEUE_MAX_BYTES, int, 1024
+    )
+    if inbound_queue_max_bytes < max_message_bytes:
+        # One message of the largest size allowed must fit, or it could never be held.
+        raise ConfigError(
+            f"WS_INBOUND_QUEUE_MAX_BYTES={inbound_queue_max_bytes} is invalid: use at least "
+            f"WS_MAX_MESSAGE_BYTES ({max_message_bytes})"
+        )
     segment_pause_ms = parse_number(env, "SEGMENT_PAUSE_MS", int, MIN_PAUSE_MS, MAX_PAUSE_MS)
     if port > 65535:
         raise ConfigError(f"SERVER_PORT={port} is invalid: use a port number 0..65535")
@@ -215,15 +228,19 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         idle_timeout_s=_number(env, "WS_IDLE_TIMEOUT_S", 150.0, float, 0.0),
         max_duration_s=_number(env, "WS_MAX_CONNECTION_DURATION_S", 5400.0, float, 0.0),
         inbound_queue_max=_number(env, "WS_INBOUND_QUEUE_MAX", 256, int, 1),
+        inbound_queue_max_bytes=inbound_queue_max_bytes,
         max_messages_per_window=_number(env, "WS_MAX_MESSAGES_PER_WINDOW", 5000, int, 1),
         message_window_s=_number(env, "WS_MESSAGE_WINDOW_SECONDS", 60.0, float, 0.001),
         max_cancels_per_window=_number(env, "WS_MAX_CANCELS_PER_WINDOW", 50, int, 1),
         cancel_window_s=_number(env, "WS_CANCEL_WINDOW_SECONDS", 60.0, float, 0.001),
         max_auth_failures_per_window=_number(env, "WS_MAX_AUTH_FAILURES_PER_WINDOW", 20, int, 1),
         auth_failure_window_s=_number(env, "WS_AUTH_FAILURE_WINDOW_SECONDS", 60.0, float, 0.001),
-        max_message_bytes=_number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024),
+        max_message_bytes=max_message_bytes,
         drain_timeout_s=_number(env, "WS_DRAIN_TIMEOUT_S", 30.0, float, 0.0),
         outbound_queue_max=_number(env, "WS_OUTBOUND_QUEUE_MAX", 1024, int, 16),
+        outbound_queue_max_bytes=_number(
+            env, "WS_OUTBOUND_QUEUE_MAX_BYTES", OUTBOUND_QUEUE_MAX_BYTES, int, 65_536
+        ),
         upstream_timeout_s=_number(env, "WS_UPSTREAM_TIMEOUT_S", 30.0, float, 0.0),
         log_level=log_level,
         demo_page=parse_flag(env, "DEMO_PAGE", True),

@@ -18,6 +18,9 @@ from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_audio_
 
 ID_MAX_CHARS = 128
 CANCEL_REASON_MAX_CHARS = 256
+# A ping's payload is echoed in the pong: room for timestamps and ids, not for a flood of
+# large answers to a client that never reads them.
+PING_PAYLOAD_MAX_BYTES = 4096
 
 
 class ErrorCode(StrEnum):
@@ -67,8 +70,9 @@ DEFAULT_MESSAGES: dict[ErrorCode, str] = {
     "ping to keep an idle session open.",
     ErrorCode.MAX_DURATION_REACHED: "The connection reached its maximum duration: open a new "
     "connection to continue.",
-    ErrorCode.INBOUND_QUEUE_FULL: "Too many messages are waiting to be forwarded: send audio at "
-    "real-time pace or in larger chunks.",
+    ErrorCode.INBOUND_QUEUE_FULL: "Too many messages or too much audio waited to be forwarded "
+    "(limits.inbound_queue_max, limits.inbound_queue_max_bytes): send audio at real-time pace, "
+    "not ahead of it.",
     ErrorCode.RATE_LIMITED: "Too many messages: slow down and retry after the time in "
     "details.retry_in.",
     ErrorCode.PAYLOAD_TOO_LARGE: "The message is larger than limits.max_message_bytes (see "
@@ -363,10 +367,20 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
         return SessionUpdate(session_id, request_id, model, pause, audio_format)
     if kind == Ping.TYPE:
         try:
-            orjson.dumps(payload)
+            echoed = orjson.dumps(payload)
         except orjson.JSONEncodeError:
             # orjson reads deeper nesting than it writes: refuse what could not be echoed.
             return refuse(ErrorCode.INVALID_MESSAGE, "The ping payload is nested too deeply.")
+        if len(echoed) > PING_PAYLOAD_MAX_BYTES:
+            # Unlike a ping, a refused oversize one counts toward the rate limit.
+            return EnvelopeError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"The ping payload is larger than {PING_PAYLOAD_MAX_BYTES} bytes of JSON: send "
+                "a small payload, such as a timestamp, or none.",
+                session_id,
+                request_id,
+                {"max_ping_payload_bytes": PING_PAYLOAD_MAX_BYTES},
+            )
         return Ping(session_id, request_id, payload)
     return End(session_id, request_id)
 

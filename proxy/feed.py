@@ -53,7 +53,7 @@ class UpstreamFeed:
         if room:
             self._send_audio(vllm_wire.encode_audio(pcm[:room]), room, now)
             utterance.segment_bytes += room
-        utterance.held.appendleft((vllm_wire.encode_audio(pcm[room:]), pcm_bytes - room))
+        utterance.held.appendleft(vllm_wire.encode_audio(pcm[room:]), pcm_bytes - room)
         rolling = Phase.CLOSED_ROLLING if utterance.phase.client_final else Phase.OPEN_ROLLING
         self.commit_final(utterance, rolling, now)
 

@@ -97,7 +97,13 @@ class Metrics:
             "Most client messages ever waiting for vLLM on one connection.",
             registry=r,
         )
+        self.inbound_bytes_high_water = Gauge(
+            f"{PREFIX}_inbound_bytes_high_water",
+            "Most bytes of client audio ever waiting for vLLM on one connection.",
+            registry=r,
+        )
         self._inbound_high_water = 0
+        self._inbound_bytes_high_water = 0
         self.set_upstream_state("starting")
 
     def set_upstream_state(self, state: str) -> None:
@@ -117,10 +123,13 @@ class Metrics:
             return
         self.client_message_counters[message.TYPE].inc()
 
-    def note_inbound_depth(self, depth: int) -> None:
+    def note_inbound_depth(self, depth: int, nbytes: int) -> None:
         if depth > self._inbound_high_water:
             self._inbound_high_water = depth
             self.inbound_queue_high_water.set(depth)
+        if nbytes > self._inbound_bytes_high_water:
+            self._inbound_bytes_high_water = nbytes
+            self.inbound_bytes_high_water.set(nbytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -83,7 +83,11 @@ class Relay:
         self.open_upstream = open_upstream
         # Accepted text not yet written to vLLM: its socket's buffer is full.
         self.pending_upstream: deque[str] = deque()
+        # Sizes reported to the session: len() of the texts, which is their size in bytes for
+        # ASCII (all of vLLM's side, and events but for non-ASCII transcript characters).
+        self.pending_upstream_bytes = 0
         self.outbound: asyncio.Queue[str | CloseClient] = asyncio.Queue()
+        self.outbound_bytes = 0
         self.upstream: UpstreamConnection | None = upstream
         self.last_activity = clock()
         # The session's word on vLLM's debt: (epoch, since) while it owes an event.
@@ -158,18 +162,23 @@ class Relay:
             if isinstance(action, SendUpstream):
                 self._send_upstream(action.text)
             elif isinstance(action, SendClient):
-                if self.outbound.qsize() >= self.config.outbound_queue_max:
+                text = encode_event(action.event)
+                if self.session.outbound_full(
+                    self.outbound.qsize(), self.outbound_bytes, len(text)
+                ):
                     # The client stopped reading: drop what it would never read, and end it.
                     pending.clear()
                     while not self.outbound.empty():
                         self.outbound.get_nowait()
+                    self.outbound_bytes = 0
                     pending.extend(
                         self.session.terminate(
                             ErrorCode.SLOW_CONSUMER, CloseCode.POLICY_VIOLATION, self.clock()
                         )
                     )
                     continue
-                self.outbound.put_nowait(encode_event(action.event))
+                self.outbound_bytes += len(text)
+                self.outbound.put_nowait(text)
             elif isinstance(action, UpstreamOwes):
                 self.upstream_owed = (action.epoch, action.since)
             elif isinstance(action, UpstreamSettled):
@@ -179,6 +188,7 @@ class Relay:
                 # What waited for the old connection is void (the session sends nothing for
                 # the new one before it is ready).
                 self.pending_upstream.clear()
+                self.pending_upstream_bytes = 0
                 self._spawn(self._reopen_upstream(action.epoch))
             elif isinstance(action, CloseClient):
                 self.metrics.closes.labels(str(action.code)).inc()
@@ -214,8 +224,12 @@ class Relay:
                 else:
                     parsed = binary_append(data)
             self.metrics.count_client_message(parsed, session.audio_format)
-            self.apply(session.on_client(parsed, now, len(self.pending_upstream)))
-            self.metrics.note_inbound_depth(session.inbound_depth)
+            self.apply(
+                session.on_client(
+                    parsed, now, len(self.pending_upstream), self.pending_upstream_bytes
+                )
+            )
+            self.metrics.note_inbound_depth(session.inbound_depth, session.inbound_depth_bytes)
 
     async def _write(self) -> None:
         send = self.send
@@ -226,6 +240,7 @@ class Relay:
                     async with asyncio.timeout(CLIENT_CLOSE_TIMEOUT_S):
                         await send({"type": "websocket.close", "code": item.code})
                 return
+            self.outbound_bytes -= len(item)
             # Watched by the watchdog rather than a timeout per event (a timer each time).
             self.writing_since = self.clock()
             await send({"type": "websocket.send", "text": item})
@@ -237,6 +252,7 @@ class Relay:
 
     def _send_upstream(self, text: str) -> None:
         self.pending_upstream.append(text)
+        self.pending_upstream_bytes += len(text)
         self._flush_upstream()
 
     def _flush_upstream(self) -> None:
@@ -244,7 +260,9 @@ class Relay:
         pending = self.pending_upstream
         upstream = self.upstream
         while pending and upstream is not None and upstream.writable:
-            upstream.send(pending.popleft())
+            text = pending.popleft()
+            self.pending_upstream_bytes -= len(text)
+            upstream.send(text)
 
     def _attach_upstream(self, epoch: int, connection: UpstreamConnection) -> None:
         """Feeds ``connection``'s events to the session as they are read."""

@@ -102,8 +102,10 @@ class Session:
         self.line: deque[Utterance] = deque()
         self.winding_down: WindDown | None = None
         self.closed = False
-        # Messages waiting for vLLM when the last audio message came in (for the metric).
+        # Messages, and bytes of audio, waiting for vLLM when the last audio message came in
+        # (for the metrics).
         self.inbound_depth = 0
+        self.inbound_depth_bytes = 0
         self._admission = Admission(limits)
 
     # ------------------------------------------------------------------ queries
@@ -133,13 +135,32 @@ class Session:
         held = sum(len(u.held) for u in self.line)
         return held + len(self.current.held) if self.current is not None else held
 
+    @property
+    def held_bytes(self) -> int:
+        held = sum(u.held.nbytes for u in self.line)
+        return held + self.current.held.nbytes if self.current is not None else held
+
+    def outbound_full(self, events: int, nbytes: int, incoming: int) -> bool:
+        """Whether one more event of ``incoming`` bytes would pass the outbound bounds, with
+        ``events`` events of ``nbytes`` bytes already waiting for the client (the relay's
+        count): then the client stopped reading. An event alone never does, whatever its size.
+        """
+        limits = self.limits
+        return events >= limits.outbound_queue_max or (
+            events > 0 and nbytes + incoming > limits.outbound_queue_max_bytes
+        )
+
     # ------------------------------------------------------------------ inputs
 
     def on_client(
-        self, message: ClientMessage | EnvelopeError, now: float, backlog: int = 0
+        self,
+        message: ClientMessage | EnvelopeError,
+        now: float,
+        backlog: int = 0,
+        backlog_bytes: int = 0,
     ) -> list[Action]:
         """A client text message (parsed), at monotonic time ``now``, with ``backlog`` messages
-        accepted earlier and not yet written to vLLM."""
+        (``backlog_bytes`` bytes) accepted earlier and not yet written to vLLM."""
         self._now = now
         if self.closed:
             return []
@@ -164,7 +185,7 @@ class Session:
             self._on_session_update(message)
         elif isinstance(message, Cancel):
             self._on_cancel(message)
-        elif self._backlog_full(backlog):
+        elif self._backlog_full(backlog, backlog_bytes, message):
             pass
         elif isinstance(message, Append):
             self._on_append(message)
@@ -338,7 +359,7 @@ class Session:
         if utterance is self.current and utterance.phase is Phase.OPEN:
             self.feed.forward_audio(utterance, audio, pcm_bytes, self._now)
         else:
-            utterance.held.append((audio, pcm_bytes))
+            utterance.held.append(audio, pcm_bytes)
 
     def _on_final(self, message: Commit) -> None:
         utterance = self._open_utterance(message.request_id)
@@ -506,9 +527,16 @@ class Session:
             self._error(ErrorCode.RATE_LIMITED, request_id, details=verdict)
         return False
 
-    def _backlog_full(self, backlog: int) -> bool:
+    def _backlog_full(self, backlog: int, backlog_bytes: int, message: ClientMessage) -> bool:
+        """Whether ``message`` comes on top of too many messages, or too many bytes of audio,
+        waiting for vLLM (the relay's backlog and the audio held here)."""
         self.inbound_depth = backlog + self.held_messages
-        if self.inbound_depth < self.limits.inbound_queue_max:
+        self.inbound_depth_bytes = backlog_bytes + self.held_bytes
+        incoming = len(message.audio) if isinstance(message, Append) else 0
+        limits = self.limits
+        if self.inbound_depth < limits.inbound_queue_max and (
+            self.inbound_depth_bytes + incoming <= limits.inbound_queue_max_bytes
+        ):
             return False
         self._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
         return True

@@ -56,6 +56,38 @@ _CLIENT_FINAL = frozenset({Phase.CLOSED, Phase.CLOSED_ROLLING, Phase.FINALIZING}
 _SEGMENT_COMMITTED = frozenset({Phase.OPEN_ROLLING, Phase.CLOSED_ROLLING, Phase.FINALIZING})
 
 
+class HeldAudio:
+    """Audio an utterance keeps until it can go upstream, oldest first: (audio, PCM bytes)
+    chunks and their size in bytes as held here (``len`` of the held object, which is its size
+    for base64 text and raw bytes alike), kept as a sum so the budget costs nothing per message.
+    """
+
+    __slots__ = ("_chunks", "nbytes")
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[str, int]] = deque()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def append(self, audio: str, pcm_bytes: int) -> None:
+        self._chunks.append((audio, pcm_bytes))
+        self.nbytes += len(audio)
+
+    def appendleft(self, audio: str, pcm_bytes: int) -> None:
+        self._chunks.appendleft((audio, pcm_bytes))
+        self.nbytes += len(audio)
+
+    def popleft(self) -> tuple[str, int]:
+        chunk = self._chunks.popleft()
+        self.nbytes -= len(chunk[0])
+        return chunk
+
+
 @dataclass(slots=True)
 class Utterance:
     request_id: str
@@ -63,8 +95,8 @@ class Utterance:
     phase: Phase = Phase.OPEN
     # The client's audio (its format is fixed for the utterance) on its way to vLLM's format.
     audio: UtteranceAudio = field(default_factory=lambda: UtteranceAudio(NATIVE))
-    # Audio for vLLM not yet sent upstream: (base64, PCM bytes), oldest first.
-    held: deque[tuple[str, int]] = field(default_factory=deque)
+    # Audio for vLLM not yet sent upstream.
+    held: HeldAudio = field(default_factory=HeldAudio)
     segment_bytes: int = 0
     segments: int = 0
     # Its text, and where each piece of it sits in its audio.

@@ -209,6 +209,7 @@ async def test_session_created_payload() -> None:
         "idle_timeout_s": 7.5,
         "max_duration_s": 120.0,
         "inbound_queue_max": 17,
+        "inbound_queue_max_bytes": 300_000,
         "max_message_bytes": 65536,
         "segment_pause_ms": 720,
     }
@@ -239,6 +240,7 @@ async def test_session_created_payload() -> None:
         "idle_timeout_s": 7.5,
         "max_duration_s": 120,
         "inbound_queue_max": 17,
+        "inbound_queue_max_bytes": 300_000,
         "max_message_bytes": 65536,
     }
 

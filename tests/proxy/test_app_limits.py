@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 from typing import Any
 
+import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import FRAME_BYTES, predict_text
@@ -173,6 +175,46 @@ async def test_inbound_queue_overflow_closes_with_4004() -> None:
     assert_error(events[-3], "inbound_queue_full", "r1")
     assert_error(events[-2], "inbound_queue_full", "r2")
     assert_error(events[-1], "inbound_queue_full")
+
+
+async def inbound_bytes_high_water(http_url: str) -> float:
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"{http_url}/metrics")).text
+    [family] = [
+        f
+        for f in text_string_to_metric_families(text)
+        if f.name == "voxtral_proxy_inbound_bytes_high_water"
+    ]
+    return float(family.samples[0].value)
+
+
+async def test_held_audio_past_the_byte_budget_closes_with_4004() -> None:
+    """Issue 16 finding 4: r1 finalizes on a vLLM that does not answer while r2's big appends
+    are held in the proxy. They were bounded in messages only (256 of 1 MiB each); now they end
+    the connection with inbound_queue_full before their bytes pass the budget."""
+    budget = 256 * 1024
+    piece = b64(bytes(45 * 1024))  # 61,440 bytes held per append, within one 64 KiB frame
+    async with (
+        fake_and_proxy(max_message_bytes=65_536, inbound_queue_max_bytes=budget) as (fake, proxy),
+        connected(proxy) as client,
+    ):
+        fake.hang()
+        await client.utterance("r1", OTHER[: 4 * FRAME_BYTES])
+        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        await client.open("r2")
+        for _ in range(50):  # far below the message bound
+            await send_quietly(client, "input_audio_buffer.append", "r2", {"audio": piece})
+        events, code = await client.recv_all_until_closed(timeout=10)
+        high_water = await inbound_bytes_high_water(proxy.http_url)
+        fake.resume()
+    assert code == 4004
+    assert dones(events) == []
+    assert_error(events[-3], "inbound_queue_full", "r1")
+    payload = assert_error(events[-2], "inbound_queue_full", "r2")
+    assert "inbound_queue_max_bytes" in payload["message"]
+    assert_error(events[-1], "inbound_queue_full")
+    # The most ever held: within the budget, and so close that one more append did not fit.
+    assert budget - len(piece) < high_water <= budget
 
 
 # -- rate limits ----------------------------------------------------------------------------

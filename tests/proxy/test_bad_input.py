@@ -230,11 +230,12 @@ async def test_frames_over_one_mebibyte() -> None:
         connected(proxy, session_id="bystander") as bystander,
         connected(proxy) as client,
     ):
-        head = '{"type":"ping","session_id":"s1","payload":{"p":"'
+        # A session.update carries any padding (a ping's payload has a cap of its own).
+        head = f'{{"type":"session.update","session_id":"s1","payload":{{"model":"{MODEL}","p":"'
         exact = head + "x" * (MIB - len(head) - 3) + '"}}'
         assert len(exact) == MIB
         await client.send_raw(exact)
-        assert (await client.recv())["type"] == "pong"  # the limit itself is allowed
+        assert (await client.recv())["type"] == "session.updated"  # the limit itself is allowed
         for size in (MIB + 1, 2 * MIB, 15 * MIB):
             await client.send_raw(head + "x" * (size - len(head) - 3) + '"}}')
             assert_error(await client.recv(), "payload_too_large")

@@ -34,6 +34,8 @@ def test_defaults_with_only_a_key() -> None:
     assert config.idle_timeout_s == 150.0
     assert config.max_duration_s == 5400.0
     assert config.inbound_queue_max == 256
+    assert config.inbound_queue_max_bytes == 8 * 1024 * 1024
+    assert config.outbound_queue_max_bytes == 2 * 1024 * 1024
     assert config.max_messages_per_window == 5000
     assert config.message_window_s == 60.0
     assert config.max_cancels_per_window == 50
@@ -97,6 +99,8 @@ def test_every_value_is_read() -> None:
             WS_IDLE_TIMEOUT_S="0",
             WS_MAX_CONNECTION_DURATION_S="12.5",
             WS_INBOUND_QUEUE_MAX="3",
+            WS_INBOUND_QUEUE_MAX_BYTES="4096",
+            WS_OUTBOUND_QUEUE_MAX_BYTES="70000",
             WS_MAX_MESSAGES_PER_WINDOW="11",
             WS_MESSAGE_WINDOW_SECONDS="1.5",
             WS_MAX_CANCELS_PER_WINDOW="2",
@@ -120,6 +124,8 @@ def test_every_value_is_read() -> None:
     assert config.idle_timeout_s == 0.0
     assert config.max_duration_s == 12.5
     assert config.inbound_queue_max == 3
+    assert config.inbound_queue_max_bytes == 4096
+    assert config.outbound_queue_max_bytes == 70_000
     assert config.max_messages_per_window == 11
     assert config.message_window_s == 1.5
     assert config.max_cancels_per_window == 2
@@ -159,6 +165,9 @@ INT_VARIABLES = {
     "WS_MAX_AUTH_FAILURES_PER_WINDOW": ["0", "-1", "?"],
     "WS_MAX_MESSAGE_BYTES": ["1023", "0", "-1", "1MiB"],
     "WS_OUTBOUND_QUEUE_MAX": ["15", "0", "-1", "lots"],
+    # Below the default WS_MAX_MESSAGE_BYTES (1 MiB) one message could never be held.
+    "WS_INBOUND_QUEUE_MAX_BYTES": ["1023", "0", "x", "1048575"],
+    "WS_OUTBOUND_QUEUE_MAX_BYTES": ["65535", "0", "-1", "2MiB"],
 }
 FLOAT_VARIABLES = {
     "WS_IDLE_TIMEOUT_S": ["-1", "abc", "nan"],
@@ -206,6 +215,8 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
         ("MAX_CONCURRENT_CONNECTIONS", "1", "max_connections", 1),
         ("WS_INBOUND_QUEUE_MAX", "1", "inbound_queue_max", 1),
         ("WS_MAX_MESSAGE_BYTES", "1024", "max_message_bytes", 1024),
+        ("WS_INBOUND_QUEUE_MAX_BYTES", "1048576", "inbound_queue_max_bytes", 1_048_576),
+        ("WS_OUTBOUND_QUEUE_MAX_BYTES", "65536", "outbound_queue_max_bytes", 65_536),
         ("WS_IDLE_TIMEOUT_S", "0", "idle_timeout_s", 0.0),
         ("WS_MAX_CONNECTION_DURATION_S", "0", "max_duration_s", 0.0),
         ("WS_DRAIN_TIMEOUT_S", "0.25", "drain_timeout_s", 0.25),
@@ -271,6 +282,15 @@ def test_allowed_origins() -> None:
     config = load_config(env(ALLOWED_ORIGINS=" https://a.example/ ,,http://b.example:8080"))
     assert config.allowed_origins == ("https://a.example", "http://b.example:8080")
     assert load_config(env()).allowed_origins == ()
+
+
+def test_inbound_byte_budget_must_hold_the_largest_message() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env(WS_MAX_MESSAGE_BYTES="9000000"))
+    assert "WS_INBOUND_QUEUE_MAX_BYTES" in str(caught.value)
+    assert "WS_MAX_MESSAGE_BYTES (9000000)" in str(caught.value)
+    config = load_config(env(WS_MAX_MESSAGE_BYTES="4096", WS_INBOUND_QUEUE_MAX_BYTES="4096"))
+    assert config.inbound_queue_max_bytes == config.max_message_bytes == 4096
 
 
 def test_outbound_and_upstream_timeout_values() -> None:

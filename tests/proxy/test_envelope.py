@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from proxy.audio_format import AudioFormat, Encoding, supported_formats
 from proxy.envelope import (
     DEFAULT_MESSAGES,
+    PING_PAYLOAD_MAX_BYTES,
     Append,
     Cancel,
     ClientMessage,
@@ -129,6 +130,26 @@ def test_ping_echoes_any_payload_object() -> None:
     payload = {"n": 1, "nested": {"list": [1, "a", None]}, "f": 1.5}
     assert parse(envelope("ping", payload)) == Ping(SID, RID, payload)
     assert parse({"type": "ping", "session_id": SID}) == Ping(SID, None, {})
+
+
+def test_ping_payload_up_to_the_cap_is_echoed_and_beyond_it_refused() -> None:
+    # {"p":"..."} is 8 bytes of JSON around the padding.
+    fits = {"p": "x" * (PING_PAYLOAD_MAX_BYTES - 8)}
+    assert parse(envelope("ping", fits)) == Ping(SID, RID, fits)
+    error = error_of(envelope("ping", {"p": "x" * (PING_PAYLOAD_MAX_BYTES - 7)}))
+    assert error.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert error.request_id == RID
+    assert error.details == {"max_ping_payload_bytes": PING_PAYLOAD_MAX_BYTES}
+    assert str(PING_PAYLOAD_MAX_BYTES) in error.message
+    # Unlike any other ping refusal: a client flooding big pings meets the rate limit.
+    assert error.counts_toward_rate_limit
+
+
+def test_a_megabyte_ping_is_refused() -> None:
+    """Issue 16 finding 5: pings of 1 MB were echoed, piling up pongs for a client that never
+    reads them."""
+    error = error_of(envelope("ping", {"pad": "x" * 1_000_000}))
+    assert error.code is ErrorCode.PAYLOAD_TOO_LARGE
 
 
 def test_end() -> None:

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import FRAME_BYTES, predict_deltas, predict_text
 from proxy import relay as relay_module
+from proxy.envelope import PING_PAYLOAD_MAX_BYTES
 from proxy.logs import configure_logging
 from tests.harness import (
     TEST_KEY,
@@ -44,7 +45,10 @@ from tests.harness import (
 SHORT = load_pcm("short.wav")
 MID = load_pcm("mid.wav")
 LONG = load_pcm("long.wav")
-PING_PADDING = "x" * 900_000  # big pongs fill a stalled socket's buffers quickly
+# The biggest pong a ping may ask for: many of them fill a stalled socket's buffers.
+PING_PADDING = "x" * (PING_PAYLOAD_MAX_BYTES - 16)
+# More pings than any loopback socket buffers hold pongs of: a bound for flooding loops.
+FLOOD_PINGS = 20_000
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -75,6 +79,19 @@ async def raw_client(proxy: RunningProxy, **options: Any) -> AsyncIterator[Clien
 
 def outbound_sizes(proxy: RunningProxy) -> list[int]:
     return [relay.outbound.qsize() for relay in proxy.server.state.relays]
+
+
+async def flood_pings(client: Client, proxy: RunningProxy) -> tuple[int, int]:
+    """Sends the biggest pings without reading until the proxy ends a session (or the socket),
+    at most FLOOD_PINGS; returns how many were sent and the most events queued meanwhile."""
+    relays = proxy.server.state.relays
+    sent = high_water = 0
+    with contextlib.suppress(ConnectionClosed):
+        while sent < FLOOD_PINGS and not any(r.session.closed for r in relays):
+            await client.send("ping", f"p{sent}", {"pad": PING_PADDING})
+            sent += 1
+            high_water = max(high_water, *outbound_sizes(proxy), 0)
+    return sent, high_water
 
 
 async def connections(proxy: RunningProxy) -> int:
@@ -132,11 +149,7 @@ async def test_slow_reader_gets_slow_consumer_and_1008_with_bounded_buffer() -> 
         ):
             other = asyncio.create_task(served(steady, "steady-1", MID))
             await slow.utterance("slow-1", LONG, final=False)
-            pings = 60
-            high_water = 0
-            for number in range(pings):
-                await slow.send("ping", f"p{number}", {"pad": PING_PADDING})
-                high_water = max(high_water, *outbound_sizes(proxy), 0)
+            pings, high_water = await flood_pings(slow, proxy)
             relays = proxy.server.state.relays
             await wait_for(lambda: any(r.session.closed for r in relays), guard_s=20)
             assert high_water <= proxy.config.outbound_queue_max
@@ -165,16 +178,48 @@ async def test_client_that_never_reads_again_is_dropped_and_its_slot_freed(
         raw_client(proxy, max_queue=1, max_size=None) as slow,
     ):
         await slow.utterance("slow-1", MID, final=False)
-        high_water = 0
-        with contextlib.suppress(ConnectionClosed):
-            for number in range(60):
-                await slow.send("ping", f"p{number}", {"pad": PING_PADDING})
-                high_water = max(high_water, *outbound_sizes(proxy), 0)
+        _, high_water = await flood_pings(slow, proxy)
         await wait_for(lambda: len(proxy.server.state.relays) == 1, guard_s=20)
         assert high_water <= proxy.config.outbound_queue_max
         assert await connections(proxy) == 1
         await wait_for(lambda: fake.open_connections == 1)  # its upstream socket is closed
         await served(steady, "steady-1", SHORT)
+
+
+async def test_pings_of_a_megabyte_are_refused_and_the_connection_stays() -> None:
+    """Issue 16 finding 5: a ping's payload is echoed, so 1 MB pings on a socket that never
+    reads piled up 1 MB pongs (RSS 49 -> 906 MiB). Past the cap a ping gets a short error."""
+    async with fake_and_proxy() as (_, proxy), connected(proxy) as client:
+        await client.send("ping", "big", {"pad": "x" * 1_000_000})
+        payload = assert_error(await client.recv(), "payload_too_large", "big")
+        assert payload["details"] == {"max_ping_payload_bytes": PING_PAYLOAD_MAX_BYTES}
+        await client.send("ping", "small", {"t": 1})
+        assert (await client.recv())["payload"] == {"t": 1}
+
+
+async def test_pongs_for_a_client_that_never_reads_are_bounded_in_bytes() -> None:
+    """A client floods the biggest pings allowed and reads nothing: once its kernel buffers are
+    full, the pongs queued for it are held to WS_OUTBOUND_QUEUE_MAX_BYTES and it is ended with
+    slow_consumer / 1008, long before the event bound."""
+    budget = 65_536
+    async with (
+        fake_and_proxy(outbound_queue_max_bytes=budget) as (_, proxy),
+        raw_client(proxy, max_queue=1, max_size=None) as slow,
+    ):
+        relays = proxy.server.state.relays
+        [relay] = relays
+        sent = high_water = 0
+        with contextlib.suppress(ConnectionClosed):
+            while sent < FLOOD_PINGS and not relay.session.closed:
+                await slow.send("ping", f"p{sent}", {"pad": PING_PADDING})
+                sent += 1
+                high_water = max(high_water, relay.outbound_bytes)
+        assert relay.session.closed
+        assert high_water <= budget
+        events, code = await slow.recv_all_until_closed(timeout=30)
+    assert code == 1008
+    assert_error(events[-1], "slow_consumer")
+    assert len([e for e in events if e["type"] == "pong"]) < sent
 
 
 async def test_a_burst_of_events_for_a_reading_client_is_not_a_slow_consumer() -> None:
@@ -423,6 +468,7 @@ DOCUMENTED = (
     "voxtral_proxy_time_to_first_word_seconds",
     "voxtral_proxy_finalization_latency_seconds",
     "voxtral_proxy_inbound_queue_high_water",
+    "voxtral_proxy_inbound_bytes_high_water",
 )
 
 

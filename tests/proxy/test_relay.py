@@ -69,6 +69,9 @@ class FakeClient:
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.sent: list[dict[str, Any]] = []
+        # Cleared, the client reads nothing: the relay's writes wait.
+        self.reading = asyncio.Event()
+        self.reading.set()
 
     def text(self, kind: str, request_id: str | None = None, **payload: Any) -> None:
         message = {"type": kind, "session_id": SID, "request_id": request_id, "payload": payload}
@@ -78,6 +81,7 @@ class FakeClient:
         return await self.inbox.get()
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self.reading.wait()
         self.sent.append(message)
 
     def events(self) -> list[dict[str, Any]]:
@@ -85,7 +89,7 @@ class FakeClient:
 
 
 class Rig:
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, limits: SessionLimits | None = None, **config: Any) -> None:
         self.config = ProxyConfig(api_keys=("k",), served_model_name=MODEL, **config)
         self.client = FakeClient()
         self.upstream = FakeUpstream()
@@ -93,7 +97,7 @@ class Rig:
         session = Session(
             session_id=SID,
             served_model=MODEL,
-            limits=SessionLimits(),
+            limits=limits or SessionLimits(),
             transcription_delay_ms=self.config.transcription_delay_ms,
         )
         self.relay = Relay(
@@ -180,6 +184,57 @@ async def test_text_waits_while_vllms_socket_is_full_and_goes_in_order_when_it_d
     await wait_until(lambda: upstream.sent[-1] == vllm_wire.COMMIT_FINAL)
     upstream.deliver({"type": "transcription.done", "text": "", "usage": {}})
     await rig.stop()
+
+
+async def test_text_waiting_for_vllms_socket_counts_toward_the_inbound_byte_budget() -> None:
+    """What waits in pending_upstream is held audio too: its bytes, reported to the session,
+    end the connection with inbound_queue_full before they pass the budget."""
+    budget = 16_384
+    rig = Rig(SessionLimits(inbound_queue_max_bytes=budget))
+    rig.start()
+    upstream = rig.upstream
+    rig.client.text("input_audio_buffer.commit", "r1", final=False)
+    await wait_until(lambda: upstream.sent == [vllm_wire.COMMIT_OPEN])
+    upstream.writable = False
+    chunk = audio(3000)  # 4000 characters of base64
+    for _ in range(10):
+        rig.client.text("input_audio_buffer.append", "r1", audio=chunk)
+    assert rig.task is not None
+    async with asyncio.timeout(5):
+        await rig.task
+    pending = rig.relay.pending_upstream
+    assert rig.relay.pending_upstream_bytes == sum(len(text) for text in pending)
+    assert 0 < rig.relay.pending_upstream_bytes <= budget
+    assert len(pending) < 10
+    codes = [e["payload"]["code"] for e in rig.client.events()]
+    assert codes == ["inbound_queue_full", "inbound_queue_full"]
+    assert rig.client.sent[-1] == {"type": "websocket.close", "code": 4004}
+
+
+async def test_events_a_client_does_not_read_are_bounded_in_bytes() -> None:
+    """Pongs pile up for a client that reads nothing: past WS_OUTBOUND_QUEUE_MAX_BYTES they
+    are dropped and the client gets slow_consumer, long before the event bound."""
+    budget = 65_536
+    rig = Rig(SessionLimits(outbound_queue_max_bytes=budget))
+    rig.client.reading.clear()
+    rig.start()
+    pad = "x" * 4000
+    for number in range(100):
+        rig.client.text("ping", f"p{number}", pad=pad)
+    await wait_until(lambda: rig.relay.session.closed)
+    relay = rig.relay
+    # What is left is the error and the close: the pongs were dropped, their bytes with them.
+    assert relay.outbound.qsize() <= 3
+    assert relay.outbound_bytes < 1000
+    rig.client.reading.set()
+    assert rig.task is not None
+    async with asyncio.timeout(5):
+        await rig.task
+    events = rig.client.events()
+    pongs = [e for e in events if e["type"] == "pong"]
+    assert len(pongs) * len(pad) < budget
+    assert events[-1]["payload"]["code"] == "slow_consumer"
+    assert rig.client.sent[-1] == {"type": "websocket.close", "code": 1008}
 
 
 async def test_vllm_silent_while_it_owes_an_event_ends_the_utterance_and_reopens() -> None:

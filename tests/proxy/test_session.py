@@ -95,9 +95,11 @@ class Harness:
         return actions
 
     # client side
-    def send(self, message: ClientMessage | EnvelopeError, backlog: int = 0) -> list[Action]:
+    def send(
+        self, message: ClientMessage | EnvelopeError, backlog: int = 0, backlog_bytes: int = 0
+    ) -> list[Action]:
         self.now += 0.01
-        return self._keep(self.session.on_client(message, self.now, backlog))
+        return self._keep(self.session.on_client(message, self.now, backlog, backlog_bytes))
 
     def raw(self, text: str, backlog: int = 0) -> list[Action]:
         return self.send(parse_client_message(text), backlog)
@@ -105,8 +107,10 @@ class Harness:
     def commit(self, rid: str, *, final: bool = False, backlog: int = 0) -> list[Action]:
         return self.send(Commit(SID, rid, final), backlog)
 
-    def append(self, rid: str, pcm: bytes, backlog: int = 0) -> list[Action]:
-        return self.send(Append(SID, rid, b64(pcm), len(pcm)), backlog)
+    def append(
+        self, rid: str, pcm: bytes, backlog: int = 0, backlog_bytes: int = 0
+    ) -> list[Action]:
+        return self.send(Append(SID, rid, b64(pcm), len(pcm)), backlog, backlog_bytes)
 
     def binary(self, data: bytes, backlog: int = 0) -> list[Action]:
         return self.send(binary_append(data), backlog)
@@ -1098,6 +1102,106 @@ def test_default_backlog_limit_is_256() -> None:
     harness.append("A", pcm_of(2), backlog=256)
     assert harness.session.closed
     assert harness.log[-1] == CloseClient(4004)
+
+
+# ====================================================================== byte budgets
+
+# 3000 bytes of PCM are 4000 characters of base64: what the proxy holds of each chunk.
+CHUNK = pcm_of(3000)
+HELD = len(b64(CHUNK))
+
+
+def test_held_audio_is_counted_in_bytes_as_held() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)  # A finalizes: B's audio waits here
+    harness.commit("B")
+    for count in range(1, 4):
+        harness.append("B", CHUNK)
+        assert harness.session.held_bytes == count * HELD
+    harness.done()  # B goes upstream with all it held
+    assert harness.session.held_bytes == 0
+    assert harness.session.held_messages == 0
+
+
+def test_binary_frames_are_held_as_the_base64_that_goes_to_vllm() -> None:
+    """A binary frame's raw PCM is held as base64 for vLLM: its bytes are counted as held,
+    not as they came."""
+    harness = Harness(inbound_queue_max_bytes=2 * HELD)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    for count in range(1, 3):
+        assert harness.binary(CHUNK) == []
+        assert harness.session.held_bytes == count * HELD  # 4000 held for 3000 received
+    assert summary(harness.binary(CHUNK))[-1] == ("close", 4004)
+
+
+def test_held_audio_past_the_byte_budget_closes_4004_below_the_message_bound() -> None:
+    harness = Harness(inbound_queue_max_bytes=3 * HELD)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    for _ in range(3):
+        assert harness.append("B", CHUNK) == []  # exactly the budget is allowed
+    assert summary(harness.append("B", CHUNK)) == [
+        ("error", "A", "inbound_queue_full"),
+        ("error", "B", "inbound_queue_full"),
+        ("error", None, "inbound_queue_full"),
+        ("close", 4004),
+    ]
+    assert harness.session.inbound_depth == 3  # far from the 256 messages
+
+
+def test_bytes_waiting_in_the_relay_count_toward_the_byte_budget() -> None:
+    budget = 10 * HELD
+    harness = Harness(inbound_queue_max_bytes=budget)
+    harness.commit("A")
+    assert summary(harness.append("A", CHUNK, backlog=1, backlog_bytes=budget - HELD)) == [
+        ("append", 0, len(CHUNK))
+    ]
+    actions = harness.append("A", CHUNK, backlog=1, backlog_bytes=budget - HELD + 1)
+    assert summary(actions)[-1] == ("close", 4004)
+
+
+def test_inbound_depth_bytes_is_what_waited_before_the_last_audio_message() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.append("B", CHUNK, backlog=1, backlog_bytes=500)
+    harness.append("B", CHUNK, backlog=1, backlog_bytes=500)
+    assert harness.session.inbound_depth_bytes == 500 + HELD
+
+
+def test_three_minutes_held_behind_a_finalizing_utterance_fit_the_default_budget() -> None:
+    """Normal use never trips the defaults: three minutes of audio in one-second chunks (180
+    messages, 7.7 MB of base64) wait while the previous utterance finalizes."""
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    second = pcm_of(32_000)
+    for _ in range(180):
+        assert harness.append("B", second) == []
+    assert not harness.session.closed
+    assert harness.session.held_bytes == 180 * len(b64(second))
+
+
+@pytest.mark.parametrize(
+    ("events", "nbytes", "incoming", "full"),
+    [
+        (0, 0, 10_000, False),  # one event alone, whatever its size
+        (1, 0, 1000, False),
+        (1, 1000, 1000, False),  # exactly the budget
+        (1, 1000, 1001, True),
+        (3, 0, 1, True),  # the event bound
+        (2, 0, 1, False),
+    ],
+)
+def test_outbound_full_on_either_bound(events: int, nbytes: int, incoming: int, full: bool) -> None:
+    harness = Harness(outbound_queue_max=3, outbound_queue_max_bytes=2000)
+    assert harness.session.outbound_full(events, nbytes, incoming) is full
 
 
 # ====================================================================== rate limits

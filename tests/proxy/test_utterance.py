@@ -1,10 +1,11 @@
-"""proxy.utterance: each phase answers the three questions the session asks of it."""
+"""proxy.utterance: each phase answers the three questions the session asks of it; held audio
+keeps its order and its size in bytes."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.utterance import Phase
+from proxy.utterance import HeldAudio, Phase
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,19 @@ def test_the_five_phases_are_every_possible_combination() -> None:
     # Rolling implies a committed segment; a committed, non-rolling segment is the last one.
     assert all(committed for _, committed, rolling in combos if rolling)
     assert all(final for final, committed, rolling in combos if committed and not rolling)
+
+
+def test_held_audio_keeps_order_and_counts_the_bytes_it_holds() -> None:
+    held = HeldAudio()
+    assert not held
+    assert (len(held), held.nbytes) == (0, 0)
+    held.append("AAAA", 3)
+    held.append("BBBBBBBB", 6)
+    held.appendleft("CC==", 1)  # the rest of a chunk cut at a segment's end goes first
+    assert (len(held), held.nbytes) == (3, 16)
+    assert held.popleft() == ("CC==", 1)
+    assert held.popleft() == ("AAAA", 3)
+    assert (len(held), held.nbytes) == (1, 8)
+    assert held.popleft() == ("BBBBBBBB", 6)
+    assert not held
+    assert held.nbytes == 0
