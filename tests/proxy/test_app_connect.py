@@ -221,11 +221,19 @@ async def test_session_created_payload() -> None:
     assert created["session_id"] == "abc"
     assert created["request_id"] is None
     payload = created["payload"]
-    assert set(payload) == {"id", "model", "transcription_delay_ms", "audio", "limits"}
+    assert set(payload) == {
+        "id",
+        "model",
+        "transcription_delay_ms",
+        "audio",
+        "limits",
+        "turn_detection",
+    }
     assert re.fullmatch(r"sess_[0-9a-f]+", payload["id"])
     assert payload["model"] == MODEL
     assert payload["transcription_delay_ms"] == 480
     assert payload["audio"] == {"format": "pcm16", "sample_rate": 16000, "channels": 1}
+    assert payload["turn_detection"] is None  # off unless asked for
     assert payload["limits"] == {
         "idle_timeout_s": 7.5,
         "max_duration_s": 120,

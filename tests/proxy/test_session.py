@@ -249,7 +249,7 @@ def test_session_update_same_model() -> None:
         "type": "session.updated",
         "session_id": SID,
         "request_id": "u1",
-        "payload": {"model": MODEL},
+        "payload": {"model": MODEL, "turn_detection": None},
     }
 
 
