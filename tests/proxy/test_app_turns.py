@@ -11,7 +11,7 @@ from typing import Any
 
 from devtools.fake_vllm import FakeVllm, predict_text
 from proxy.turns import TurnOptions
-from proxy.vad import WINDOW_MS
+from proxy.vad import WINDOW_MS, Float32Array, VadEngine, VadModel
 from tests.harness import (
     Client,
     RunningProxy,
@@ -270,4 +270,47 @@ async def test_a_client_that_leaves_mid_turn_frees_its_vad_stream_and_upstream()
         async with turn_client(proxy) as (client, events):
             await stream(client, short.pcm)
             done = await events.until("transcription.done", "turn-1")
+    assert done["payload"]["text"]
+
+
+class BrokenModel(VadModel):
+    """A model that fails on its first batch."""
+
+    def __init__(self) -> None:
+        pass
+
+    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
+        raise RuntimeError("the model broke")
+
+
+async def test_a_failed_vad_engine_ends_turn_detection_for_each_session_with_an_error() -> None:
+    recording = spoken_recording(("short",), lead_s=0.5, trailer_s=1.0)
+    async with fake_and_proxy() as (_, proxy):
+        service = proxy.server.state.vad
+        service._engine_factory = lambda: VadEngine(BrokenModel())
+        async with (
+            turn_client(proxy) as (first, first_events),
+            turn_client(proxy) as (
+                second,
+                second_events,
+            ),
+        ):
+            await stream(first, recording.pcm[:PIECE_BYTES])
+            await stream(second, recording.pcm[:PIECE_BYTES])
+            errors = [await first_events.until("error"), await second_events.until("error")]
+            # Each session goes on without turn detection: appends need a request_id again.
+            await first.send("input_audio_buffer.append", None, {"audio": b64(recording.pcm[:640])})
+            refused = await first_events.first(
+                lambda e: e["type"] == "error" and e["payload"]["code"] == "invalid_message"
+            )
+        assert service.streams == 0
+        # A later session gets a fresh engine.
+        service._engine_factory = VadEngine
+        async with turn_client(proxy) as (client, events):
+            await stream(client, recording.pcm)
+            done = await events.until("transcription.done", "turn-1")
+    for error in errors:
+        assert error["payload"]["code"] == "internal_error"
+        assert "Turn detection stopped working" in error["payload"]["message"]
+    assert "request_id" in refused["payload"]["message"]
     assert done["payload"]["text"]

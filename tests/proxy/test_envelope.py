@@ -250,7 +250,8 @@ def test_session_update_refuses_bad_turn_detection_with_the_field_named() -> Non
     assert error.code is ErrorCode.INVALID_MESSAGE
     assert "turn_detection.threshold 2 is invalid" in error.message
     nothing = error_of(envelope("session.update", {}))
-    assert "payload.model" in nothing.message and "turn_detection" in nothing.message
+    assert "payload.model" in nothing.message
+    assert "turn_detection" in nothing.message
 
 
 @pytest.mark.parametrize("kind", ["session.update", "ping", "end"])
