@@ -56,7 +56,7 @@ class Plan:
 
 @dataclass(slots=True)
 class Result:
-    rtts_ms: list[float] = field(default_factory=list)
+    rtts_s: list[float] = field(default_factory=list)
     turns: int = 0
     done: int = 0
     errors: list[str] = field(default_factory=list)
@@ -88,13 +88,11 @@ async def _stream(plan: Plan, index: int, result: Result) -> None:
         await _sleep_until(start + i * CHUNK_S)
         audio = plan.frames[(first + i) % len(plan.frames)]
         await ws.send(
-            orjson.dumps(
-                {"type": "input_audio_buffer.append", **envelope, "payload": {"audio": audio}}
-            )
+            _json({"type": "input_audio_buffer.append", **envelope, "payload": {"audio": audio}})
         )
         if i % ping_every == 0:
             ping = {"type": "ping", "session_id": session, "payload": {"t": time.monotonic()}}
-            await ws.send(orjson.dumps(ping))
+            await ws.send(_json(ping))
     if rid is not None:
         await ws.send(_commit(envelope, final=True))
     await asyncio.sleep(2.0)  # the last done
@@ -102,10 +100,13 @@ async def _stream(plan: Plan, index: int, result: Result) -> None:
     await ws.close()
 
 
-def _commit(envelope: dict[str, Any], *, final: bool) -> bytes:
-    return orjson.dumps(
-        {"type": "input_audio_buffer.commit", **envelope, "payload": {"final": final}}
-    )
+def _commit(envelope: dict[str, Any], *, final: bool) -> str:
+    return _json({"type": "input_audio_buffer.commit", **envelope, "payload": {"final": final}})
+
+
+def _json(value: dict[str, Any]) -> str:
+    """Text: the envelope is JSON text frames."""
+    return orjson.dumps(value).decode()
 
 
 async def _read(ws: ClientConnection, result: Result) -> None:
@@ -113,7 +114,7 @@ async def _read(ws: ClientConnection, result: Result) -> None:
         event = orjson.loads(raw)
         kind = event["type"]
         if kind == "pong":
-            result.rtts_ms.append((time.monotonic() - event["payload"]["t"]) * 1000)
+            result.rtts_s.append(time.monotonic() - event["payload"]["t"])
         elif kind == "input_audio_buffer.speech_started":
             result.turns += 1
         elif kind == "transcription.done":
@@ -144,8 +145,7 @@ def _frames() -> tuple[str, ...]:
     pcm = load_pcm(ROOT / "samples" / "short.wav") + bytes(int(GAP_S * 32000))
     pcm = pcm[: len(pcm) // CHUNK_BYTES * CHUNK_BYTES]
     return tuple(
-        base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode()
-        for i in range(0, len(pcm), CHUNK_BYTES)
+        base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, len(pcm), CHUNK_BYTES)
     )
 
 
@@ -197,7 +197,7 @@ def run_level(n: int, turns: bool, args: argparse.Namespace, out: Path) -> dict[
     pid = proxy.child.pid
     cpu_s = last.cpu_s[pid] - first.cpu_s[pid]
     audio_s = n * (last.at - first.at)
-    rtts = [rtt for result in collected for rtt in result.rtts_ms]
+    rtts = [rtt for result in collected for rtt in result.rtts_s]
     errors = [error for result in collected for error in result.errors]
     return {
         "streams": n,
@@ -207,7 +207,7 @@ def run_level(n: int, turns: bool, args: argparse.Namespace, out: Path) -> dict[
         "ping_ms": summary_ms(rtts),
         "turns": sum(result.turns for result in collected),
         "done": sum(result.done for result in collected),
-        "errors": errors[:10],
+        "errors": sorted(set(errors))[:10],
         "error_count": len(errors),
         "load_1min": round(load, 2),
     }
@@ -235,7 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", default="100,300", help="stream counts, e.g. 100,300")
     parser.add_argument("--seconds", type=float, default=25.0, help="audio per stream")
     parser.add_argument("--workers", type=int, default=2, help="load generator processes")
-    parser.add_argument("--out", type=Path, default=Path("bench-proxy-turns"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     return parser.parse_args(argv)
 
 
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in (int(part) for part in args.streams.split(",")):
         for mode in MODES:
             rows.append(run_level(n, mode == "on", args, args.out))
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+            print(orjson.dumps(rows[-1]).decode(), flush=True)
     print(format_table(rows))
     (args.out / "bench-proxy-turns.json").write_text(orjson.dumps(rows).decode())
     return 0

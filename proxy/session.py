@@ -300,7 +300,7 @@ class Session:
             )
             return
         if message.turn_detection_given:
-            if self.turns is None and message.turn_detection is not None and self.open:
+            if self.turns is None and message.turn_detection is not None and self.open is not None:
                 self._error(
                     ErrorCode.INVALID_MESSAGE, message.request_id, TURNS_NEED_NO_OPEN_UTTERANCE
                 )
