@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import run_in_repo
+
 FILE_TOOLS = ["warmup", "remote", "convo", "bench"]
 UNUSED_SERVER = "127.0.0.1:9"  # never reached: decoding fails first
 
@@ -21,14 +22,8 @@ def _run(tool: str, *args: str, path_env: str | None = None) -> subprocess.Compl
     env = dict(os.environ)
     if path_env is not None:
         env["PATH"] = path_env
-    return subprocess.run(
-        [sys.executable, "-m", f"clients.{tool}", "--server", UNUSED_SERVER, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return run_in_repo(
+        [sys.executable, "-m", f"clients.{tool}", "--server", UNUSED_SERVER, *args], env=env
     )
 
 

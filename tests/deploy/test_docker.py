@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from tests.deploy.conftest import DEPLOY, ROOT
+from tests.processes import run_in_repo
 
 DOCKER = DEPLOY / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -145,14 +146,8 @@ def test_the_same_uv_sync_resolves_from_the_lock_offline(tmp_path: Path) -> None
     target = tmp_path / "image-venv"
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(target)}
     env.pop("VIRTUAL_ENV", None)
-    result = subprocess.run(
-        [*argv, "--python", str(ROOT / ".venv" / "bin" / "python")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_in_repo(
+        [*argv, "--python", str(ROOT / ".venv" / "bin" / "python")], env=env, timeout=300
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import ROOT
+from tests.processes import run_in_repo
 
 GPU_LISTED = '#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: NVIDIA H100 (UUID: GPU-0)"\n'
 NO_GPU = "#!/bin/sh\nexit 9\n"
@@ -43,14 +44,8 @@ def sync_command(tmp_path: Path, *, gpu_listed: bool, vllm_installed: bool, devi
     env = {"PATH": f"{fakes}:/usr/bin:/bin", "HOME": str(tmp_path), "SYNC_DRY_RUN": "1"}
     if device:
         env["VLLM_DEVICE"] = device
-    result = subprocess.run(
-        ["bash", "-c", ". scripts/lib.sh && sync_env"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+    result = run_in_repo(
+        ["bash", "-c", ". scripts/lib.sh && sync_env"], env=env, timeout=30, cwd=project, check=True
     )
     uv, _, arguments = result.stdout.strip().partition(" ")
     assert uv == str(fakes / "uv")

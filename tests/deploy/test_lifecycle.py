@@ -18,6 +18,7 @@ import pytest
 
 from tests.deploy.conftest import ROOT
 from tests.ports import free_port
+from tests.processes import run_in_repo
 
 SCRIPTS = ROOT / "scripts"
 
@@ -84,15 +85,7 @@ def project(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def script(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SCRIPTS / name), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_in_repo([str(SCRIPTS / name), *args], env=env, timeout=180)
 
 
 def test_up_status_down(project: dict[str, str]) -> None:

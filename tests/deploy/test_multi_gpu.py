@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import DEPLOY, ROOT, ensure_tool
+from tests.processes import run_in_repo
 
 SCRIPT = ROOT / "scripts" / "multi_gpu.sh"
 HAPROXY_CFG = DEPLOY / "haproxy" / "voxtral-stt.cfg"
@@ -87,15 +88,7 @@ def test_launcher_command_follows_the_instance(tmp_path: Path, index: int) -> No
         if not key.startswith(("VLLM_", "VOXTRAL_", "SERVER_", "CUDA_"))
     }
     env |= {"VOXTRAL_API_KEY": "k", "VLLM_MAX_NUM_SEQS": "16"} | instance
-    result = subprocess.run(
-        [sys.executable, "-m", "launcher", "--print-command"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_in_repo([sys.executable, "-m", "launcher", "--print-command"], env=env)
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
     assert argv[argv.index("--port") + 1] == instance["VLLM_PORT"]

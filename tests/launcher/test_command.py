@@ -13,8 +13,7 @@ import pytest
 from launcher.command import build_command
 from launcher.config import LauncherConfig, load_config
 from proxy.config import DEFAULT_MODEL_ID
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import ROOT
 
 
 def config(gpu: bool, **variables: str) -> LauncherConfig:

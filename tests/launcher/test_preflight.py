@@ -17,8 +17,8 @@ import pytest
 
 from launcher.preflight import Host, Report, memory_mib, run_checks
 from tests.ports import free_port
+from tests.processes import run_in_repo
 
-ROOT = Path(__file__).resolve().parents[2]
 L40S = "NVIDIA L40S, 580.65.06, 46068\n"
 
 
@@ -211,15 +211,7 @@ def test_every_problem_is_reported_not_only_the_first(
 
 
 def check_cli(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher", "--check"],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_in_repo([sys.executable, "-m", "launcher", "--check"], env=environ)
 
 
 def test_cli_refuses_driver_550_naming_580(environ: dict[str, str], tmp_path: Path) -> None:
