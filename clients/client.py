@@ -59,9 +59,9 @@ CLOSING_ERROR_CODES = frozenset(
     }
 )
 _CLOSE_WAIT_S = 2.0
-# Audio goes as JSON appends by default until the server takes binary frames (issue 14); then
-# binary frames become the default and JSON appends the option.
-BINARY_DEFAULT = False
+# Audio goes as binary frames by default (a quarter fewer bytes, no base64 on either side);
+# base64 JSON appends on request.
+BINARY_DEFAULT = True
 # Larger caller-supplied chunks are split so a frame stays far below max_message_bytes (a
 # multiple of every frame size: 1, 2 and 4 bytes).
 _MAX_APPEND_BYTES = 96_000
@@ -496,7 +496,7 @@ class VoxtralClient:
         pcm16, 8000 for G.711) and `channels` (1 or 2) say what this session's audio will be;
         a format other than pcm16 16 kHz mono is asked for in the query, and a server that does
         not announce it in `session.created` fails the connect with `ClientError`. `binary`
-        sends audio as binary frames instead of base64 JSON appends.
+        (the default) sends audio as binary frames; False sends base64 JSON appends.
         """
         try:
             fmt = make_format(

@@ -3,15 +3,18 @@
 For each stream count N: N concurrent streams at real-time pace (one 80 ms frame per message,
 starts staggered over `--ramp-seconds`) go first straight to a fresh fake vLLM in vLLM's own
 protocol, then through the real proxy (`python -m proxy`, its own process) in front of another
-fresh fake, in the envelope protocol. The load comes from `--workers` separate processes that
-report their own CPU time and how late their sends were, so it is visible whether the generator
-(or the machine) kept up.
+fresh fake, in the envelope protocol, once per mode (`--modes`): base64 JSON appends, binary
+frames, 8 kHz μ-law binary frames (resampled by the proxy), and a voice-agent mix (utterances of
+`--utterance-seconds` back to back). Every mode streams the same audio on the same streams. The
+load comes from `--workers` separate processes that report their own CPU time and how late
+their sends were, so it is visible whether the generator (or the machine) kept up.
 
-Per N it reports: per-delta latency (from sending the frame that releases a token to receiving
-its delta; the fake's transcript is a pure function of the audio, so the releasing frame is
-known), the latency the proxy adds (p50 and p99, proxied minus direct), the proxy's CPU per
-second of audio streamed and its RSS per stream (from /proc), and every lost, duplicated or
-reordered event (each stream's deltas and done text against `devtools.fake_vllm.predict_deltas`).
+Per N and mode it reports: per-delta latency (from sending the frame that releases a token to
+receiving its delta; the fake's transcript is a pure function of the audio, so the releasing
+frame is known), the latency the proxy adds (p50 and p99, proxied minus direct), the proxy's CPU
+per second of audio streamed and per utterance, its RSS per stream (from /proc), and every lost,
+duplicated or reordered event (each stream's deltas and done text against
+`devtools.fake_vllm.predict_deltas`, run on what reaches vLLM).
 Results: a table on stdout, `bench-proxy.json` and `bench-proxy.png` in `--out`.
 """
 
@@ -34,10 +37,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clients.audio import CHUNK_BYTES, AudioError, load_pcm
-from devtools.bench_proxy_check import Expected, compare, expected_for, summary_ms
+from devtools.bench_proxy_check import (
+    Expected,
+    compare,
+    expected_for,
+    expected_for_utterances,
+    summary_ms,
+)
 from devtools.bench_proxy_load import (
+    BINARY_MODES,
     CHUNK_S,
+    PROXIED_MODES,
     Mode,
     StreamPlan,
     StreamResult,
@@ -58,8 +71,12 @@ from devtools.bench_proxy_procs import (
     wait_for_quiet,
 )
 from devtools.bench_proxy_profile import finish_py_spy, start_py_spy, summarize
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import AudioFormat, Encoding
+from proxy.g711 import encode_ulaw
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_STREAMS = "100,300,600"
 START_DELAY_S = 0.5  # between the start signal and the common start time
@@ -82,6 +99,16 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("stream counts must be whole numbers >= 1")
     return values
+
+
+def _mode_list(text: str) -> list[Mode]:
+    modes = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in modes if m not in PROXIED_MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(
+            f"modes are a comma-separated choice of {', '.join(PROXIED_MODES)}"
+        )
+    return [m for m in PROXIED_MODES if m in modes]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -116,6 +143,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=2.0,
         help="stream starts are spread over this long (default 2)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=_mode_list,
+        default=list(PROXIED_MODES),
+        help="proxied modes to run, in this order: json (base64 appends), binary (binary "
+        "frames), ulaw (8 kHz G.711 binary frames), agent (binary, utterances back to back); "
+        f"default {','.join(PROXIED_MODES)}",
+    )
+    parser.add_argument(
+        "--utterance-seconds",
+        type=float,
+        default=5.0,
+        help="the agent mode's utterance length (default 5)",
     )
     parser.add_argument(
         "--delay-ms", type=int, default=480, help="the fake's transcription delay (default 480)"
@@ -155,6 +196,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.audio_seconds < 0.16 or args.workers < 1 or args.ramp_seconds < 0:
         parser.error("need --audio-seconds >= 0.16, --workers >= 1, --ramp-seconds >= 0")
+    if args.utterance_seconds < 0.16:
+        parser.error("need --utterance-seconds >= 0.16")
     return args
 
 
@@ -162,6 +205,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 class Clip:
     frames_pcm: tuple[bytes, ...]
     frames_b64: tuple[str, ...]
+    # The same frames at 8 kHz in μ-law (every other sample: the fake only hashes the audio).
+    frames_ulaw: tuple[bytes, ...]
 
     @classmethod
     def load(cls, path: Path) -> Clip:
@@ -171,11 +216,32 @@ class Clip:
         )
         if not frames:
             raise AudioError(f"{path} is shorter than one 80 ms frame")
-        return cls(frames, tuple(base64.b64encode(f).decode() for f in frames))
+        ulaw = tuple(encode_ulaw(np.frombuffer(f, dtype="<i2")[::2].tobytes()) for f in frames)
+        return cls(frames, tuple(base64.b64encode(f).decode() for f in frames), ulaw)
 
-    def stream_pcm(self, plan: StreamPlan) -> bytes:
+    def frames_for(self, mode: Mode) -> tuple[str, ...] | tuple[bytes, ...]:
+        """The clip's frames as `mode` sends them."""
+        if mode == "ulaw":
+            return self.frames_ulaw
+        return self.frames_pcm if mode in BINARY_MODES else self.frames_b64
+
+    def stream_pcm(self, plan: StreamPlan, first: int = 0, chunks: int | None = None) -> bytes:
+        """The 16 kHz audio of `chunks` of the stream's frames from `first` (default: all)."""
         count = len(self.frames_pcm)
-        return b"".join(self.frames_pcm[(plan.first_chunk + j) % count] for j in range(plan.chunks))
+        chunks = plan.chunks - first if chunks is None else chunks
+        start = plan.first_chunk + first
+        return b"".join(self.frames_pcm[(start + j) % count] for j in range(chunks))
+
+    def stream_ulaw_upstream(self, plan: StreamPlan) -> bytes:
+        """What the proxy sends vLLM for the stream's μ-law frames, converted as it does."""
+        count = len(self.frames_ulaw)
+        converter = AudioConverter(ULAW_8K)
+        pcm = [
+            chunk
+            for j in range(plan.chunks)
+            for chunk in converter.feed(self.frames_ulaw[(plan.first_chunk + j) % count])
+        ]
+        return b"".join(pcm + converter.flush())
 
 
 @dataclass
@@ -199,6 +265,7 @@ class Bench:
         self.args = args
         self.clip = clip
         self.chunks = max(2, round(args.audio_seconds / CHUNK_S))
+        self.utterance_chunks = max(2, round(args.utterance_seconds / CHUNK_S))
         self.logs = args.out / "logs"
 
     # ------------------------------------------------------------------ one level
@@ -215,34 +282,53 @@ class Bench:
             for i in range(n)
         ]
 
+    def expected(self, mode: Mode, stream: StreamPlan) -> Expected:
+        """What `stream` must receive in `mode` (vLLM's transcript of what reaches it)."""
+        delay_ms = self.args.delay_ms
+        if mode == "ulaw":
+            return expected_for(self.clip.stream_ulaw_upstream(stream), delay_ms)
+        if mode == "agent":
+            utterances = [
+                (first, self.clip.stream_pcm(stream, first, length))
+                for first, length in stream.utterances(self.utterance_chunks)
+            ]
+            return expected_for_utterances(utterances, stream.chunks, delay_ms)
+        return expected_for(self.clip.stream_pcm(stream), delay_ms)
+
     def level(self, n: int) -> dict[str, Any]:
         streams = self.plans(n)
-        expected = {
-            s.index: expected_for(self.clip.stream_pcm(s), self.args.delay_ms) for s in streams
-        }
         print(f"[N={n}] direct to the fake vLLM ...", file=sys.stderr, flush=True)
         fake, url = start_fake(self.logs / f"fake-direct-{n}.log", self.args.delay_ms)
         try:
             direct = self.phase("direct", url, None, streams, {"fake": fake})
         finally:
             stop(fake)
-        print(f"[N={n}] through the proxy ...", file=sys.stderr, flush=True)
-        fake, url = start_fake(self.logs / f"fake-proxied-{n}.log", self.args.delay_ms)
-        try:
-            proxy = start_proxy(self.logs / f"proxy-{n}.log", url, capacity=n + 16)
+        baseline = {s.index: self.expected("direct", s) for s in streams}
+        direct_stats = analyse(direct, baseline, self.chunks)
+        modes: dict[str, dict[str, Any]] = {}
+        for mode in self.args.modes:
+            print(f"[N={n}] through the proxy, {mode} ...", file=sys.stderr, flush=True)
+            fake, url = start_fake(self.logs / f"fake-{mode}-{n}.log", self.args.delay_ms)
             try:
-                proxied = self.phase(
-                    "proxy",
-                    proxy.ws_url,
-                    proxy.api_key,
-                    streams,
-                    {"fake": fake, "proxy": proxy.child},
-                )
+                proxy = start_proxy(self.logs / f"proxy-{mode}-{n}.log", url, capacity=n + 16)
+                try:
+                    proxied = self.phase(
+                        mode,
+                        proxy.ws_url,
+                        proxy.api_key,
+                        streams,
+                        {"fake": fake, "proxy": proxy.child},
+                    )
+                finally:
+                    stop(proxy.child)
             finally:
-                stop(proxy.child)
-        finally:
-            stop(fake)
-        return assemble(n, self.chunks, expected, direct, proxied)
+                stop(fake)
+            expected = {s.index: self.expected(mode, s) for s in streams}
+            utterances = len(
+                streams[0].utterances(self.utterance_chunks if mode == "agent" else None)
+            )
+            modes[mode] = compare_mode(self.chunks, direct_stats, expected, proxied, utterances * n)
+        return assemble(n, self.chunks, direct_stats, modes)
 
     # ------------------------------------------------------------------ one run
 
@@ -268,8 +354,9 @@ class Bench:
                 url=url,
                 api_key=api_key,
                 model=MODEL,
-                clip_b64=self.clip.frames_b64,
+                clip=self.clip.frames_for(mode),
                 streams=tuple(streams[w::workers]),
+                utterance_chunks=self.utterance_chunks if mode == "agent" else None,
                 # Straight to the fake, deflate would be accepted and cost the fake CPU that it
                 # does not spend behind the proxy, skewing the baseline.
                 compression=(
@@ -307,7 +394,7 @@ class Bench:
                 go.put(start_at)
             spy = None
             if args.py_spy and "proxy" in watched:
-                raw = args.out / f"proxy-profile-{len(streams)}.txt"
+                raw = args.out / f"proxy-profile-{mode}-{len(streams)}.txt"
                 spy = start_py_spy(args.py_spy, watched["proxy"], audio_s, raw)
             time.sleep(max(0.0, start_at - time.monotonic()))
             start = sampler.sample()
@@ -526,40 +613,51 @@ def steady_state_cpu(run: PhaseRun, chunks: int) -> tuple[str, float] | None:
     return name, 1000 * (last.cpu_s[pid] - first.cpu_s[pid]) / audio_s
 
 
-def assemble(
-    n: int, chunks: int, expected: dict[int, Expected], direct: PhaseRun, proxied: PhaseRun
-) -> dict[str, Any]:
-    d, p = analyse(direct, expected, chunks), analyse(proxied, expected, chunks)
-    dl, pl = d.summary["latency_ms"], p.summary["latency_ms"]
-    paired = [p.latencies[key] - d.latencies[key] for key in p.latencies.keys() & d.latencies]
-    proxy_proc = p.summary["processes"].get("proxy", {})
+def phase_notes(name: str, stats: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether a run kept up with real time, and what may have skewed it."""
     kept_up, notes = True, []
-    for name, stats in (("direct", d.summary), ("proxy", p.summary)):
-        lag = stats["send_lag_ms"]["p99"]
-        busiest = stats["loadgen"]["max_worker_utilisation"]
-        if lag is None or lag > BEHIND_LAG_S * 1000:
-            kept_up = False
-            why = (
-                "the load generator was busy"
-                if busiest is not None and busiest > WORKER_BUSY
-                else "back-pressure: the receiving side did not read fast enough"
-            )
-            notes.append(f"{name}: sends fell behind real time (p99 lag {lag} ms; {why})")
-        if busiest is not None and busiest > WORKER_BUSY:
-            notes.append(f"{name}: a load generator process was {100 * busiest:.0f}% busy")
-        busy = stats["machine_cpu_busy_pct"]
-        if busy is not None and busy > 100 * MACHINE_BUSY:
-            notes.append(f"{name}: the machine's CPUs were {busy:.0f}% busy (saturated)")
-        other = stats["other_load_cores"]
-        if other is not None and other > OTHER_LOAD_CORES:
-            notes.append(f"{name}: other processes on the host used {other:.2f} cores meanwhile")
-        if stats["completed"] < stats["streams"]:
-            kept_up = False
-            notes.append(f"{name}: {stats['streams'] - stats['completed']} streams got no done")
+    lag = stats["send_lag_ms"]["p99"]
+    busiest = stats["loadgen"]["max_worker_utilisation"]
+    if lag is None or lag > BEHIND_LAG_S * 1000:
+        kept_up = False
+        why = (
+            "the load generator was busy"
+            if busiest is not None and busiest > WORKER_BUSY
+            else "back-pressure: the receiving side did not read fast enough"
+        )
+        notes.append(f"{name}: sends fell behind real time (p99 lag {lag} ms; {why})")
+    if busiest is not None and busiest > WORKER_BUSY:
+        notes.append(f"{name}: a load generator process was {100 * busiest:.0f}% busy")
+    busy = stats["machine_cpu_busy_pct"]
+    if busy is not None and busy > 100 * MACHINE_BUSY:
+        notes.append(f"{name}: the machine's CPUs were {busy:.0f}% busy (saturated)")
+    other = stats["other_load_cores"]
+    if other is not None and other > OTHER_LOAD_CORES:
+        notes.append(f"{name}: other processes on the host used {other:.2f} cores meanwhile")
+    if stats["completed"] < stats["streams"]:
+        kept_up = False
+        notes.append(f"{name}: {stats['streams'] - stats['completed']} streams got no done")
+    return kept_up, notes
+
+
+def compare_mode(
+    chunks: int,
+    direct: PhaseStats,
+    expected: dict[int, Expected],
+    proxied: PhaseRun,
+    utterances: int,
+) -> dict[str, Any]:
+    """One proxied mode against the direct run of the same streams."""
+    p = analyse(proxied, expected, chunks)
+    dl, pl = direct.summary["latency_ms"], p.summary["latency_ms"]
+    paired = [
+        p.latencies[key] - direct.latencies[key] for key in p.latencies.keys() & direct.latencies
+    ]
+    proxy_proc = p.summary["processes"].get("proxy", {})
+    kept_up, notes = phase_notes(proxied.mode, p.summary)
+    cpu_s = proxy_proc.get("cpu_s")
     return {
-        "n": n,
-        "audio_seconds_per_stream": round(chunks * CHUNK_S, 3),
-        "audio_seconds_total": round(n * chunks * CHUNK_S, 3),
+        "utterances": utterances,
         "added_latency_ms": {
             "p50": _diff(pl["p50"], dl["p50"]),
             "p99": _diff(pl["p99"], dl["p99"]),
@@ -568,6 +666,9 @@ def assemble(
         "proxy_cpu_ms_per_audio_s": proxy_proc.get("cpu_ms_per_audio_s"),
         "proxy_streaming_cpu_ms_per_audio_s": proxy_proc.get("streaming_cpu_ms_per_audio_s"),
         "proxy_setup_cpu_ms_per_stream": proxy_proc.get("setup_cpu_ms_per_stream"),
+        "proxy_cpu_ms_per_utterance": (
+            _round(1000 * cpu_s / utterances, 2) if cpu_s is not None and utterances else None
+        ),
         "proxy_rss_per_stream_kib": proxy_proc.get("rss_per_stream_kib"),
         "lost_events": p.summary["lost_events"],
         "duplicated_events": p.summary["duplicated_events"],
@@ -575,8 +676,22 @@ def assemble(
         "done_text_mismatches": p.summary["done_text_mismatches"],
         "kept_up_with_real_time": kept_up,
         "notes": notes,
-        "direct": d.summary,
         "proxy": p.summary,
+    }
+
+
+def assemble(
+    n: int, chunks: int, direct: PhaseStats, modes: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    kept_up, notes = phase_notes("direct", direct.summary)
+    return {
+        "n": n,
+        "audio_seconds_per_stream": round(chunks * CHUNK_S, 3),
+        "audio_seconds_total": round(n * chunks * CHUNK_S, 3),
+        "direct_kept_up_with_real_time": kept_up,
+        "notes": notes,
+        "direct": direct.summary,
+        "modes": modes,
     }
 
 
@@ -606,44 +721,50 @@ def _fmt(value: object, digits: int = 1) -> str:
 
 def format_table(levels: Sequence[dict[str, Any]]) -> str:
     head = (
-        "N", "direct p50/p99 ms", "proxied p50/p99 ms", "added p50/p99 ms", "proxy CPU ms/audio-s",
-        "streaming only", "setup ms/stream", "proxy RSS KiB/stream", "lost/dup/reord",
-        "loadgen max CPU", "machine CPU d/p", "other load", "send lag p99", "real time",
+        "N", "mode", "direct p50/p99 ms", "proxied p50/p99 ms", "added p50/p99 ms",
+        "proxy CPU ms/audio-s", "streaming only", "setup ms/stream", "CPU ms/utterance",
+        "proxy RSS KiB/stream", "lost/dup/reord", "loadgen max CPU", "machine CPU d/p",
+        "other load d/p", "send lag p99", "real time",
     )  # fmt: skip
     rows = [head]
     for level in levels:
-        d, p = level["direct"], level["proxy"]
-        loadgen = max(
-            (
-                x
-                for x in (
-                    d["loadgen"]["max_worker_utilisation"],
-                    p["loadgen"]["max_worker_utilisation"],
-                )
-                if x is not None
-            ),
-            default=None,
-        )
-        lag = max(
-            (x for x in (d["send_lag_ms"]["p99"], p["send_lag_ms"]["p99"]) if x is not None),
-            default=None,
-        )
-        rows.append((
-            str(level["n"]),
-            f"{_fmt(d['latency_ms']['p50'])}/{_fmt(d['latency_ms']['p99'])}",
-            f"{_fmt(p['latency_ms']['p50'])}/{_fmt(p['latency_ms']['p99'])}",
-            f"{_fmt(level['added_latency_ms']['p50'])}/{_fmt(level['added_latency_ms']['p99'])}",
-            _fmt(level["proxy_cpu_ms_per_audio_s"], 2),
-            _fmt(level.get("proxy_streaming_cpu_ms_per_audio_s"), 2),
-            _fmt(level.get("proxy_setup_cpu_ms_per_stream"), 2),
-            _fmt(level["proxy_rss_per_stream_kib"]),
-            f"{level['lost_events']}/{level['duplicated_events']}/{level['reordered_events']}",
-            "-" if loadgen is None else f"{100 * loadgen:.0f}%",
-            f"{_fmt(d['machine_cpu_busy_pct'], 0)}%/{_fmt(p['machine_cpu_busy_pct'], 0)}%",
-            f"{_fmt(d['other_load_cores'], 2)}/{_fmt(p['other_load_cores'], 2)} cores",
-            "-" if lag is None else f"{lag:.1f} ms",
-            "yes" if level["kept_up_with_real_time"] else "NO",
-        ))  # fmt: skip
+        d = level["direct"]
+        for mode, m in level["modes"].items():
+            p = m["proxy"]
+            loadgen = max(
+                (
+                    x
+                    for x in (
+                        d["loadgen"]["max_worker_utilisation"],
+                        p["loadgen"]["max_worker_utilisation"],
+                    )
+                    if x is not None
+                ),
+                default=None,
+            )
+            lag = max(
+                (x for x in (d["send_lag_ms"]["p99"], p["send_lag_ms"]["p99"]) if x is not None),
+                default=None,
+            )
+            kept_up = m["kept_up_with_real_time"] and level["direct_kept_up_with_real_time"]
+            rows.append((
+                str(level["n"]),
+                mode,
+                f"{_fmt(d['latency_ms']['p50'])}/{_fmt(d['latency_ms']['p99'])}",
+                f"{_fmt(p['latency_ms']['p50'])}/{_fmt(p['latency_ms']['p99'])}",
+                f"{_fmt(m['added_latency_ms']['p50'])}/{_fmt(m['added_latency_ms']['p99'])}",
+                _fmt(m["proxy_cpu_ms_per_audio_s"], 2),
+                _fmt(m.get("proxy_streaming_cpu_ms_per_audio_s"), 2),
+                _fmt(m.get("proxy_setup_cpu_ms_per_stream"), 2),
+                _fmt(m.get("proxy_cpu_ms_per_utterance"), 2),
+                _fmt(m["proxy_rss_per_stream_kib"]),
+                f"{m['lost_events']}/{m['duplicated_events']}/{m['reordered_events']}",
+                "-" if loadgen is None else f"{100 * loadgen:.0f}%",
+                f"{_fmt(d['machine_cpu_busy_pct'], 0)}%/{_fmt(p['machine_cpu_busy_pct'], 0)}%",
+                f"{_fmt(d['other_load_cores'], 2)}/{_fmt(p['other_load_cores'], 2)} cores",
+                "-" if lag is None else f"{lag:.1f} ms",
+                "yes" if kept_up else "NO",
+            ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -657,26 +778,26 @@ def draw_chart(path: Path, levels: Sequence[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     ns = [level["n"] for level in levels]
+    modes = list(levels[0]["modes"]) if levels else []
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, style in (("p50", "o-"), ("p99", "s--")):
-        left.plot(
-            ns,
-            [_nan(level["added_latency_ms"][key]) for level in levels],
-            style,
-            label=f"added {key}",
-        )
+    for mode in modes:
+        for key, style in (("p50", "o-"), ("p99", "s--")):
+            left.plot(
+                ns,
+                [_nan(level["modes"][mode]["added_latency_ms"][key]) for level in levels],
+                style,
+                label=f"{mode} added {key}",
+            )
     left.axhline(10, color="grey", linewidth=0.8, linestyle=":", label="p99 target 10 ms")
     left.set(xlabel="concurrent streams", ylabel="ms", title="Latency added by the proxy")
     left.legend()
-    right.plot(
-        ns, [_nan(level["proxy_cpu_ms_per_audio_s"]) for level in levels], "o-", label="whole run"
-    )
-    right.plot(
-        ns,
-        [_nan(level.get("proxy_streaming_cpu_ms_per_audio_s")) for level in levels],
-        "s--",
-        label="while streaming",
-    )
+    for mode in modes:
+        right.plot(
+            ns,
+            [_nan(level["modes"][mode]["proxy_cpu_ms_per_audio_s"]) for level in levels],
+            "o-",
+            label=mode,
+        )
     right.axhline(1, color="grey", linewidth=0.8, linestyle=":", label="target 1 ms")
     right.set(
         xlabel="concurrent streams",
@@ -699,17 +820,18 @@ def _nan(value: float | None) -> float:
 def format_profile(levels: Sequence[dict[str, Any]]) -> str:
     lines = []
     for level in levels:
-        profile = level["proxy"].get("profile")
-        if not profile:
-            continue
-        if "error" in profile:
-            lines.append(f"N={level['n']}: profile failed: {profile['error']}")
-            continue
-        lines.append(
-            f"N={level['n']}: proxy profile, {profile['samples']} samples "
-            f"({profile['file']}); top self time:"
-        )
-        lines += [f"  {row['pct']:5.1f}%  {row['function']}" for row in profile["self"][:10]]
+        for mode, m in level["modes"].items():
+            profile = m["proxy"].get("profile")
+            if not profile:
+                continue
+            if "error" in profile:
+                lines.append(f"N={level['n']} {mode}: profile failed: {profile['error']}")
+                continue
+            lines.append(
+                f"N={level['n']} {mode}: proxy profile, {profile['samples']} samples "
+                f"({profile['file']}); top self time:"
+            )
+            lines += [f"  {row['pct']:5.1f}%  {row['function']}" for row in profile["self"][:12]]
     return "\n".join(lines)
 
 
@@ -749,6 +871,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ramp_seconds": args.ramp_seconds,
             "transcription_delay_ms": args.delay_ms,
             "compression_offered": args.compression,
+            "modes": args.modes,
+            "utterance_seconds": round(bench.utterance_chunks * CHUNK_S, 3),
             "profiled": bool(args.py_spy),
         },
         "levels": levels,
@@ -758,15 +882,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     draw_chart(chart_path, levels)
     print(format_table(levels))
     for level in levels:
-        for note in level["notes"] + level["direct"]["notes"] + level["proxy"]["notes"]:
+        notes = level["notes"] + level["direct"]["notes"]
+        for m in level["modes"].values():
+            notes += m["notes"] + m["proxy"]["notes"]
+        for note in notes:
             print(f"N={level['n']}: {note}")
     profile = format_profile(levels)
     if profile:
         print(profile)
     print(f"wrote {json_path} and {chart_path}")
     clean = all(
-        not (lv[k] or lv["direct"][k])
+        not (m[k] or lv["direct"][k])
         for lv in levels
+        for m in lv["modes"].values()
         for k in ("lost_events", "duplicated_events", "reordered_events", "done_text_mismatches")
     )
     return 0 if clean and len(levels) == len(args.streams) else 1

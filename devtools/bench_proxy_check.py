@@ -59,6 +59,29 @@ def expected_for(pcm: bytes, delay_ms: int) -> Expected:
     )
 
 
+def expected_for_utterances(
+    utterances: Sequence[tuple[int, bytes]], chunks: int, delay_ms: int
+) -> Expected:
+    """What a stream of back-to-back utterances must receive, in order: each is (its first
+    chunk in the stream, its audio), and the stream has ``chunks`` appends in all. A token that
+    comes with an utterance's final commit is released by that utterance's last append (its
+    final commit goes right after it), or by the stream's final commit for the last one."""
+    deltas: list[str] = []
+    nonempty: list[str] = []
+    triggers: list[int] = []
+    for number, (first, pcm) in enumerate(utterances):
+        want = expected_for(pcm, delay_ms)
+        length = len(pcm) // FRAME_BYTES
+        last = number == len(utterances) - 1
+        deltas += want.deltas
+        nonempty += want.nonempty
+        triggers += [
+            first + (t if t < length or last else length - 1) for t in want.nonempty_triggers
+        ]
+    assert utterances[-1][0] + len(utterances[-1][1]) // FRAME_BYTES == chunks
+    return Expected(tuple(deltas), "".join(deltas), tuple(nonempty), tuple(triggers))
+
+
 @dataclass(frozen=True, slots=True)
 class Integrity:
     lost: int

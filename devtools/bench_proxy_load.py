@@ -1,8 +1,12 @@
 """The load generator of ``devtools.bench_proxy``: one OS process drives a share of the streams.
 
-Each stream is one WebSocket carrying one utterance at real-time pace (one 80 ms frame per
-message), either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol
-through the proxy (``proxy``). A worker connects all its streams first, tells the parent, waits
+Each stream is one WebSocket carrying audio at real-time pace (one 80 ms frame per message),
+either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol through the
+proxy, in one of the proxied modes: ``json`` (base64 appends of 16 kHz PCM16), ``binary`` (binary
+frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the proxy) and
+``agent`` (binary 16 kHz PCM16 cut into utterances of a few seconds, spoken back to back as a
+voice agent's caller does: each final commit is followed at once by the next utterance's
+opening commit). A worker connects all its streams first, tells the parent, waits
 for the common start time, streams, and sends back every send and receive timestamp together
 with its own CPU time, so the parent can tell whether the generator kept up.
 """
@@ -24,7 +28,11 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-Mode = Literal["direct", "proxy"]
+Mode = Literal["direct", "json", "binary", "ulaw", "agent"]
+PROXIED_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "agent")
+# Modes whose audio goes as binary frames (the others send base64 text).
+BINARY_MODES: frozenset[Mode] = frozenset({"binary", "ulaw", "agent"})
+ULAW_QUERY = "&audio_format=g711_ulaw&sample_rate=8000"
 CHUNK_S = 0.080
 CLOSE_TIMEOUT_S = 2.0
 
@@ -36,6 +44,17 @@ class StreamPlan:
     chunks: int
     start_offset_s: float  # after the common start time
 
+    def utterances(self, utterance_chunks: int | None) -> list[tuple[int, int]]:
+        """(first chunk, chunks) of each utterance: one for the whole stream, or pieces of
+        ``utterance_chunks`` (the last one takes a remainder shorter than two chunks)."""
+        if utterance_chunks is None or utterance_chunks >= self.chunks:
+            return [(0, self.chunks)]
+        starts = list(range(0, self.chunks, utterance_chunks))
+        if self.chunks - starts[-1] < 2 and len(starts) > 1:
+            starts.pop()
+        ends = [*starts[1:], self.chunks]
+        return [(start, end - start) for start, end in zip(starts, ends, strict=True)]
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerPlan:
@@ -44,13 +63,15 @@ class WorkerPlan:
     url: str
     api_key: str | None
     model: str
-    clip_b64: tuple[str, ...]  # base64 of each 80 ms frame of the clip
+    # Each 80 ms frame of the clip as sent: base64 text, or bytes in the binary modes.
+    clip: tuple[str, ...] | tuple[bytes, ...]
     streams: tuple[StreamPlan, ...]
     compression: str | None
     connect_timeout_s: float
     done_timeout_s: float
     go_timeout_s: float
     connect_parallelism: int = 32
+    utterance_chunks: int | None = None  # the agent mode's utterance length
 
 
 @dataclass(slots=True)
@@ -86,41 +107,52 @@ class _Stream:
         self.result = StreamResult(stream.index)
         self.ws: ClientConnection | None = None
         self.session_id = f"bench-{stream.index}"
-        self.request_id = f"utt-{stream.index}"
-        if plan.mode == "proxy":
-            head = (
+        self.utterances = stream.utterances(plan.utterance_chunks)
+        self.request_ids = [f"utt-{stream.index}-{u}" for u in range(len(self.utterances))]
+        # After this chunk index: the final commit of one utterance and the opening of the next.
+        self.turns = {start + length - 1: u for u, (start, length) in enumerate(self.utterances)}
+        self.done_texts: list[str] = []
+        if plan.mode != "direct":
+            self.append_heads = [
                 f'{{"type":"input_audio_buffer.append","session_id":"{self.session_id}",'
-                f'"request_id":"{self.request_id}","payload":{{"audio":"'
-            )
-            self.append_parts = (head, '"}}')
-            envelope = {"session_id": self.session_id, "request_id": self.request_id}
-            self.opening = [
-                _json(
-                    {"type": "input_audio_buffer.commit", **envelope, "payload": {"final": False}}
-                )
+                f'"request_id":"{rid}","payload":{{"audio":"'
+                for rid in self.request_ids
             ]
-            self.final = _json(
-                {"type": "input_audio_buffer.commit", **envelope, "payload": {"final": True}}
-            )
+            self.append_tail = '"}}'
+            self.opening = [self._commit(0, final=False)]
+            self.final = self._commit(len(self.utterances) - 1, final=True)
         else:
-            self.append_parts = ('{"type":"input_audio_buffer.append","audio":"', '"}')
+            self.append_heads = ['{"type":"input_audio_buffer.append","audio":"']
+            self.append_tail = '"}'
             self.opening = [
                 _json({"type": "session.update", "model": plan.model}),
                 _json({"type": "input_audio_buffer.commit", "final": False}),
             ]
             self.final = _json({"type": "input_audio_buffer.commit", "final": True})
 
-    def message(self, chunk: int) -> str:
-        clip = self.plan.clip_b64
-        head, tail = self.append_parts
-        return head + clip[(self.stream.first_chunk + chunk) % len(clip)] + tail
+    def _commit(self, utterance: int, *, final: bool) -> str:
+        return _json({
+            "type": "input_audio_buffer.commit",
+            "session_id": self.session_id,
+            "request_id": self.request_ids[utterance],
+            "payload": {"final": final},
+        })  # fmt: skip
+
+    def message(self, chunk: int, utterance: int) -> str | bytes:
+        clip = self.plan.clip
+        frame = clip[(self.stream.first_chunk + chunk) % len(clip)]
+        if isinstance(frame, bytes):
+            return frame
+        return self.append_heads[utterance] + frame + self.append_tail
 
     async def connect(self, gate: asyncio.Semaphore) -> None:
         plan = self.plan
         url = plan.url
         headers: dict[str, str] = {}
-        if plan.mode == "proxy":
+        if plan.mode != "direct":
             url = f"{url}?session_id={self.session_id}"
+            if plan.mode == "ulaw":
+                url += ULAW_QUERY
             if plan.api_key:
                 headers["X-API-Key"] = plan.api_key
         async with gate:
@@ -153,6 +185,7 @@ class _Stream:
         assert ws is not None
         receiver = asyncio.create_task(self._receive(ws))
         chunks = self.stream.chunks
+        utterance = 0
         result.scheduled = [math.nan] * (chunks + 1)
         result.send_times = [math.nan] * (chunks + 1)
         try:
@@ -165,7 +198,15 @@ class _Stream:
                 await _sleep_until(due)
                 result.scheduled[index] = due
                 result.send_times[index] = time.monotonic()
-                await ws.send(self.message(index) if index < chunks else self.final)
+                if index == chunks:
+                    await ws.send(self.final)
+                    break
+                await ws.send(self.message(index, utterance))
+                if self.turns.get(index) == utterance and utterance + 1 < len(self.utterances):
+                    # Back to back: the next utterance opens right after this one's final.
+                    await ws.send(self._commit(utterance, final=True))
+                    utterance += 1
+                    await ws.send(self._commit(utterance, final=False))
         except ConnectionClosed as exc:
             result.failure = f"closed while sending: {exc.rcvd.code if exc.rcvd else 'none'}"
         try:
@@ -182,7 +223,7 @@ class _Stream:
 
     async def _receive(self, ws: ClientConnection) -> None:
         result = self.result
-        proxied = self.plan.mode == "proxy"
+        proxied = self.plan.mode != "direct"
         try:
             async for raw in ws:
                 now = time.monotonic()
@@ -195,12 +236,14 @@ class _Stream:
                     result.deltas.append(delta if isinstance(delta, str) else f"<{delta!r}>")
                     result.delta_times.append(now)
                 elif kind == "transcription.done":
-                    result.done_text, result.done_time = body.get("text"), now
-                    return
+                    self.done_texts.append(str(body.get("text")))
+                    if len(self.done_texts) == len(self.utterances):
+                        result.done_text, result.done_time = "".join(self.done_texts), now
+                        return
                 elif kind == "error":
                     code = str(body.get("code"))
                     result.errors.append(code)
-                    if not proxied or event.get("request_id") in (None, self.request_id):
+                    if not proxied or event.get("request_id") in (None, *self.request_ids):
                         result.failure = f"error event: {code}"
                         return
         except ConnectionClosed as exc:

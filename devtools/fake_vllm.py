@@ -14,13 +14,19 @@ Run by hand (prints the WebSocket URL, stops on Ctrl+C or SIGTERM):
 HTTP on the same port: `GET /health` (200 empty body, 503 when `healthy` is off), `GET /v1/models`,
 `GET /version`; any other path is a 404. The WebSocket lives at `/v1/realtime`.
 
-Token model (n = transcription_delay_ms / 80, one token per 80 ms frame of 2560 bytes):
-- with `ready = floor((A - 2.5) / 80)` for A ms of audio consumed by the generation, tokens
-  1 .. ready - n are sent as soon as their audio has arrived;
-- on the end-of-audio marker the generation runs on to `ready + 11` tokens (0 for no audio);
-- token i's text depends only on audio frame i: about half are "", the others " <word>"; silent
-  frames and frames past the end of the audio give "";
-- a generation stops at `max_model_len - (33 + n)` completion tokens and sends `done` by itself.
+Token model: vLLM's clock as `proxy.vllm_wire.steps_sent` and `max_steps` state it (one token
+per 80 ms frame of 2560 bytes, after the left padding and the delay; the right padding of a final
+commit adds 11 more than the audio would make), which tests/e2e/test_vllm_clock.py pins against
+the real vLLM:
+- before the end-of-audio marker, tokens are sent as soon as their audio has arrived;
+- on the end-of-audio marker the generation runs on through its right padding (0 tokens for no
+  audio);
+- token k (counting from 0) is the output for audio frame k and its text depends only on that
+  frame: about half are "", the others " <word>"; silent frames give "". Past the end of the
+  audio (right padding) tokens are "", except the first one, which finishes the last word about
+  half the time (as the real model often does), as a function of the last frame;
+- a generation stops at `max_model_len - (33 + delay / 80)` tokens, sends `done` by itself and
+  drops the audio it holds.
 
 Runtime switches (plain attributes, flip them at any time):
 - `healthy`: /health answers 200 or 503.
@@ -76,19 +82,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from proxy.vllm_wire import (
-    FLUSH_EXTRA_TOKENS,
-    FRAME_BYTES,
-    FRAME_MS,
-    prompt_tokens,
-)
+from proxy.vllm_wire import FRAME_BYTES, FRAME_MS, max_steps, prompt_tokens, steps_sent
 
 __all__ = ["FRAME_BYTES", "FakeVllm", "predict_deltas", "predict_text"]
 
 log = logging.getLogger("devtools.fake_vllm")
 
 DEFAULT_MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-LOOKAHEAD_BYTES = 80  # the model's 2.5 ms look-ahead
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # uvicorn's WebSocket message limit in front of vLLM
 
 # Short common words; a non-empty token is " " + one of these.
@@ -106,24 +106,28 @@ _WORDS = (
 # Deterministic token model (shared by the server and the prediction helpers)
 
 
-def _ready_frames(audio_bytes: int) -> int:
-    """floor((A - 2.5) / 80) with A in ms, in exact integer arithmetic (may be -1)."""
-    return (audio_bytes - LOOKAHEAD_BYTES) // FRAME_BYTES
-
-
-def _final_token_count(audio_bytes: int) -> int:
-    return 0 if audio_bytes == 0 else _ready_frames(audio_bytes) + FLUSH_EXTRA_TOKENS
-
-
-def _token_text(pcm: bytes | bytearray, index: int) -> str:
-    """Text of token `index` (1-based): a pure function of audio frame `index`."""
-    frame = bytes(pcm[(index - 1) * FRAME_BYTES : index * FRAME_BYTES])
-    if not frame or frame.count(0) == len(frame):
-        return ""  # past the end of the audio (flush silence) or a silent frame
+def _word(frame: bytes) -> str:
+    """A frame's text: "" about half the time, otherwise " <word>"; "" for a silent frame."""
+    if frame.count(0) == len(frame):
+        return ""
     digest = hashlib.blake2b(frame, digest_size=4).digest()
     if digest[0] < 128:
         return ""  # padding / word-boundary token, as the real model emits about half the time
     return " " + _WORDS[int.from_bytes(digest[1:3], "big") % len(_WORDS)]
+
+
+def _token_text(pcm: bytes | bytearray, index: int) -> str:
+    """Text of token `index` (1-based): a pure function of audio frame `index`, or in the right
+    padding past the audio, of the audio's last frame (only for the first padding step)."""
+    frame = bytes(pcm[(index - 1) * FRAME_BYTES : index * FRAME_BYTES])
+    if frame:
+        return _word(frame)
+    frames = -(-len(pcm) // FRAME_BYTES)
+    if not frames or index != frames + 1:
+        return ""
+    last = bytes(pcm[(frames - 1) * FRAME_BYTES :])
+    # A different function of the last frame than its own text: the word it finishes.
+    return _word(last[::-1])
 
 
 def predict_deltas(
@@ -133,12 +137,8 @@ def predict_deltas(
 
     With `final=False`: the deltas sent before the end marker (all the audio has arrived).
     """
-    cap = max_model_len - prompt_tokens(delay_ms)
-    if final:
-        count = _final_token_count(len(pcm))
-    else:
-        count = max(0, _ready_frames(len(pcm)) - delay_ms // FRAME_MS)
-    return [_token_text(pcm, i) for i in range(1, min(count, cap) + 1)]
+    count = min(steps_sent(len(pcm), delay_ms, final=final), max_steps(max_model_len, delay_ms))
+    return [_token_text(pcm, i) for i in range(1, count + 1)]
 
 
 def predict_text(pcm: bytes, *, delay_ms: int = 480) -> str:
@@ -511,9 +511,9 @@ class FakeVllm:
             self._slot_freed.set()
 
     async def _run_generation(self, conn: _Conn) -> None:
-        n = self.transcription_delay_ms // FRAME_MS
-        prompt = prompt_tokens(self.transcription_delay_ms)
-        cap = self.max_model_len - prompt
+        delay = self.transcription_delay_ms
+        prompt = prompt_tokens(delay)
+        cap = max_steps(self.max_model_len, delay)
         pcm = bytearray()
         sent = 0
         try:
@@ -521,14 +521,14 @@ class FakeVllm:
             while True:
                 item = await conn.next_item()
                 if item is None:  # end of audio: flush the rest quickly
-                    total = min(_final_token_count(len(pcm)), cap)
+                    total = min(steps_sent(len(pcm), delay, final=True), cap)
                     while sent < total:
                         sent = await self._emit(conn, pcm, sent)
                     if sent == 0:
                         prompt = 0  # an empty utterance reports all-zero usage
                     break
                 pcm += item
-                target = min(max(0, _ready_frames(len(pcm)) - n), cap)
+                target = min(steps_sent(len(pcm), delay, final=False), cap)
                 while sent < target:
                     sent = await self._emit(conn, pcm, sent)
                 if sent >= cap:

@@ -104,7 +104,8 @@ class UtteranceEnded:
     outcome: Outcome
     # Set when the outcome is ERRORED: the code of the error event that ended it.
     error_code: ErrorCode | None
-    audio_bytes: int
+    # The client's audio, in milliseconds.
+    audio_ms: int
     # The transcript delivered in ``transcription.done`` ("" for other outcomes).
     text: str
     opened_at: float

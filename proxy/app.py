@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from proxy.actions import Outcome
+from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
 from proxy.config import ProxyConfig
 from proxy.envelope import (
@@ -108,13 +109,16 @@ class ProxyState:
             self.auth_failures.record_failure(address, now)
         return blocked
 
-    def session_created_payload(self, turns: TurnOptions | None) -> dict[str, Any]:
+    def session_created_payload(
+        self, audio_format: AudioFormat, turns: TurnOptions | None
+    ) -> dict[str, Any]:
         config = self.config
         return {
             "id": f"sess_{uuid.uuid4().hex}",
             "model": config.served_model_name,
             "transcription_delay_ms": config.transcription_delay_ms,
-            "audio": {"format": "pcm16", "sample_rate": 16000, "channels": 1},
+            "segment_pause_ms": config.segment_pause_ms,
+            "audio": audio_format.as_payload(),
             "turn_detection": turns.as_payload() if turns is not None else None,
             "limits": {
                 "idle_timeout_s": _number(config.idle_timeout_s),
@@ -306,6 +310,20 @@ async def _relay_session(
         return
     turns = TurnOptions() if turns_query == SERVER_VAD else None
     try:
+        audio_format = parse_query(websocket.query_params)
+    except UnsupportedAudioFormat as exc:
+        # Refused before any audio is read: in another format it would be transcribed as noise.
+        await _refuse(
+            websocket,
+            state,
+            session_id,
+            ErrorCode.UNSUPPORTED_AUDIO_FORMAT,
+            CloseCode.POLICY_VIOLATION,
+            exc.details,
+            message=exc.message,
+        )
+        return
+    try:
         upstream = await open_upstream(config.upstream_url, config.served_model_name)
     except UpstreamUnavailable as exc:
         log.warning("upstream_unavailable", reason=str(exc))
@@ -328,6 +346,8 @@ async def _relay_session(
             if max_model_len
             else None
         ),
+        segment_pause_ms=config.segment_pause_ms,
+        audio_format=audio_format,
         turn_options=turns,
     )
     relay = Relay(
@@ -342,7 +362,7 @@ async def _relay_session(
         state.vad,
     )
     created = server_event(
-        "session.created", session_id, None, state.session_created_payload(turns)
+        "session.created", session_id, None, state.session_created_payload(audio_format, turns)
     )
     try:
         await websocket.send_text(encode_event(created))

@@ -14,51 +14,20 @@ text (it returns the delta's ``audio_ms``), ``clock.end_run(run_bytes)`` when a 
 utterance ends and another follows, and ``clock.text()`` / ``clock.segments(pause_ms)`` once, at
 ``done``.
 
-The emission arithmetic (how many deltas vLLM has sent after so much audio) lives here too, so
-the fake vLLM and the proxy share one definition of it.
+The emission arithmetic (how many deltas vLLM has sent after so much audio) is vLLM's clock and
+lives with the rest of it in ``proxy.vllm_wire``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.vllm_wire import FRAME_BYTES, FRAME_MS, LEFT_PAD_FRAMES, right_pad_frames
+from proxy.vllm_wire import FRAME_BYTES, PCM_BYTES_PER_MS
 
-BYTES_PER_MS = FRAME_BYTES // FRAME_MS
-# The model looks 2.5 ms past each frame: a step runs only once that much more audio is in.
-LOOK_AHEAD_BYTES = 80
-# vLLM's prompt opens with BOS, which takes one frame of the padded audio like a pad token does.
-BOS_FRAMES = 1
 DEFAULT_PAUSE_MS = 480
-
-
-def prompt_tokens(delay_ms: int) -> int:
-    """vLLM's prompt for each run (``usage.prompt_tokens``): BOS, the left padding and one pad
-    token per 80 ms of delay."""
-    return BOS_FRAMES + LEFT_PAD_FRAMES + delay_ms // FRAME_MS
-
-
-def steps_sent(run_bytes: int, delay_ms: int, *, final: bool) -> int:
-    """How many deltas vLLM has sent in a run that has received ``run_bytes`` of audio (and its
-    final commit, if ``final``), before any ``max_model_len`` cut (see ``max_steps``).
-
-    vLLM feeds the model [left padding][the audio][right padding, once final]; step k runs as
-    soon as that stream holds ``prompt_tokens + k`` frames plus the look-ahead, and not before.
-    The left padding comes with the first audio, so a run without audio makes no step. With the
-    final commit this is floor((A - 2.5 ms) / 80 ms) + 11 for A of audio, whatever the delay.
-    """
-    if not run_bytes:
-        return 0
-    stream = LEFT_PAD_FRAMES * FRAME_BYTES + run_bytes
-    if final:
-        stream += right_pad_frames(delay_ms) * FRAME_BYTES
-    return max(0, (stream - LOOK_AHEAD_BYTES) // FRAME_BYTES - prompt_tokens(delay_ms) + 1)
-
-
-def max_steps(max_model_len: int, delay_ms: int) -> int:
-    """The most steps one run makes: vLLM ends it (and sends ``done`` by itself) once prompt
-    plus generated tokens reach ``max_model_len``. The next run starts with new padding."""
-    return max(0, max_model_len - prompt_tokens(delay_ms))
+# What a session may ask for: from one frame (every gap splits) to a minute (nothing does).
+MIN_PAUSE_MS = 80
+MAX_PAUSE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +61,7 @@ class AudioClock:
         self.steps += 1
         start, stop = min(start, end), min(start + FRAME_BYTES, end)
         self._pieces.append((start, stop, delta))
-        return start // BYTES_PER_MS
+        return start // PCM_BYTES_PER_MS
 
     def end_run(self, run_bytes: int) -> None:
         """The current run ended after taking ``run_bytes`` of audio; the next one starts there.
@@ -106,7 +75,7 @@ class AudioClock:
     def segments(self, pause_ms: int = DEFAULT_PAUSE_MS) -> list[Segment]:
         """The text split where at least ``pause_ms`` (> 0) of audio passed between two deltas
         with text (a run of empty steps), each part timed from its first frame to its last."""
-        pause = pause_ms * BYTES_PER_MS
+        pause = pause_ms * PCM_BYTES_PER_MS
         groups: list[list[tuple[int, int, str]]] = []
         for piece in self._pieces:
             if not groups or piece[0] - groups[-1][-1][1] >= pause:
@@ -115,8 +84,8 @@ class AudioClock:
         return [
             Segment(
                 "".join(text for _, _, text in group),
-                group[0][0] // BYTES_PER_MS,
-                group[-1][1] // BYTES_PER_MS,
+                group[0][0] // PCM_BYTES_PER_MS,
+                group[-1][1] // PCM_BYTES_PER_MS,
             )
             for group in groups
         ]

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
+
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_UPSTREAM_URL = "ws://127.0.0.1:8001/v1/realtime"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -40,6 +42,8 @@ class ProxyConfig:
     model_id: str = DEFAULT_MODEL_ID
     served_model_name: str = DEFAULT_MODEL_ID
     transcription_delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS
+    # The pause that splits a done's text into segments (a session may set its own).
+    segment_pause_ms: int = DEFAULT_PAUSE_MS
     max_connections: int = 100
     idle_timeout_s: float = 150.0
     max_duration_s: float = 5400.0
@@ -192,6 +196,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             "which reads vLLM's KV cache; give python -m proxy a whole number"
         )
     port = _number(env, "SERVER_PORT", 8000, int, 0)
+    segment_pause_ms = parse_number(env, "SEGMENT_PAUSE_MS", int, MIN_PAUSE_MS, MAX_PAUSE_MS)
     if port > 65535:
         raise ConfigError(f"SERVER_PORT={port} is invalid: use a port number 0..65535")
 
@@ -205,6 +210,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         transcription_delay_ms=validate_transcription_delay_ms(
             _number(env, "VOXTRAL_TRANSCRIPTION_DELAY_MS", DEFAULT_TRANSCRIPTION_DELAY_MS, int, 0)
         ),
+        segment_pause_ms=DEFAULT_PAUSE_MS if segment_pause_ms is None else segment_pause_ms,
         max_connections=_number(env, "MAX_CONCURRENT_CONNECTIONS", 100, int, 1),
         idle_timeout_s=_number(env, "WS_IDLE_TIMEOUT_S", 150.0, float, 0.0),
         max_duration_s=_number(env, "WS_MAX_CONNECTION_DURATION_S", 5400.0, float, 0.0),

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import orjson
 
+from proxy.audio_clock import MAX_PAUSE_MS, MIN_PAUSE_MS
+from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_audio_object
 from proxy.turns import TurnOptions, TurnOptionsError
 
 ID_MAX_CHARS = 128
@@ -34,6 +36,7 @@ class ErrorCode(StrEnum):
     NO_ACTIVE_REQUEST = "no_active_request"
     REQUEST_ID_MISMATCH = "request_id_mismatch"
     INVALID_AUDIO = "invalid_audio"
+    UNSUPPORTED_AUDIO_FORMAT = "unsupported_audio_format"
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     SHUTTING_DOWN = "shutting_down"
@@ -82,8 +85,10 @@ DEFAULT_MESSAGES: dict[ErrorCode, str] = {
     "input_audio_buffer.commit (final: false) first.",
     ErrorCode.REQUEST_ID_MISMATCH: "Another utterance is open: send audio with the open "
     "utterance's request_id, or open a new one with a commit.",
-    ErrorCode.INVALID_AUDIO: "Audio must be non-empty standard base64 of 16 kHz mono PCM16LE "
-    "(an even number of bytes).",
+    ErrorCode.INVALID_AUDIO: "Audio must be standard base64 of whole sample frames in the "
+    "session's audio format (session.created's audio).",
+    ErrorCode.UNSUPPORTED_AUDIO_FORMAT: "This audio format is not supported: send one listed in "
+    "details.supported.",
     ErrorCode.UPSTREAM_ERROR: "The speech engine reported an error for this utterance: retry it.",
     ErrorCode.UPSTREAM_UNAVAILABLE: "The speech engine is unavailable or restarting: reconnect "
     "in a few seconds.",
@@ -100,8 +105,10 @@ class SessionUpdate:
     TYPE: ClassVar[str] = "session.update"
     session_id: str
     request_id: str | None
-    # None: not given (the model stays as it is).
+    # None: left as it is (each field is optional, but one must be given).
     model: str | None
+    segment_pause_ms: int | None = None
+    audio: AudioFormat | None = None
     # Whether payload.turn_detection was given, and its options (None turns it off).
     turn_detection_given: bool = False
     turn_detection: TurnOptions | None = None
@@ -117,13 +124,22 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class Append:
+    """A JSON append, or a binary frame (no ids: it is audio for the open utterance)."""
+
     TYPE: ClassVar[str] = "input_audio_buffer.append"
-    session_id: str
+    session_id: str | None
     # May be omitted while turn detection is on (the audio goes to the session's stream).
     request_id: str | None
-    # Validated standard base64, forwarded upstream as is.
-    audio: str
-    pcm_bytes: int
+    # A JSON append's validated standard base64 (forwarded upstream as is when the session's
+    # format is vLLM's), or a binary frame's raw bytes.
+    audio: str | bytes
+    # Bytes of client audio, in the session's format (whole sample frames are checked by the
+    # session, which knows the format).
+    nbytes: int
+
+    @property
+    def binary(self) -> bool:
+        return isinstance(self.audio, bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,15 +219,23 @@ TURN_DETECTION_FAILED = (
 )
 
 
+NO_OPEN_UTTERANCE = (
+    "A binary frame is audio for the open utterance, and none is open: open one with "
+    "input_audio_buffer.commit (final: false) first."
+)
+FORMAT_CHANGE_IN_UTTERANCE = (
+    "The audio format cannot change while an utterance is open or finalizing: send this "
+    "session.update between utterances (after the last one's transcription.done)."
+)
+
+
 def unsupported_model(served_model: str) -> str:
     return f"This server serves {served_model!r}: use that model name, or omit session.update."
 
 
-# The refusal of a binary frame (the envelope is JSON text only).
-BINARY_FRAME_REFUSAL = EnvelopeError(
-    ErrorCode.INVALID_MESSAGE,
-    "Binary frames are not accepted: send each message as a JSON text frame.",
-)
+def binary_append(data: bytes) -> Append:
+    """A binary frame: raw audio for the open utterance."""
+    return Append(None, None, data, len(data))
 
 
 def frame_too_large_refusal(max_bytes: int) -> EnvelopeError:
@@ -231,19 +255,20 @@ _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 
 
 def audio_bytes(audio: str) -> int | None:
-    """The size of the PCM in ``audio`` when it is strict standard base64 of a non-empty, even
-    number of bytes; None when it is not. Checked without decoding (the proxy forwards the
-    base64 as it came, and this runs on every chunk)."""
+    """The number of bytes ``audio`` decodes to when it is strict standard base64; None when
+    it is not. Checked without decoding (the proxy forwards native audio's base64 as it came,
+    and this runs on every chunk)."""
     size = len(audio)
-    if not size or size % 4 or not audio.isascii():
+    if not size:
+        return 0
+    if size % 4 or not audio.isascii():
         return None
     raw = audio.encode("ascii")
     padding = 2 if raw.endswith(b"==") else 1 if raw.endswith(b"=") else 0
     # What is left must be exactly the trailing padding: no stray character, no inner "=".
     if raw.translate(None, _BASE64_ALPHABET) != b"=" * padding:
         return None
-    pcm_bytes = size // 4 * 3 - padding
-    return pcm_bytes if pcm_bytes % 2 == 0 else None
+    return size // 4 * 3 - padding
 
 
 def frame_too_large(text: str, max_bytes: int) -> bool:
@@ -316,10 +341,10 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
                 ErrorCode.INVALID_MESSAGE,
                 "input_audio_buffer.append needs payload.audio, a string.",
             )
-        pcm_bytes = audio_bytes(audio)
-        if pcm_bytes is None:
+        nbytes = audio_bytes(audio)
+        if nbytes is None:
             return refuse(ErrorCode.INVALID_AUDIO, DEFAULT_MESSAGES[ErrorCode.INVALID_AUDIO])
-        return Append(session_id, request_id, audio, pcm_bytes)
+        return Append(session_id, request_id, audio, nbytes)
     if kind == Commit.TYPE:
         assert request_id is not None
         final = payload.get("final", False)
@@ -337,18 +362,39 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
         return Cancel(session_id, request_id, reason)
     if kind == SessionUpdate.TYPE:
         model = payload.get("model")
+        pause = payload.get("segment_pause_ms")
+        audio_object = payload.get("audio")
         has_turns = "turn_detection" in payload
-        if not (isinstance(model, str) or (model is None and has_turns)):
+        if model is None and pause is None and audio_object is None and not has_turns:
             return refuse(
                 ErrorCode.INVALID_MESSAGE,
-                "session.update needs payload.model, a string, or payload.turn_detection.",
+                "session.update needs payload.model, payload.segment_pause_ms, payload.audio or "
+                "payload.turn_detection.",
             )
+        if model is not None and not isinstance(model, str):
+            return refuse(ErrorCode.INVALID_MESSAGE, "payload.model must be a string.")
+        if pause is not None and (
+            not isinstance(pause, int)
+            or isinstance(pause, bool)
+            or not MIN_PAUSE_MS <= pause <= MAX_PAUSE_MS
+        ):
+            return refuse(
+                ErrorCode.INVALID_MESSAGE,
+                f"payload.segment_pause_ms must be a whole number of milliseconds from "
+                f"{MIN_PAUSE_MS} to {MAX_PAUSE_MS}.",
+            )
+        audio_format = None
+        if audio_object is not None:
+            try:
+                audio_format = parse_audio_object(audio_object)
+            except UnsupportedAudioFormat as exc:
+                return refuse(ErrorCode.UNSUPPORTED_AUDIO_FORMAT, exc.message, **exc.details)
         raw_turns = payload.get("turn_detection")
         try:
             turns = None if raw_turns is None else TurnOptions.from_json(raw_turns)
         except TurnOptionsError as exc:
             return refuse(ErrorCode.INVALID_MESSAGE, str(exc))
-        return SessionUpdate(session_id, request_id, model, has_turns, turns)
+        return SessionUpdate(session_id, request_id, model, pause, audio_format, has_turns, turns)
     if kind == Ping.TYPE:
         try:
             orjson.dumps(payload)

@@ -51,9 +51,9 @@ class UpstreamFeed:
         pcm = binascii.a2b_base64(audio)
         room = max(limit - utterance.segment_bytes, 0)
         if room:
-            self._send_audio(_b64(pcm[:room]), room, now)
+            self._send_audio(vllm_wire.encode_audio(pcm[:room]), room, now)
             utterance.segment_bytes += room
-        utterance.held.appendleft((_b64(pcm[room:]), pcm_bytes - room))
+        utterance.held.appendleft((vllm_wire.encode_audio(pcm[room:]), pcm_bytes - room))
         rolling = Phase.CLOSED_ROLLING if utterance.phase.client_final else Phase.OPEN_ROLLING
         self.commit_final(utterance, rolling, now)
 
@@ -90,7 +90,3 @@ class UpstreamFeed:
         if self.owes_since is None:
             self.owes_since = now
             self._out.append(UpstreamOwes(self.epoch, now))
-
-
-def _b64(pcm: bytes) -> str:
-    return binascii.b2a_base64(pcm, newline=False).decode()

@@ -9,14 +9,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from proxy.actions import Outcome
+from proxy.audio_format import AudioFormat
 from proxy.envelope import MESSAGE_TYPES, Append, ClientMessage, EnvelopeError
-from proxy.vllm_wire import PCM_BYTES_PER_MS
 
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
 STARTED, ROLLED_OVER = "started", "rolled_over"
 UTTERANCE_LABELS = (STARTED, *Outcome, ROLLED_OVER)
-# Client messages by type; refused ones count as invalid, binary frames apart.
+# Client messages by type; refused ones count as invalid, binary audio frames apart.
 INVALID, BINARY = "invalid", "binary"
 MESSAGE_LABELS = (*MESSAGE_TYPES, INVALID, BINARY)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -76,7 +76,9 @@ class Metrics:
         )
         self.draining = Gauge(f"{PREFIX}_draining", "1 while the server drains.", registry=r)
         self.audio_seconds = Counter(
-            f"{PREFIX}_audio_seconds", "Seconds of audio received in valid appends.", registry=r
+            f"{PREFIX}_audio_seconds",
+            "Seconds of client audio in appends and binary frames.",
+            registry=r,
         )
         self.time_to_first_word = Histogram(
             f"{PREFIX}_time_to_first_word_seconds",
@@ -102,16 +104,18 @@ class Metrics:
         for name in UPSTREAM_STATES:
             self.upstream_state.labels(name).set(1 if name == state else 0)
 
-    def count_client_message(self, message: ClientMessage | EnvelopeError) -> None:
+    def count_client_message(
+        self, message: ClientMessage | EnvelopeError, audio_format: AudioFormat
+    ) -> None:
+        """One client frame; an append's audio is in the session's ``audio_format``."""
         if isinstance(message, EnvelopeError):
             self.client_message_counters[INVALID].inc()
             return
-        self.client_message_counters[message.TYPE].inc()
         if isinstance(message, Append):
-            self.audio_seconds.inc(message.pcm_bytes / (PCM_BYTES_PER_MS * 1000))
-
-    def count_binary_frame(self) -> None:
-        self.client_message_counters[BINARY].inc()
+            self.client_message_counters[BINARY if message.binary else message.TYPE].inc()
+            self.audio_seconds.inc(message.nbytes / audio_format.bytes_per_second)
+            return
+        self.client_message_counters[message.TYPE].inc()
 
     def note_inbound_depth(self, depth: int) -> None:
         if depth > self._inbound_high_water:

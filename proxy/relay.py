@@ -41,9 +41,9 @@ from proxy.actions import (
 )
 from proxy.config import ProxyConfig
 from proxy.envelope import (
-    BINARY_FRAME_REFUSAL,
     CloseCode,
     ErrorCode,
+    binary_append,
     encode_event,
     frame_too_large,
     frame_too_large_refusal,
@@ -239,18 +239,23 @@ class Relay:
             if message["type"] == "websocket.disconnect":
                 self.client_gone = True
                 return
-            text = message.get("text")
-            if text is None:
-                self.metrics.count_binary_frame()
-                self.apply(session.on_client(BINARY_FRAME_REFUSAL, self.clock()))
-                continue
             now = self.clock()
             self.last_activity = now
-            if frame_too_large(text, max_bytes):
-                parsed: Any = frame_too_large_refusal(max_bytes)
+            text = message.get("text")
+            parsed: Any
+            if text is not None:
+                if frame_too_large(text, max_bytes):
+                    parsed = frame_too_large_refusal(max_bytes)
+                else:
+                    parsed = parse_client_message(text)
             else:
-                parsed = parse_client_message(text)
-            self.metrics.count_client_message(parsed)
+                # A binary frame: raw audio for the open utterance (the session checks it).
+                data = message.get("bytes") or b""
+                if len(data) > max_bytes:
+                    parsed = frame_too_large_refusal(max_bytes)
+                else:
+                    parsed = binary_append(data)
+            self.metrics.count_client_message(parsed, session.audio_format)
             self.apply(session.on_client(parsed, now, len(self.pending_upstream)))
             self.metrics.note_inbound_depth(session.inbound_depth)
 

@@ -36,12 +36,16 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
+from proxy.audio_clock import DEFAULT_PAUSE_MS
 from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE, AudioFormat
+from proxy.audio_input import UtteranceAudio
 from proxy.envelope import (
     APPEND_NEEDS_REQUEST_ID,
     ENDING_AFTER_END,
+    FORMAT_CHANGE_IN_UTTERANCE,
     NO_OPEN_TURN,
+    NO_OPEN_UTTERANCE,
     NOTHING_TO_CANCEL,
     REQUEST_ID_IN_USE,
     TURN_DETECTION_FAILED,
@@ -86,12 +90,17 @@ class Session:
         limits: SessionLimits,
         transcription_delay_ms: int,
         segment_max_bytes: int | None = None,
+        segment_pause_ms: int = DEFAULT_PAUSE_MS,
         turn_options: TurnOptions | None = None,
         audio_format: AudioFormat = NATIVE,
     ) -> None:
         self.session_id = session_id
+        # The client's audio format: each utterance keeps the one in effect when it opened.
+        self.audio_format = audio_format
         self.served_model = served_model
         self.limits = limits
+        # The pause that splits a done's text into segments (session.update may change it).
+        self.segment_pause_ms = segment_pause_ms
         self._out: list[Action] = []
         self.feed = UpstreamFeed(
             self._out,
@@ -109,7 +118,6 @@ class Session:
         # Messages waiting for vLLM when the last audio message came in (for the metric).
         self.inbound_depth = 0
         self._admission = Admission(limits)
-        self.audio_format = audio_format
         # The audio stream and its turns while turn detection is on.
         self.turns: TurnStream | None = None
         if turn_options is not None:
@@ -161,7 +169,8 @@ class Session:
                 )
             return self._flush()
 
-        self.session_id = message.session_id
+        if message.session_id is not None:  # None: a binary frame
+            self.session_id = message.session_id
         if isinstance(message, Ping):
             self._send("pong", message.request_id, message.payload)
         elif isinstance(message, End):
@@ -213,12 +222,19 @@ class Session:
         kind = event.get("type")
         if kind == "transcription.delta":
             delta = event.get("delta")
-            # vLLM sends an empty delta for every step that produced no text: not forwarded.
             if isinstance(delta, str) and delta:
                 if utterance.first_delta_at is None:
                     utterance.first_delta_at = now
-                utterance.texts.append(delta)
-                self._send("transcription.delta", utterance.request_id, {"delta": delta})
+                audio_ms = utterance.clock.add_text(delta, utterance.segment_bytes)
+                self._send(
+                    "transcription.delta",
+                    utterance.request_id,
+                    {"delta": delta, "audio_ms": audio_ms},
+                )
+            else:
+                # vLLM sends an empty delta for every step that produced no text: not
+                # forwarded, only counted (it is one step of the token clock).
+                utterance.clock.steps += 1
         elif kind == "transcription.done":
             utterance.add_usage(event.get("usage"))
             if utterance.phase.rolling:
@@ -291,6 +307,7 @@ class Session:
     # ------------------------------------------------------------------ client messages
 
     def _on_session_update(self, message: SessionUpdate) -> None:
+        # Checked whole before anything changes: a refused update changes nothing.
         if message.model is not None and message.model != self.served_model:
             self._error(
                 ErrorCode.UNSUPPORTED_MODEL,
@@ -299,18 +316,33 @@ class Session:
                 {"model": self.served_model},
             )
             return
+        audio_format = message.audio
+        if audio_format is not None and audio_format != self.audio_format and self.in_flight:
+            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, FORMAT_CHANGE_IN_UTTERANCE)
+            return
+        turns_on = message.turn_detection_given and message.turn_detection is not None
+        if turns_on and self.turns is None and self.open is not None:
+            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, TURNS_NEED_NO_OPEN_UTTERANCE)
+            return
+        format_changed = audio_format is not None and audio_format != self.audio_format
+        if audio_format is not None:
+            self.audio_format = audio_format
+        if message.segment_pause_ms is not None:
+            self.segment_pause_ms = message.segment_pause_ms
         if message.turn_detection_given:
-            if self.turns is None and message.turn_detection is not None and self.open is not None:
-                self._error(
-                    ErrorCode.INVALID_MESSAGE, message.request_id, TURNS_NEED_NO_OPEN_UTTERANCE
-                )
-                return
             self._set_turn_detection(message.turn_detection)
+        elif format_changed and self.turns is not None:
+            self._set_turn_detection(self.turns.options)  # a new stream in the new format
         turns = self.turns.options.as_payload() if self.turns is not None else None
         self._send(
             "session.updated",
             message.request_id,
-            {"model": self.served_model, "turn_detection": turns},
+            {
+                "model": self.served_model,
+                "segment_pause_ms": self.segment_pause_ms,
+                "audio": self.audio_format.as_payload(),
+                "turn_detection": turns,
+            },
         )
 
     def _on_open(self, message: Commit) -> None:
@@ -330,7 +362,9 @@ class Session:
             if not self._admit_cancel(request_id):
                 return
             self._cancel(self.open, "superseded")
-        utterance = Utterance(request_id, opened_at=self._now)
+        utterance = Utterance(
+            request_id, opened_at=self._now, audio=UtteranceAudio(self.audio_format)
+        )
         self._out.append(UtteranceStarted(request_id, self._now))
         self.line.append(utterance)
         self.open = utterance
@@ -339,19 +373,34 @@ class Session:
     def _on_append(self, message: Append) -> None:
         if self.turns is not None:
             # The request_id, if any, is not checked: the audio is the stream's.
-            self._stream_audio(binascii.a2b_base64(message.audio))
+            audio = message.audio
+            self._stream_audio(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
             return
-        if message.request_id is None:
+        request_id = message.request_id
+        if request_id is not None:
+            utterance = self._open_utterance(request_id)
+        elif not message.binary:
             self._error(ErrorCode.INVALID_MESSAGE, None, APPEND_NEEDS_REQUEST_ID)
             return
-        utterance = self._open_utterance(message.request_id)
-        if utterance is not None:
-            self._add_audio(utterance, message.audio, message.pcm_bytes)
-
-    def _add_audio(self, utterance: Utterance, audio: str, pcm_bytes: int) -> None:
-        utterance.audio_bytes += pcm_bytes
+        elif self.open is None:
+            self._error(ErrorCode.NO_ACTIVE_REQUEST, None, NO_OPEN_UTTERANCE)
+            return
+        else:
+            utterance = self.open  # a binary frame is for the open utterance
+        if utterance is None:
+            return
+        try:
+            upstream = utterance.audio.take(message.audio, message.nbytes)
+        except InvalidAudio as exc:
+            self._error(ErrorCode.INVALID_AUDIO, request_id, exc.message)
+            return
         if utterance.first_audio_at is None:
             utterance.first_audio_at = self._now
+        for audio, pcm_bytes in upstream:
+            self._deliver(utterance, audio, pcm_bytes)
+
+    def _deliver(self, utterance: Utterance, audio: str, pcm_bytes: int) -> None:
+        """Audio for vLLM: sent up while the utterance's segment takes it, held otherwise."""
         if utterance is self.current and utterance.phase is Phase.OPEN:
             self.feed.forward_audio(utterance, audio, pcm_bytes, self._now)
         else:
@@ -412,7 +461,8 @@ class Session:
         request_id = turns.next_request_id()
         while any(u.request_id == request_id for u in self.in_flight):
             request_id = turns.next_request_id()  # a client utterance from before has its name
-        utterance = Utterance(request_id, opened_at=self._now)
+        # The turn's audio comes from the stream, already at 16 kHz.
+        utterance = Utterance(request_id, opened_at=self._now, audio=UtteranceAudio(NATIVE))
         self._out.append(UtteranceStarted(request_id, self._now))
         self.line.append(utterance)
         self.open = utterance
@@ -452,7 +502,10 @@ class Session:
 
     def _turn_audio(self, utterance: Utterance, pcm: bytes) -> None:
         if pcm:
-            self._add_audio(utterance, binascii.b2a_base64(pcm, newline=False).decode(), len(pcm))
+            if utterance.first_audio_at is None:
+                utterance.first_audio_at = self._now
+            for audio, pcm_bytes in utterance.audio.take(pcm, len(pcm)):
+                self._deliver(utterance, audio, pcm_bytes)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -485,6 +538,9 @@ class Session:
         return None
 
     def _finalize(self, utterance: Utterance) -> None:
+        # The resampler's tail, so the last milliseconds reach vLLM too.
+        for audio, pcm_bytes in utterance.audio.flush():
+            self._deliver(utterance, audio, pcm_bytes)
         self.open = None
         if utterance.phase is Phase.OPEN_ROLLING:
             utterance.phase = Phase.CLOSED_ROLLING
@@ -499,6 +555,7 @@ class Session:
             self.feed.begin_segment(self.current, self._now)
 
     def _next_segment(self, utterance: Utterance) -> None:
+        utterance.clock.end_run(utterance.segment_bytes)
         utterance.segments += 1
         self._out.append(UtteranceRolledOver(utterance.request_id))
         if utterance.phase.client_final and not utterance.held:
@@ -509,17 +566,9 @@ class Session:
 
     def _complete(self, utterance: Utterance) -> None:
         self.current = None
-        text = "".join(utterance.texts)
-        self._send(
-            "transcription.done",
-            utterance.request_id,
-            {
-                "text": text,
-                "usage": dict(utterance.usage),
-                "audio_ms": utterance.audio_bytes // vllm_wire.PCM_BYTES_PER_MS,
-            },
-        )
-        self._ended(utterance, Outcome.DONE, text=text)
+        payload = utterance.done_payload(self.segment_pause_ms)
+        self._send("transcription.done", utterance.request_id, payload)
+        self._ended(utterance, Outcome.DONE, text=payload["text"])
         self._start_next()
         self._check_wound_down()
 

@@ -10,7 +10,6 @@ import structlog
 
 from proxy.actions import LifecycleFact, Outcome, UtteranceEnded, UtteranceStarted
 from proxy.metrics import ROLLED_OVER, STARTED, Metrics
-from proxy.vllm_wire import PCM_BYTES_PER_MS
 
 log = structlog.get_logger("proxy.utterance")
 
@@ -43,7 +42,7 @@ class UtteranceTelemetry:
         fields: dict[str, Any] = {
             "request_id": fact.request_id,
             "outcome": str(outcome),
-            "audio_ms": fact.audio_bytes // PCM_BYTES_PER_MS,
+            "audio_ms": fact.audio_ms,
             "text_chars": len(fact.text),
             "ttfw_ms": _ms(ttfw),
             "finalization_ms": _ms(finalization),

@@ -1,12 +1,17 @@
-"""One utterance as the session tracks it: its phase, its held audio, its text so far."""
+"""One utterance as the session tracks it: its phase, its held audio, its text so far (on its
+token clock), and the ``transcription.done`` payload it ends with."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from proxy.actions import Outcome, UtteranceEnded
+from proxy.audio_clock import AudioClock
+from proxy.audio_format import NATIVE
+from proxy.audio_input import UtteranceAudio
 from proxy.envelope import ErrorCode
 
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -56,12 +61,14 @@ class Utterance:
     request_id: str
     opened_at: float = 0.0
     phase: Phase = Phase.OPEN
-    audio_bytes: int = 0
-    # Audio not yet sent upstream: (base64, PCM bytes), oldest first.
+    # The client's audio (its format is fixed for the utterance) on its way to vLLM's format.
+    audio: UtteranceAudio = field(default_factory=lambda: UtteranceAudio(NATIVE))
+    # Audio for vLLM not yet sent upstream: (base64, PCM bytes), oldest first.
     held: deque[tuple[str, int]] = field(default_factory=deque)
     segment_bytes: int = 0
     segments: int = 0
-    texts: list[str] = field(default_factory=list)
+    # Its text, and where each piece of it sits in its audio.
+    clock: AudioClock = field(default_factory=AudioClock)
     # Token usage summed over the utterance's vLLM generations.
     usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USAGE_KEYS, 0))
     first_audio_at: float | None = None
@@ -75,7 +82,7 @@ class Utterance:
             self.request_id,
             outcome,
             error_code,
-            self.audio_bytes,
+            self.audio.client_ms,
             text,
             self.opened_at,
             self.first_audio_at,
@@ -91,3 +98,17 @@ class Utterance:
             value = usage.get(name)
             if isinstance(value, int):
                 self.usage[name] += value
+
+    def done_payload(self, pause_ms: int) -> dict[str, Any]:
+        """``transcription.done``'s payload: the text, split into segments at pauses of at
+        least ``pause_ms``, vLLM's token counts and the audio as the client sent it."""
+        audio_ms = self.audio.client_ms
+        return {
+            "text": self.clock.text(),
+            "segments": [
+                {"text": s.text, "start_ms": s.start_ms, "end_ms": s.end_ms}
+                for s in self.clock.segments(pause_ms)
+            ],
+            "usage": {**self.usage, "audio_seconds": audio_ms / 1000},
+            "audio_ms": audio_ms,
+        }

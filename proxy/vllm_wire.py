@@ -6,6 +6,7 @@ fake vLLM (which plays the same clock) and by the proxy benchmark. Pure: no I/O.
 
 from __future__ import annotations
 
+import binascii
 from typing import Any, Final
 
 import orjson
@@ -15,9 +16,13 @@ PCM_BYTES_PER_MS: Final = 32
 # One model step consumes one 80 ms frame of audio.
 FRAME_MS: Final = 80
 FRAME_BYTES: Final = FRAME_MS * PCM_BYTES_PER_MS
-# The prompt is BOS + this many left-pad tokens + one pad token per frame of delay.
+# The prompt is BOS + this many left-pad tokens + one pad token per frame of delay. BOS takes
+# one frame of the padded audio stream, like a pad token does.
 LEFT_PAD_FRAMES: Final = 32
-PROMPT_BASE_TOKENS: Final = 1 + LEFT_PAD_FRAMES
+BOS_FRAMES: Final = 1
+PROMPT_BASE_TOKENS: Final = BOS_FRAMES + LEFT_PAD_FRAMES
+# The model looks 2.5 ms past each frame: a step runs only once that much more audio is in.
+LOOK_AHEAD_BYTES: Final = 80
 # Tokens a final commit adds after the last audio frame (its flush silence, minus the delay).
 FLUSH_EXTRA_TOKENS: Final = 11
 
@@ -32,6 +37,11 @@ EMPTY_DELTA: Final[dict[str, Any]] = {"type": "transcription.delta", "delta": ""
 
 def append_text(audio_b64: str) -> str:
     return APPEND_PREFIX + audio_b64 + APPEND_SUFFIX
+
+
+def encode_audio(pcm: bytes) -> str:
+    """PCM16 16 kHz mono as the base64 an append carries."""
+    return binascii.b2a_base64(pcm, newline=False).decode()
 
 
 def session_update_text(model: str) -> str:
@@ -60,12 +70,39 @@ def error_details(event: dict[str, Any]) -> dict[str, str]:
 
 
 def prompt_tokens(delay_ms: int) -> int:
+    """vLLM's prompt for each generation (``usage.prompt_tokens``): BOS, the left padding and
+    one pad token per 80 ms of delay."""
     return PROMPT_BASE_TOKENS + delay_ms // FRAME_MS
 
 
 def right_pad_frames(delay_ms: int) -> int:
     """Silence frames vLLM appends after the audio at a final commit: the delay, plus 11."""
     return delay_ms // FRAME_MS + FLUSH_EXTRA_TOKENS
+
+
+def steps_sent(run_bytes: int, delay_ms: int, *, final: bool) -> int:
+    """How many deltas vLLM has sent in a generation that has received ``run_bytes`` of audio
+    (and its final commit, if ``final``), before any ``max_model_len`` cut (see ``max_steps``).
+
+    vLLM feeds the model [left padding][the audio][right padding, once final]; step k runs as
+    soon as that stream holds ``prompt_tokens + k`` frames plus the look-ahead, and not before.
+    The left padding comes with the first audio, so a generation without audio makes no step.
+    With the final commit this is floor((A - 2.5 ms) / 80 ms) + 11 for A of audio, whatever the
+    delay.
+    """
+    if not run_bytes:
+        return 0
+    stream = LEFT_PAD_FRAMES * FRAME_BYTES + run_bytes
+    if final:
+        stream += right_pad_frames(delay_ms) * FRAME_BYTES
+    return max(0, (stream - LOOK_AHEAD_BYTES) // FRAME_BYTES - prompt_tokens(delay_ms) + 1)
+
+
+def max_steps(max_model_len: int, delay_ms: int) -> int:
+    """The most steps one generation makes: vLLM ends it (and sends ``done`` by itself) once
+    prompt plus generated tokens reach ``max_model_len``. The next one starts with new padding
+    and without the audio the cut one held."""
+    return max(0, max_model_len - prompt_tokens(delay_ms))
 
 
 def owed_audio_bytes(delay_ms: int) -> int:

@@ -1,5 +1,5 @@
-"""Fixtures: the fake vLLM and the real proxy in front of it, a runner for the tools, and a
-recording peer for what the proxy does not take yet (binary frames, other audio formats)."""
+"""Fixtures: a runner for the tools, and a recording peer for what only the wire shows (which
+kind of frame, of what size, and a server that ignores the audio format asked for)."""
 
 from __future__ import annotations
 

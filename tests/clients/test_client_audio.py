@@ -1,12 +1,13 @@
-"""The client library's audio formats and framing: what goes on the wire.
+"""The client library's audio formats and framing.
 
-The proxy does not take binary frames or other formats yet, so these tests talk to a small
-recording peer (conftest.recording_peer) that answers like a server that does. Against the real
-proxy, the library's default (pcm16 16 kHz mono, JSON appends) is covered by test_library.py.
+Against the real proxy and the fake vLLM: each format is asked for, announced, converted and
+transcribed. What only the wire shows (which kind of frame, of what size, and a server that
+ignores the format) is checked against a small recording peer (conftest.recording_peer).
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,8 +16,32 @@ import pytest
 from clients.audio import TELEPHONY_FORMAT, load_audio
 from clients.cli import sample
 from clients.client import ClientError, VoxtralClient
+from devtools.fake_vllm import FakeVllm, predict_text
+from proxy.audio_convert import AudioConverter
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from tests.clients.conftest import recording_peer
+from tests.harness import RunningProxy
+
+
+def upstream_audio(fake: FakeVllm) -> bytes:
+    """Every byte of audio vLLM received, in order."""
+    return b"".join(
+        base64.b64decode(event["audio"])
+        for _, event in fake.received
+        if event.get("type") == "input_audio_buffer.append"
+    )
+
+
+def converted(fmt: AudioFormat, pieces: list[bytes]) -> bytes:
+    """What vLLM should receive for `pieces` sent in `fmt`."""
+    converter = AudioConverter(fmt)
+    out = [chunk for piece in pieces for chunk in converter.feed(piece)]
+    return b"".join(out + converter.flush())
+
+
+def cut(audio: bytes, size: int) -> list[bytes]:
+    return [audio[i : i + size] for i in range(0, len(audio), size)]
+
 
 # ---------------------------------------------------------------- connect
 
@@ -39,12 +64,14 @@ async def test_format_is_asked_for_in_the_query() -> None:
     assert peer.query["channels"] == "2"
 
 
-async def test_g711_rate_defaults_to_8000() -> None:
-    async with recording_peer() as peer:
-        client = await VoxtralClient.connect(peer.url, audio_format="g711_alaw")
-        async with client:
-            assert client.audio_format == AudioFormat(Encoding.G711_ALAW, 8000, 1)
-    assert peer.query["sample_rate"] == "8000"
+async def test_the_proxy_announces_the_format_asked_for(proxy: RunningProxy) -> None:
+    # connect() fails unless session.created announces the format it asked for.
+    client = await VoxtralClient.connect(
+        proxy.ws_url, api_key=proxy.api_key, audio_format="g711_alaw"
+    )
+    async with client:
+        assert client.audio_format == AudioFormat(Encoding.G711_ALAW, 8000, 1)
+        assert client.session.payload["audio"] == client.audio_format.as_payload()
 
 
 async def test_a_server_that_ignores_the_format_is_refused() -> None:
@@ -76,6 +103,58 @@ async def test_unsupported_formats_fail_before_connecting(
 ) -> None:
     with pytest.raises(ClientError, match=says):
         await VoxtralClient.connect("127.0.0.1:9", **kwargs)  # never reached
+
+
+# ---------------------------------------------------------------- through the proxy
+
+
+async def test_telephony_mulaw_is_transcribed(fake: FakeVllm, proxy: RunningProxy) -> None:
+    ulaw = load_audio(sample("short.wav"), TELEPHONY_FORMAT)
+    client = await VoxtralClient.connect(
+        proxy.ws_url, api_key=proxy.api_key, audio_format="g711_ulaw"
+    )
+    async with client:
+        assert client.binary  # the default
+        result = await client.transcribe(ulaw, speed=None, chunk_ms=20)
+    expected = converted(TELEPHONY_FORMAT, cut(ulaw, 160))
+    assert upstream_audio(fake) == expected
+    assert result.status == "done"
+    assert result.text == predict_text(expected)
+    assert result.text
+
+
+@pytest.mark.parametrize("binary", [True, False])
+async def test_any_rate_and_layout_is_transcribed(
+    fake: FakeVllm, proxy: RunningProxy, binary: bool
+) -> None:
+    fmt = AudioFormat(Encoding.PCM16, 24000, 2)
+    audio = load_audio(sample("short.wav"), fmt)
+    client = await VoxtralClient.connect(
+        proxy.ws_url, api_key=proxy.api_key, sample_rate=24000, channels=2, binary=binary
+    )
+    async with client:
+        result = await client.transcribe(audio, speed=None)
+    expected = converted(fmt, cut(audio, fmt.chunk_bytes(80)))
+    assert upstream_audio(fake) == expected
+    assert result.text == predict_text(expected)
+
+
+async def test_partial_frames_from_an_iterator_reach_the_proxy_whole(
+    fake: FakeVllm, proxy: RunningProxy
+) -> None:
+    fmt = AudioFormat(Encoding.PCM16, 16000, 2)  # 4-byte frames, no resampling
+    audio = load_audio(sample("short.wav"), fmt)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(audio), 999):  # never a whole number of frames
+            yield audio[start : start + 999]
+
+    client = await VoxtralClient.connect(proxy.ws_url, api_key=proxy.api_key, channels=2)
+    async with client:
+        result = await client.transcribe(pieces(), speed=None)
+    # Mixing down needs no state: the pieces' cut does not matter.
+    assert upstream_audio(fake) == converted(fmt, [audio])
+    assert result.status == "done"
 
 
 # ---------------------------------------------------------------- framing
@@ -129,7 +208,7 @@ async def test_binary_can_be_chosen_per_utterance() -> None:
     assert b"".join(peer.audio()) == pcm * 2
 
 
-async def test_partial_frames_from_an_iterator_are_carried_over() -> None:
+async def test_partial_frames_from_an_iterator_are_sent_as_whole_frames() -> None:
     fmt = AudioFormat(Encoding.PCM16, 16000, 2)  # 4-byte frames
     audio = bytes(range(256)) * 40
 

@@ -1,5 +1,5 @@
 """The tools as users run them (`python -m clients.<tool>`), against the real proxy and the fake
-(and, for what the proxy does not take yet, the recording peer)."""
+(and, where only the wire shows what was sent, the recording peer)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from clients.cli import sample
 from clients.report import CSV_COLUMNS, STAT_METRICS
 from clients.stats import STAT_KEYS
 from devtools.fake_vllm import FakeVllm, predict_text
+from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat, Encoding
 from tests.clients.conftest import recording_peer, run_tool
 from tests.harness import RunningProxy, serve_proxy
@@ -228,7 +229,6 @@ async def test_bench_counts_capacity_refusals_apart(fake: FakeVllm, tmp_path: Pa
 
 
 async def test_warmup_telephony_sends_20ms_mulaw_binary_frames() -> None:
-    # The proxy does not take μ-law yet: a recording peer stands in for a server that does.
     async with recording_peer() as peer:
         run = await run_tool(
             "warmup", "--server", peer.url, "--telephony", "--no-pace", "--json", api_key="k"
@@ -244,6 +244,23 @@ async def test_warmup_telephony_sends_20ms_mulaw_binary_frames() -> None:
     assert set(kinds[1:-2]) == {"binary"}
     assert report["chunks"] == len(expected) // 160
     assert report["audio_s"] == 11.0
+
+
+async def test_warmup_telephony_through_the_proxy(fake: FakeVllm, proxy: RunningProxy) -> None:
+    run = await run_tool(
+        "warmup",
+        *("--server", proxy.ws_url, "--file", str(sample("short.wav"))),
+        *("--telephony", "--no-pace", "--json"),
+        api_key=proxy.api_key,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    ulaw = load_audio(sample("short.wav"), TELEPHONY_FORMAT)
+    converter = AudioConverter(TELEPHONY_FORMAT)
+    pcm = [c for i in range(0, len(ulaw), 160) for c in converter.feed(ulaw[i : i + 160])]
+    expected = b"".join(pcm + converter.flush())
+    assert report["text"].strip() == predict_text(expected).strip()
+    assert report["text"].strip()
 
 
 async def test_convo_sends_each_file_in_the_chosen_format() -> None:

@@ -11,8 +11,14 @@ import pytest
 
 from clients.stats import summarize
 from devtools.bench_proxy import CHUNK_S, PhaseRun, steady_state_cpu
-from devtools.bench_proxy_check import compare, expected_for, summary_ms, trigger_index
-from devtools.bench_proxy_load import StreamResult
+from devtools.bench_proxy_check import (
+    compare,
+    expected_for,
+    expected_for_utterances,
+    summary_ms,
+    trigger_index,
+)
+from devtools.bench_proxy_load import StreamPlan, StreamResult
 from devtools.bench_proxy_procs import Sample, Sampler
 from devtools.fake_vllm import FRAME_BYTES, predict_deltas
 from tests.clients.conftest import run_tool
@@ -51,6 +57,23 @@ def test_expected_keeps_nonempty_deltas_with_their_triggers() -> None:
     assert list(want.nonempty_triggers) == sorted(want.nonempty_triggers)
 
 
+def test_back_to_back_utterances_expect_each_transcript_in_turn() -> None:
+    pcm = _noise(25)
+    plan = StreamPlan(index=0, first_chunk=0, chunks=25, start_offset_s=0.0)
+    pieces = plan.utterances(10)
+    assert pieces == [(0, 10), (10, 10), (20, 5)]
+    # A remainder under two chunks joins the previous utterance.
+    assert StreamPlan(0, 0, 21, 0.0).utterances(10) == [(0, 10), (10, 11)]
+    cut = [(first, pcm[first * FRAME_BYTES : (first + n) * FRAME_BYTES]) for first, n in pieces]
+    want = expected_for_utterances(cut, 25, DELAY_MS)
+    each = [expected_for(audio, DELAY_MS) for _, audio in cut]
+    assert want.deltas == tuple(d for e in each for d in e.deltas)
+    assert want.text == "".join(e.text for e in each)
+    # Tokens of an utterance's flush are released by its last append (its final follows it).
+    assert max(want.nonempty_triggers[: len(each[0].nonempty)]) <= 9
+    assert list(want.nonempty_triggers) == sorted(want.nonempty_triggers)
+
+
 def test_compare_counts_each_kind_of_fault() -> None:
     sent = ["a", "b", "c", "d"]
     assert compare(sent, sent, text_ok=True).clean
@@ -80,7 +103,7 @@ def _phase(send_times: list[list[float]], cpu_at: dict[float, float]) -> PhaseRu
         for i, times in enumerate(send_times)
     }
     start, end = sampler.samples[0], sampler.samples[-1]
-    return PhaseRun("proxied", results, [], start, end, start, {"proxy": pid}, sampler, [])
+    return PhaseRun("json", results, [], start, end, start, {"proxy": pid}, sampler, [])
 
 
 def test_steady_state_cpu_counts_only_while_every_stream_streams() -> None:
@@ -104,12 +127,13 @@ def test_steady_state_cpu_needs_two_samples_inside_the_overlap() -> None:
     assert steady_state_cpu(_phase([chunks_a, chunks_b], cpu), chunks=26) is None
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None:
     run = await run_tool(
         "bench_proxy",
         "--streams", "2",
         "--audio-seconds", "2",
+        "--utterance-seconds", "0.8",
         "--workers", "2",
         "--ramp-seconds", "0.2",
         "--quiet-wait", "0",
@@ -121,36 +145,30 @@ async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None
     document = json.loads((tmp_path / "bench-proxy.json").read_text())
     assert (tmp_path / "bench-proxy.png").stat().st_size > 0
     assert document["config"]["streams"] == [2]
+    assert document["config"]["modes"] == ["json", "binary", "ulaw", "agent"]
     (level,) = document["levels"]
     assert level["n"] == 2
-    for key in (
-        "added_latency_ms",
-        "proxy_cpu_ms_per_audio_s",
-        "proxy_rss_per_stream_kib",
-        "kept_up_with_real_time",
-    ):
-        assert key in level
-    assert set(level["added_latency_ms"]) == {"p50", "p99"}
-    assert isinstance(level["proxy_cpu_ms_per_audio_s"], float)
-    assert level["proxy_streaming_cpu_ms_per_audio_s"] >= 0
-    assert isinstance(level["proxy_setup_cpu_ms_per_stream"], float)
-    for run_name in ("direct", "proxy"):
-        phase = level[run_name]
-        assert phase["completed"] == 2, phase["failures"]
-        assert phase["lost_events"] == 0
-        assert phase["duplicated_events"] == 0
-        assert phase["reordered_events"] == 0
-        assert phase["done_text_mismatches"] == 0
+    direct = level["direct"]
+    assert direct["completed"] == 2, direct["failures"]
+    assert set(level["modes"]) == {"json", "binary", "ulaw", "agent"}
+    for mode, m in level["modes"].items():
+        assert set(m["added_latency_ms"]) == {"p50", "p99"}
+        assert isinstance(m["proxy_cpu_ms_per_audio_s"], float)
+        assert m["proxy_streaming_cpu_ms_per_audio_s"] >= 0
+        assert isinstance(m["proxy_setup_cpu_ms_per_stream"], float)
+        assert isinstance(m["proxy_cpu_ms_per_utterance"], float)
+        # 25 chunks in utterances of 10: three per stream in the agent mix.
+        assert m["utterances"] == (6 if mode == "agent" else 2)
+        phase = m["proxy"]
+        assert phase["completed"] == 2, (mode, phase["failures"])
+        assert (m["lost_events"], m["duplicated_events"], m["reordered_events"]) == (0, 0, 0)
+        assert m["done_text_mismatches"] == 0
+        assert phase["error_events"] == {}
         assert phase["latency_ms"]["count"] > 0
         assert phase["loadgen"]["workers"] == 2
-        # Deflate is offered to the proxy (which declines it) and not to the fake directly.
+        # Deflate is offered to the proxy (which declines it).
         assert phase["websocket_extensions"] == {"none": 2}
-        assert all(w["cpu_s"] is not None for w in phase["loadgen"]["per_worker"])
-    # Both runs measured the same deltas (the same streams, the same audio).
-    assert level["direct"]["latency_ms"]["count"] == level["proxy"]["latency_ms"]["count"]
-    assert "proxy" in level["proxy"]["processes"]
-    assert (level["lost_events"], level["duplicated_events"], level["reordered_events"]) == (
-        0,
-        0,
-        0,
-    )
+        assert "proxy" in phase["processes"]
+    # The same streams and audio: as many deltas measured as straight to vLLM.
+    assert level["modes"]["json"]["proxy"]["latency_ms"]["count"] == direct["latency_ms"]["count"]
+    assert level["modes"]["binary"]["proxy"]["latency_ms"]["count"] == direct["latency_ms"]["count"]

@@ -260,9 +260,31 @@ async def test_predict_deltas_pure_function() -> None:
     assert predict_deltas(speech(0.3), final=False) == []
     # Tokens depend on their own frame only: a longer utterance starts with the same tokens.
     assert predict_deltas(speech(3.0))[:24] == predict_deltas(pcm)[:24]
-    # Tokens past the end of the audio (flush silence) are empty.
+    # Tokens past the end of the audio (flush silence) are empty after the first one.
     assert set(predict_deltas(pcm)[len(pcm) // FRAME_BYTES + 1 :]) == {""}
     assert predict_deltas(pcm, max_model_len=39 + 5) == predict_deltas(pcm)[:5]
+
+
+async def test_the_first_right_padding_step_sometimes_finishes_a_word(fake: FakeVllm) -> None:
+    """As the real model often does: the step just past the audio carries text for some
+    audio (a function of its last frame), and every later padding step is empty."""
+    lengths = [0.5 + 0.08 * n + 0.02 for n in range(30)]
+    tails = {}
+    for seconds in lengths:
+        pcm = speech(seconds)
+        frames = -(-len(pcm) // FRAME_BYTES)
+        predicted = predict_deltas(pcm)
+        tails[seconds] = predicted[frames]
+        assert set(predicted[frames + 1 :]) == {""}
+    assert 0 < sum(1 for tail in tails.values() if tail) < len(lengths)
+    # The fake sends what is predicted, the padding word included.
+    seconds = next(s for s, tail in tails.items() if tail)
+    client = await open_client(fake)
+    deltas, done = await utterance(client, speech(seconds))
+    assert deltas == predict_deltas(speech(seconds))
+    assert done["text"].endswith(tails[seconds])
+    # Silence finishes no word.
+    assert set(predict_deltas(bytes(len(speech(seconds))))) == {""}
 
 
 async def test_other_delay() -> None:

@@ -31,6 +31,9 @@ pytestmark = pytest.mark.vllm
 
 # At 128 tokens one generation holds 89 completion tokens, about 6 s of audio.
 CAP_COMPLETION_TOKENS = 128 - PROMPT_TOKENS
+# Audio the proxy gives one generation there: the cap less the flush's 11 steps and a margin.
+SEGMENT_FRAMES = CAP_COMPLETION_TOKENS - 12
+FRAME_MS = 80
 
 
 async def test_rollover_past_max_model_len(small_stack: Stack) -> None:
@@ -53,6 +56,18 @@ async def test_rollover_past_max_model_len(small_stack: Stack) -> None:
     assert segments >= 2
     assert usage["completion_tokens"] > CAP_COMPLETION_TOKENS
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # The proxy cut the audio every SEGMENT_FRAMES; each generation made one step per frame of
+    # its audio less the look-ahead, plus 11 for its flush.
+    cuts = [SEGMENT_FRAMES * FRAME_MS] * (audio_ms // (SEGMENT_FRAMES * FRAME_MS))
+    cuts += [audio_ms - sum(cuts)]
+    steps = sum((ms * 10 - 25) // (FRAME_MS * 10) + 11 for ms in cuts)
+    print(f"rollover steps observed={usage['completion_tokens']} formula={steps} cuts={cuts}")
+    assert segments == len(cuts)
+    assert usage["completion_tokens"] == steps
+    assert usage["audio_seconds"] == audio_ms / 1000
+    times = [e["payload"]["audio_ms"] for e in mine[:-1]]
+    assert times == sorted(times)
+    assert all(0 <= t <= audio_ms for t in times)
 
 
 async def not_ready(stack: Stack) -> bool:

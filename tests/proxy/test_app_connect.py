@@ -210,6 +210,7 @@ async def test_session_created_payload() -> None:
         "max_duration_s": 120.0,
         "inbound_queue_max": 17,
         "max_message_bytes": 65536,
+        "segment_pause_ms": 720,
     }
     async with (
         fake_and_proxy(**overrides) as (_, proxy),
@@ -225,6 +226,7 @@ async def test_session_created_payload() -> None:
         "id",
         "model",
         "transcription_delay_ms",
+        "segment_pause_ms",
         "audio",
         "limits",
         "turn_detection",
@@ -232,6 +234,7 @@ async def test_session_created_payload() -> None:
     assert re.fullmatch(r"sess_[0-9a-f]+", payload["id"])
     assert payload["model"] == MODEL
     assert payload["transcription_delay_ms"] == 480
+    assert payload["segment_pause_ms"] == 720
     assert payload["audio"] == {"format": "pcm16", "sample_rate": 16000, "channels": 1}
     assert payload["turn_detection"] is None  # off unless asked for
     assert payload["limits"] == {

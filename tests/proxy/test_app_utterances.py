@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from devtools.fake_vllm import FRAME_BYTES, FakeVllm, predict_deltas, predict_text
+from proxy.audio_format import NATIVE
 from tests.harness import (
     Client,
     assert_error,
@@ -24,6 +25,9 @@ MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 SHORT = load_pcm("short.wav")
 MID = load_pcm("mid.wav")
 LONG = load_pcm("long.wav")
+# Audio per segment at max_model_len 128 and the 480 ms delay: 128 - 39 prompt tokens, less the
+# flush's 11 and one frame of margin.
+ROLLOVER_SEGMENT_BYTES = (128 - 39 - 12) * FRAME_BYTES
 # A second, different utterance (the start of mid.wav, whole frames).
 OTHER = MID[: 50 * FRAME_BYTES]
 
@@ -65,10 +69,11 @@ async def test_one_utterance_minimal_flow() -> None:
     assert all(e["payload"]["delta"] for e in events if e["type"] == "transcription.delta")
     assert_complete(events, "r1", SHORT)
     done = events[-1]["payload"]
-    assert set(done) == {"text", "usage", "audio_ms"}
+    assert set(done) == {"text", "segments", "usage", "audio_ms"}
     assert done["audio_ms"] == len(SHORT) // 32
     usage = done["usage"]
-    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens", "audio_seconds"}
+    assert usage["audio_seconds"] == done["audio_ms"] / 1000
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["completion_tokens"] == len(predict_deltas(SHORT))
 
@@ -275,7 +280,12 @@ async def test_session_update_with_the_served_model() -> None:
             "type": "session.updated",
             "session_id": "s1",
             "request_id": "u1",
-            "payload": {"model": MODEL, "turn_detection": None},
+            "payload": {
+                "model": MODEL,
+                "segment_pause_ms": 480,
+                "audio": NATIVE.as_payload(),
+                "turn_detection": None,
+            },
         }
         await client.send("session.update", None, {"model": MODEL})
         assert (await client.recv())["request_id"] is None
@@ -376,7 +386,12 @@ async def test_rollover_before_the_length_cap() -> None:
         events += await ping_barrier(client)
     assert len(done_of(events, "r1")) == 1
     assert [e for e in events if e["type"] == "error"] == []
-    assert_complete([e for e in events if e["type"] != "pong"], "r1", LONG)
+    # Each segment is a generation of its own, with its own right padding (which may finish
+    # a word): the text is the segments' texts, one after the other.
+    segments = chunks(LONG, ROLLOVER_SEGMENT_BYTES)
+    expected = [d for segment in segments for d in predict_deltas(segment) if d]
+    assert texts(events, "r1") == expected
+    assert done_of(events, "r1")[0]["payload"]["text"] == "".join(expected)
     assert events[-2]["payload"]["audio_ms"] == len(LONG) // 32
     assert fake.generations_started > 2
     # Every segment was ended by the proxy's final commit, never by vLLM's length cap.

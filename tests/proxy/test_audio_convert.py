@@ -18,7 +18,9 @@ from proxy.audio_convert import (
     InvalidAudio,
 )
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
-from proxy.g711 import ALAW_TO_PCM16, ULAW_TO_PCM16, encode_alaw, encode_ulaw
+from proxy.g711 import ALAW_TO_PCM16, ULAW_TO_PCM16
+from tests.tones import dominant_hz, encode, tone, tone_snr_db
+from tests.tones import samples as pcm_samples
 
 ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
 ALAW_8K = AudioFormat(Encoding.G711_ALAW, 8000, 1)
@@ -38,28 +40,6 @@ FORMATS = [
     NATIVE,
 ]
 RESAMPLED = [fmt for fmt in FORMATS if fmt.sample_rate != UPSTREAM_RATE]
-Int16s = npt.NDArray[np.int16]
-
-
-def tone(rate: int, hz: float, seconds: float, amplitude: float = 16384.0) -> Int16s:
-    t = np.arange(round(rate * seconds)) / rate
-    return np.round(amplitude * np.sin(2 * np.pi * hz * t + 0.25)).astype(np.int16)
-
-
-def encode(fmt: AudioFormat, left: Int16s, right: Int16s | None = None) -> bytes:
-    """Mono samples (or a left and right channel) as client bytes in `fmt`."""
-    if fmt.channels == 2:
-        frames = np.empty(left.size * 2, dtype="<i2")
-        frames[0::2] = left
-        frames[1::2] = left if right is None else right
-    else:
-        frames = left.astype("<i2")
-    pcm = frames.tobytes()
-    if fmt.encoding is Encoding.G711_ULAW:
-        return encode_ulaw(pcm)
-    if fmt.encoding is Encoding.G711_ALAW:
-        return encode_alaw(pcm)
-    return pcm
 
 
 def stream(fmt: AudioFormat, data: bytes, piece_ms: int | None) -> list[bytes]:
@@ -74,7 +54,7 @@ def stream(fmt: AudioFormat, data: bytes, piece_ms: int | None) -> list[bytes]:
 
 
 def samples(chunks: list[bytes]) -> npt.NDArray[np.float64]:
-    return np.frombuffer(b"".join(chunks), dtype="<i2").astype(np.float64)
+    return pcm_samples(b"".join(chunks))
 
 
 def decoded_mono(fmt: AudioFormat, data: bytes) -> npt.NDArray[np.float32]:
@@ -95,22 +75,6 @@ def one_shot(fmt: AudioFormat, data: bytes) -> npt.NDArray[np.float64]:
     if fmt.sample_rate != UPSTREAM_RATE:
         mono = soxr.resample(mono, fmt.sample_rate, UPSTREAM_RATE, quality=RESAMPLER_QUALITY)
     return np.rint(np.clip(mono, -32768, 32767)).astype(np.float64)
-
-
-def tone_snr_db(y: npt.NDArray[np.float64], hz: float) -> float:
-    """Signal to noise and distortion of a pure tone: the best-fitting sinusoid at `hz` is the
-    signal, everything else is noise. 20 ms at each end are left out."""
-    edge = UPSTREAM_RATE // 50
-    y = y[edge:-edge]
-    t = np.arange(y.size) / UPSTREAM_RATE
-    basis = np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], axis=1)
-    fit = basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
-    return float(10 * np.log10(np.mean(fit**2) / np.mean((y - fit) ** 2)))
-
-
-def dominant_hz(y: npt.NDArray[np.float64]) -> float:
-    spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size)))
-    return float(np.fft.rfftfreq(y.size, 1 / UPSTREAM_RATE)[int(spectrum.argmax())])
 
 
 # ---------------------------------------------------------------- chunks and the tail

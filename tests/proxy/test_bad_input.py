@@ -260,17 +260,23 @@ async def test_frames_over_one_mebibyte() -> None:
         await served(bystander, "bystander-1")
 
 
-async def test_binary_frames_of_any_size_are_refused_and_the_connection_stays() -> None:
+async def test_bad_binary_frames_are_refused_and_the_connection_stays() -> None:
     async with fake_and_proxy() as (_, proxy), connected(proxy) as client:
         await client.open("r1")
-        for blob in (b"", b"\x00", os.urandom(FRAME_BYTES), b"{}", os.urandom(2 * MIB)):
+        refusals = [
+            (b"", "invalid_audio"),
+            (b"\x00", "invalid_audio"),
+            (os.urandom(FRAME_BYTES + 1), "invalid_audio"),
+            (os.urandom(2 * MIB), "payload_too_large"),
+        ]
+        for blob, code in refusals:
             await client.send_raw(blob)
-            payload = assert_error(await client.recv(), "invalid_message")
+            payload = assert_error(await client.recv(), code)
             assert payload["message"]
             await still_answers(client)
-        # The open utterance was not disturbed by the binary frames.
+        # The open utterance was not disturbed: only its whole frames reach vLLM.
         for piece in (PIECE[i : i + FRAME_BYTES] for i in range(0, len(PIECE), FRAME_BYTES)):
-            await client.append("r1", piece)
+            await client.send_raw(piece)
         await client.final("r1")
         events = await client.recv_until("transcription.done", "r1")
         assert texts(events, "r1") == [d for d in predict_deltas(PIECE) if d]

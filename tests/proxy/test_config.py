@@ -92,6 +92,7 @@ def test_every_value_is_read() -> None:
             VOXTRAL_MODEL_ID="org/model",
             VOXTRAL_SERVED_MODEL_NAME="served-name",
             VOXTRAL_TRANSCRIPTION_DELAY_MS="960",
+            SEGMENT_PAUSE_MS="720",
             MAX_CONCURRENT_CONNECTIONS="7",
             WS_IDLE_TIMEOUT_S="0",
             WS_MAX_CONNECTION_DURATION_S="12.5",
@@ -114,6 +115,7 @@ def test_every_value_is_read() -> None:
     assert config.model_id == "org/model"
     assert config.served_model_name == "served-name"
     assert config.transcription_delay_ms == 960
+    assert config.segment_pause_ms == 720
     assert config.max_connections == 7
     assert config.idle_timeout_s == 0.0
     assert config.max_duration_s == 12.5
@@ -149,6 +151,7 @@ def test_upstream_health_url_plain() -> None:
 INT_VARIABLES = {
     "SERVER_PORT": ["-1", "65536", "80.5", "abc", "1e3"],
     "VOXTRAL_TRANSCRIPTION_DELAY_MS": ["abc", "480.0", "-80"],
+    "SEGMENT_PAUSE_MS": ["79", "60001", "0", "480.0", "long"],
     "MAX_CONCURRENT_CONNECTIONS": ["0", "-3", "2.5", "many"],
     "WS_INBOUND_QUEUE_MAX": ["0", "-1", "x", "1.5"],
     "WS_MAX_MESSAGES_PER_WINDOW": ["0", "-5", "ten"],
@@ -198,6 +201,8 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     [
         ("SERVER_PORT", "0", "port", 0),
         ("SERVER_PORT", "65535", "port", 65535),
+        ("SEGMENT_PAUSE_MS", "80", "segment_pause_ms", 80),
+        ("SEGMENT_PAUSE_MS", "60000", "segment_pause_ms", 60000),
         ("MAX_CONCURRENT_CONNECTIONS", "1", "max_connections", 1),
         ("WS_INBOUND_QUEUE_MAX", "1", "inbound_queue_max", 1),
         ("WS_MAX_MESSAGE_BYTES", "1024", "max_message_bytes", 1024),

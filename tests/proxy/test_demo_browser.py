@@ -77,7 +77,8 @@ class Wire:
     """Every WebSocket frame the page sends and receives, and every URL it requests."""
 
     def __init__(self, page: Page) -> None:
-        self.sent: list[dict[str, Any]] = []
+        # Text frames parsed; binary frames (audio) as bytes.
+        self.sent: list[dict[str, Any] | bytes] = []
         self.received: list[dict[str, Any]] = []
         self.requests: list[str] = []
         page.on("websocket", self._on_socket)
@@ -85,7 +86,10 @@ class Wire:
 
     def _on_socket(self, socket: WebSocket) -> None:
         self.requests.append(socket.url)
-        socket.on("framesent", lambda data: self.sent.append(orjson.loads(data)))
+        socket.on(
+            "framesent",
+            lambda data: self.sent.append(data if isinstance(data, bytes) else orjson.loads(data)),
+        )
         socket.on("framereceived", lambda data: self.received.append(orjson.loads(data)))
 
     def of(self, kind: str, request_id: str | None = None) -> list[dict[str, Any]]:
@@ -172,21 +176,31 @@ async def test_demo_page_transcribes_the_microphone(
     assert words
     assert set(words) <= FAKE_WORDS
 
-    # The browser sent the utterance as the protocol asks: open, 80 ms chunks, final.
-    mine = [m for m in wire.sent if m.get("request_id") == request_id]
-    assert mine[0]["type"] == "input_audio_buffer.commit"
-    assert mine[0]["payload"] == {"final": False}
-    assert mine[-1]["type"] == "input_audio_buffer.commit"
-    assert mine[-1]["payload"] == {"final": True}
-    sizes = [len(base64.b64decode(m["payload"]["audio"])) for m in mine[1:-1]]
-    assert all(m["type"] == "input_audio_buffer.append" for m in mine[1:-1])
+    # The browser sent the utterance as the protocol asks: open, 80 ms binary frames, final.
+    opening = next(
+        i
+        for i, m in enumerate(wire.sent)
+        if isinstance(m, dict) and m.get("request_id") == request_id
+    )
+    mine = wire.sent[opening:]
+    first, last = mine[0], mine[-1]
+    assert isinstance(first, dict)
+    assert isinstance(last, dict)
+    assert first["type"] == last["type"] == "input_audio_buffer.commit"
+    assert first["payload"] == {"final": False}
+    assert last["payload"] == {"final": True}
+    assert last["request_id"] == request_id
+    frames = mine[1:-1]
+    assert all(isinstance(m, bytes) for m in frames)
+    sizes = [len(m) for m in frames]
     assert sizes[:-1] == [FRAME_BYTES] * (len(sizes) - 1)
     assert 0 < sizes[-1] <= FRAME_BYTES
     assert sizes[-1] % 2 == 0
 
-    # That audio reached the fake unchanged, and the text is its prediction for it.
+    # That audio reached the fake byte for byte (16 kHz mono goes up as it came), and the
+    # text is the fake's prediction for it.
     pcm = b"".join(appended_audio(fake))
-    assert pcm == b"".join(base64.b64decode(m["payload"]["audio"]) for m in mine[1:-1])
+    assert pcm == b"".join(m for m in frames if isinstance(m, bytes))
     # And it is the microphone's sound, resampled to 16 kHz: stretches of mid.wav itself (a
     # wrong rate or noise instead of the file would not line up with it). Compared half a
     # second at a time: a browser starved of CPU drops bits of its audio capture, which
@@ -243,17 +257,22 @@ WITHIN_JS = """(promise, what) => Promise.race([promise, new Promise((_, reject)
     setTimeout(() => reject(new Error(`no ${what} within 15 s`)), 15000))])"""
 
 
-async def test_js_client_round_trip(browser: Browser, proxy: RunningProxy) -> None:
-    """The module alone: a scripted utterance gives exactly the fake's predicted text."""
+@pytest.mark.parametrize("binary", [True, False])
+async def test_js_client_round_trip(
+    browser: Browser, proxy: RunningProxy, fake: FakeVllm, binary: bool
+) -> None:
+    """The module alone: a scripted utterance, in binary frames or JSON appends, gives exactly
+    the fake's predicted text, and the fake receives the audio byte for byte."""
     pcm = load_pcm("short.wav")
     page = await browser.new_page()
+    wire = Wire(page)
     await page.goto(proxy.http_url + "/")
     result = await page.evaluate(
-        """async ({url, key, audio, withinJs}) => {
+        """async ({url, key, audio, withinJs, binary}) => {
             const within = eval(withinJs);
             const { VoxtralClient } = await import("/js/voxtral-client.js");
             const bytes = Uint8Array.from(atob(audio), (c) => c.charCodeAt(0));
-            const client = new VoxtralClient(url, { apiKey: key, sessionId: "js-1" });
+            const client = new VoxtralClient(url, { apiKey: key, sessionId: "js-1", binary });
             const deltas = [];
             client.on("delta", (d) => deltas.push(d));
             const created = await within(client.connect(), "session.created");
@@ -274,10 +293,14 @@ async def test_js_client_round_trip(browser: Browser, proxy: RunningProxy) -> No
             "key": proxy.api_key,
             "audio": base64.b64encode(pcm).decode(),
             "withinJs": WITHIN_JS,
+            "binary": binary,
         },
     )
     await page.close()
 
+    audio_frames = [m for m in wire.sent if isinstance(m, bytes)]
+    assert bool(audio_frames) == binary
+    assert b"".join(appended_audio(fake)) == pcm
     assert result["created"]["audio"] == {"format": "pcm16", "sample_rate": 16000, "channels": 1}
     assert result["pong"] == {"n": 7}
     assert result["requestId"] == "r1"

@@ -217,7 +217,8 @@ async def test_vllm_answering_in_time_is_not_a_stall() -> None:
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
-        ({"type": "websocket.receive", "bytes": b"\x00\x01"}, "invalid_message"),
+        ({"type": "websocket.receive", "bytes": b"\x00\x01"}, "no_active_request"),
+        ({"type": "websocket.receive", "bytes": b"\x00" * 1025}, "payload_too_large"),
         ({"type": "websocket.receive", "text": "x" * 2048}, "payload_too_large"),
     ],
 )

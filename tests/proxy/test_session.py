@@ -29,7 +29,11 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from proxy.envelope import (
+    FORMAT_CHANGE_IN_UTTERANCE,
+    NO_OPEN_UTTERANCE,
     Append,
     Cancel,
     ClientMessage,
@@ -39,12 +43,13 @@ from proxy.envelope import (
     ErrorCode,
     Ping,
     SessionUpdate,
+    binary_append,
     parse_client_message,
 )
 from proxy.limits import SessionLimits
 from proxy.session import Session, WindDown
 from proxy.utterance import Utterance
-from proxy.vllm_wire import FRAME_BYTES
+from proxy.vllm_wire import FRAME_BYTES, steps_sent
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 SERVER_SID = "sess_0123456789abcdef"
@@ -69,6 +74,7 @@ class Harness:
         *,
         segment_max_bytes: int | None = None,
         ready: bool = True,
+        audio_format: AudioFormat = NATIVE,
         **limits: Any,
     ) -> None:
         self.session = Session(
@@ -77,6 +83,7 @@ class Harness:
             limits=SessionLimits(**limits),
             transcription_delay_ms=DELAY_MS,
             segment_max_bytes=segment_max_bytes,
+            audio_format=audio_format,
         )
         self.now = 100.0
         self.log: list[Action] = []
@@ -100,6 +107,9 @@ class Harness:
 
     def append(self, rid: str, pcm: bytes, backlog: int = 0) -> list[Action]:
         return self.send(Append(SID, rid, b64(pcm), len(pcm)), backlog)
+
+    def binary(self, data: bytes, backlog: int = 0) -> list[Action]:
+        return self.send(binary_append(data), backlog)
 
     def cancel(self, rid: str, reason: str = "client_request") -> list[Action]:
         return self.send(Cancel(SID, rid, reason))
@@ -249,7 +259,12 @@ def test_session_update_same_model() -> None:
         "type": "session.updated",
         "session_id": SID,
         "request_id": "u1",
-        "payload": {"model": MODEL, "turn_detection": None},
+        "payload": {
+            "model": MODEL,
+            "segment_pause_ms": 480,
+            "audio": NATIVE.as_payload(),
+            "turn_detection": None,
+        },
     }
 
 
@@ -292,8 +307,8 @@ def test_frame_level_refusals_keep_the_connection() -> None:
         "message": "Too large.",
         "details": {"max_message_bytes": 1024},
     }
-    binary = EnvelopeError(ErrorCode.INVALID_MESSAGE, "Binary frames are not accepted.")
-    assert summary(harness.send(binary)) == [("error", None, "invalid_message")]
+    invalid = EnvelopeError(ErrorCode.INVALID_MESSAGE, "Not an envelope.")
+    assert summary(harness.send(invalid)) == [("error", None, "invalid_message")]
     assert not harness.session.closed
     assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
 
@@ -337,11 +352,19 @@ def test_full_utterance() -> None:
     assert summary(harness.delta("")) == []
     assert summary(harness.delta(" world")) == [("delta", "r1", " world")]
     done = only_event(harness.done(USAGE, text=" hello world"))
+    # Step 1 sits at 80 ms; step 3 (right padding) is clamped to the audio's end, 150 ms.
+    deltas = [e for e in client_events(harness.log) if e["type"] == "transcription.delta"]
+    assert [e["payload"]["audio_ms"] for e in deltas] == [80, 150]
     assert done == {
         "type": "transcription.done",
         "session_id": SID,
         "request_id": "r1",
-        "payload": {"text": " hello world", "usage": USAGE, "audio_ms": (3200 + 1600) // 32},
+        "payload": {
+            "text": " hello world",
+            "segments": [{"text": " hello world", "start_ms": 80, "end_ms": 150}],
+            "usage": {**USAGE, "audio_seconds": 0.15},
+            "audio_ms": (3200 + 1600) // 32,
+        },
     }
     assert upstream_pcm(harness.log) == chunk1 + chunk2
     assert harness.session.in_flight == []
@@ -388,7 +411,13 @@ def test_done_without_audio() -> None:
     done = only_event(harness.done({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
     assert done["payload"] == {
         "text": "",
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "segments": [],
+        "usage": {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "audio_seconds": 0,
+        },
         "audio_ms": 0,
     }
 
@@ -403,6 +432,7 @@ def test_done_usage_tolerates_missing_fields() -> None:
         "prompt_tokens": 7,
         "completion_tokens": 0,
         "total_tokens": 0,
+        "audio_seconds": 0,
     }
 
 
@@ -446,7 +476,7 @@ def test_append_for_another_id_is_a_mismatch_and_dropped() -> None:
     assert event["payload"]["code"] == "request_id_mismatch"
     assert upstream(actions) == []
     assert harness.session.open is not None
-    assert harness.session.open.audio_bytes == 0
+    assert harness.session.open.audio.client_bytes == 0
 
 
 def test_final_commit_for_another_id_is_a_mismatch() -> None:
@@ -1095,7 +1125,7 @@ def test_message_rate_limit_refuses_with_details_and_drops() -> None:
     assert 9.9 < details["retry_in"] <= 10.0
     assert upstream(actions) == []
     assert harness.session.open is not None
-    assert harness.session.open.audio_bytes == 4
+    assert harness.session.open.audio.client_bytes == 4
     # Once the window has passed, messages are accepted again.
     harness.now += 10.0
     assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
@@ -1198,9 +1228,16 @@ def test_proactive_rollover_splits_the_crossing_chunk() -> None:
     usage3 = {"prompt_tokens": 39, "completion_tokens": 1, "total_tokens": 40}
     done = only_event(harness.done(usage3))
     assert done["request_id"] == "R"
+    # Each segment's first step sits where the audio before it ended: 0, 4000 and 8000 bytes.
     assert done["payload"] == {
         "text": "onetwothree",
-        "usage": {"prompt_tokens": 117, "completion_tokens": 8, "total_tokens": 125},
+        "segments": [{"text": "onetwothree", "start_ms": 0, "end_ms": 320}],
+        "usage": {
+            "prompt_tokens": 117,
+            "completion_tokens": 8,
+            "total_tokens": 125,
+            "audio_seconds": 0.32,
+        },
         "audio_ms": 4 * 2560 // 32,
     }
     assert upstream_pcm(harness.log) == b"".join(chunks)
@@ -1302,7 +1339,13 @@ def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
     )
     assert done["payload"] == {
         "text": "first second",
-        "usage": {"prompt_tokens": 78, "completion_tokens": 91, "total_tokens": 169},
+        "segments": [{"text": "first second", "start_ms": 0, "end_ms": 40}],
+        "usage": {
+            "prompt_tokens": 78,
+            "completion_tokens": 91,
+            "total_tokens": 169,
+            "audio_seconds": 0.04,
+        },
         "audio_ms": 1280 // 32,
     }
     assert len(harness.facts(UtteranceRolledOver)) == 1
@@ -1314,6 +1357,114 @@ def test_reactive_rollover_keeps_audio_held_for_the_segment() -> None:
     harness.append("R", pcm_of(800))
     harness.done()  # vLLM stopped early by itself
     assert summary(harness.append("R", pcm_of(400, 5))) == [("append", 0, 400)]
+
+
+# ====================================================================== times
+
+
+def delta_times(actions: list[Action]) -> list[tuple[str, int]]:
+    return [
+        (e["payload"]["delta"], e["payload"]["audio_ms"])
+        for e in client_events(actions)
+        if e["type"] == "transcription.delta"
+    ]
+
+
+@pytest.mark.parametrize("delay_ms", [80, 480, 2400])
+def test_each_delta_sits_at_its_step_whatever_the_delay(delay_ms: int) -> None:
+    """vLLM's deltas as it sends them (a step once its audio is in, the flush at the final
+    commit); every third has text. Step k sits at k * 80 ms, the flush clamped to the end."""
+    harness = Harness()
+    audio = 4000 * 32 + 640  # 4.02 s: a partial last frame
+    harness.commit("r1")
+    steps = 0
+
+    def vllm_sends(count: int) -> None:
+        nonlocal steps
+        while steps < count:
+            harness.delta(f" w{steps}" if steps % 3 == 0 else "")
+            steps += 1
+
+    for sent in range(FRAME_BYTES, audio + FRAME_BYTES, FRAME_BYTES):
+        harness.append("r1", pcm_of(min(sent, audio) - (sent - FRAME_BYTES)))
+        vllm_sends(steps_sent(min(sent, audio), delay_ms, final=False))
+    harness.commit("r1", final=True)
+    vllm_sends(steps_sent(audio, delay_ms, final=True))
+    done = only_event(harness.done())
+    assert steps == 4020 // 80 + 11
+    expected = [(f" w{k}", min(k * 80, 4020)) for k in range(0, steps, 3)]
+    assert delta_times(harness.log) == expected
+    assert done["payload"]["segments"] == [
+        {"text": "".join(t for t, _ in expected), "start_ms": 0, "end_ms": 4020}
+    ]
+
+
+def test_a_rolled_segment_counts_from_where_the_previous_one_ended() -> None:
+    harness = Harness(segment_max_bytes=10 * FRAME_BYTES)
+    harness.commit("R")
+    harness.append("R", pcm_of(12 * FRAME_BYTES))  # 10 frames go up, 2 wait for the next segment
+    for _ in range(3):
+        harness.delta("")
+    harness.delta("a")  # step 3 of segment 1: 240 ms
+    harness.delta("")
+    harness.done()
+    harness.commit("R", final=True)
+    harness.delta("")
+    harness.delta("")
+    harness.delta("b")  # step 2 of segment 2, which starts at 800 ms: 960 ms
+    harness.delta("c")  # step 3 lies past the 2 frames segment 2 has: clamped to 960 ms
+    done = only_event(harness.done())
+    assert delta_times(harness.log) == [("a", 240), ("b", 960), ("c", 960)]
+    assert done["payload"]["segments"] == [
+        {"text": "a", "start_ms": 240, "end_ms": 320},
+        {"text": "bc", "start_ms": 960, "end_ms": 960},
+    ]
+    assert done["payload"]["usage"]["audio_seconds"] == 0.96
+
+
+def test_audio_vllm_dropped_at_its_cut_still_moves_the_clock() -> None:
+    harness = Harness()
+    harness.commit("R")
+    harness.append("R", pcm_of(5 * FRAME_BYTES))
+    harness.delta("")
+    harness.delta("x")  # 80 ms
+    harness.done()  # vLLM's own cut: it dropped the frames it had not stepped through
+    harness.append("R", pcm_of(FRAME_BYTES))
+    harness.delta("y")  # the new generation's step 0, at the audio after the first 5 frames
+    harness.commit("R", final=True)
+    harness.done()
+    assert delta_times(harness.log) == [("x", 80), ("y", 400)]
+
+
+def test_session_update_sets_the_pause_of_the_next_dones() -> None:
+    def segments(pause_ms: int | None) -> list[str]:
+        harness = Harness()
+        if pause_ms is not None:
+            event = only_event(harness.send(SessionUpdate(SID, "u1", None, pause_ms)))
+            assert event["payload"] == {
+                "model": MODEL,
+                "segment_pause_ms": pause_ms,
+                "audio": NATIVE.as_payload(),
+                "turn_detection": None,
+            }
+        harness.commit("r1")
+        harness.append("r1", pcm_of(10 * FRAME_BYTES))
+        for text in ["a", "", "b", "", "", "", "", "", "", "c"]:
+            harness.delta(text)
+        harness.commit("r1", final=True)
+        done = only_event(harness.done())
+        return [s["text"] for s in done["payload"]["segments"]]
+
+    # Gaps of 80 ms (a..b) and 480 ms (b..c).
+    assert segments(None) == ["ab", "c"]
+    assert segments(80) == ["a", "b", "c"]
+    assert segments(560) == ["abc"]
+
+
+def test_a_refused_model_leaves_the_pause_as_it_was() -> None:
+    harness = Harness()
+    assert only_event(harness.send(SessionUpdate(SID, "u1", "other", 80)))["type"] == "error"
+    assert harness.session.segment_pause_ms == 480
 
 
 # ====================================================================== the invariant
@@ -1677,7 +1828,7 @@ def test_a_done_utterance_is_started_and_ended_with_its_sizes_and_times() -> Non
         "r1",
         Outcome.DONE,
         None,
-        4800,
+        150,  # ms: 4800 bytes of 16 kHz PCM16
         " hi there",
         opened_at,
         first_audio_at,
@@ -1695,10 +1846,10 @@ def test_cancelled_and_errored_utterances_end_with_their_outcome() -> None:
     harness.ready()
     harness.commit("B")
     harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
-    ended = [(f.request_id, f.outcome, f.error_code, f.audio_bytes, f.text) for f in
+    ended = [(f.request_id, f.outcome, f.error_code, f.audio_ms, f.text) for f in
              harness.facts(UtteranceEnded)]  # fmt: skip
     assert ended == [
-        ("A", Outcome.CANCELLED, None, 64, ""),
+        ("A", Outcome.CANCELLED, None, 2, ""),
         ("B", Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT, 0, ""),
     ]
 
@@ -1750,3 +1901,127 @@ def test_a_cancel_that_reopens_settles_what_vllm_owed() -> None:
     harness.commit("r1", final=True)
     actions = harness.cancel("r1")
     assert actions[-2:] == [UpstreamSettled(), OpenUpstream(1)]
+
+
+# ====================================================================== audio formats and binary
+
+ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
+
+
+def commits(actions: list[Action]) -> list[bool]:
+    """The final flags of the commits sent upstream, in order."""
+    return [
+        json.loads(a.text)["final"]
+        for a in upstream(actions)
+        if json.loads(a.text)["type"] == "input_audio_buffer.commit"
+    ]
+
+
+def test_a_binary_frame_is_audio_for_the_open_utterance() -> None:
+    harness = Harness()
+    harness.commit("r1")
+    actions = harness.binary(pcm_of(640))
+    assert client_events(actions) == []
+    assert upstream_pcm(actions) == pcm_of(640)
+    harness.append("r1", pcm_of(320, seed=1))
+    harness.commit("r1", final=True)
+    done = only_event(harness.done())
+    assert done["payload"]["audio_ms"] == 30
+    assert harness.session.session_id == SID  # a binary frame carries no session_id
+
+
+def test_a_binary_frame_with_nothing_open_is_refused() -> None:
+    harness = Harness()
+    event = only_event(harness.binary(pcm_of(64)))
+    assert (event["session_id"], event["request_id"]) == (SERVER_SID, None)
+    assert event["payload"]["code"] == "no_active_request"
+    assert event["payload"]["message"] == NO_OPEN_UTTERANCE
+    harness.commit("r1")
+    harness.commit("r1", final=True)
+    # Finalizing is not open: the frame has nowhere to go.
+    assert summary(harness.binary(pcm_of(64))) == [("error", None, "no_active_request")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 63])
+def test_native_audio_must_be_whole_samples(size: int) -> None:
+    harness = Harness()
+    harness.commit("r1")
+    assert summary(harness.append("r1", pcm_of(size))) == [("error", "r1", "invalid_audio")]
+    actions = harness.binary(pcm_of(size))
+    assert summary(actions) == [("error", None, "invalid_audio")]
+    assert harness.session.open is not None
+    assert harness.session.open.audio.client_bytes == 0
+
+
+def test_converted_audio_goes_up_in_80_ms_chunks_and_the_tail_before_the_final() -> None:
+    harness = Harness(audio_format=ULAW_8K)
+    harness.commit("r1")
+    pieces = [pcm_of(160, seed=i) for i in range(13)]  # 13 x 20 ms of 8 kHz mu-law
+    sent: list[Action] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            sent += harness.append("r1", piece)
+        else:
+            sent += harness.binary(piece)
+    final = harness.commit("r1", final=True)
+    reference = AudioConverter(ULAW_8K)
+    expected = [c for p in pieces for c in reference.feed(p)] + reference.flush()
+    assert upstream_pcm(sent + final) == b"".join(expected)
+    sizes = [len(upstream_pcm([a])) for a in upstream(sent) if upstream_pcm([a])]
+    assert sizes
+    assert set(sizes) == {2560}  # 80 ms chunks until the tail
+    assert commits(final) == [True]  # after the tail
+    assert json.loads(upstream(final)[-1].text)["type"] == "input_audio_buffer.commit"
+    done = only_event(harness.done())
+    assert done["payload"]["audio_ms"] == 260
+
+
+def test_a_queued_utterance_holds_its_converted_audio_and_tail() -> None:
+    harness = Harness(audio_format=ULAW_8K)
+    harness.commit("A")
+    harness.commit("A", final=True)  # A waits for its done: B queues behind it
+    harness.commit("B")
+    pieces = [pcm_of(160, seed=i) for i in range(5)]
+    held = [action for piece in pieces for action in harness.binary(piece)]
+    held += harness.commit("B", final=True)
+    assert upstream(held) == []
+    reference = AudioConverter(ULAW_8K)
+    expected = [c for p in pieces for c in reference.feed(p)] + reference.flush()
+    released = harness.done()
+    assert upstream_pcm(released) == b"".join(expected)
+    assert commits(released) == [False, True]
+
+
+def test_the_audio_format_changes_between_utterances_only() -> None:
+    harness = Harness()
+    update = SessionUpdate(SID, "u1", None, audio=ULAW_8K)
+    harness.commit("r1")
+    refused = only_event(harness.send(update))
+    assert refused["payload"]["code"] == "invalid_message"
+    assert refused["payload"]["message"] == FORMAT_CHANGE_IN_UTTERANCE
+    harness.commit("r1", final=True)
+    assert only_event(harness.send(update))["payload"]["code"] == "invalid_message"
+    harness.done()
+    updated = only_event(harness.send(update))
+    assert updated["payload"]["audio"] == ULAW_8K.as_payload()
+    assert harness.session.audio_format == ULAW_8K
+    harness.commit("r2")
+    harness.binary(pcm_of(160))
+    harness.commit("r2", final=True)
+    assert only_event(harness.done())["payload"]["audio_ms"] == 20
+
+
+def test_a_refused_update_changes_nothing() -> None:
+    harness = Harness()
+    event = only_event(harness.send(SessionUpdate(SID, "u1", "other/model", audio=ULAW_8K)))
+    assert event["payload"]["code"] == "unsupported_model"
+    assert harness.session.audio_format == NATIVE
+
+
+def test_each_utterance_keeps_the_format_it_opened_with() -> None:
+    harness = Harness(audio_format=ULAW_8K)
+    harness.commit("r1")
+    assert harness.session.open is not None
+    assert harness.session.open.audio.format == ULAW_8K
+    # One odd byte is a whole mu-law sample, not a partial PCM16 one.
+    assert summary(harness.binary(pcm_of(1))) == []

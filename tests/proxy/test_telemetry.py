@@ -35,7 +35,7 @@ def ended(outcome: Outcome, code: ErrorCode | None = None, **times: Any) -> Utte
     }
     fields.update(times)
     text = " hi" if outcome is Outcome.DONE else ""
-    return UtteranceEnded("r1", outcome, code, 32_000, text, **fields)
+    return UtteranceEnded("r1", outcome, code, 1000, text, **fields)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:

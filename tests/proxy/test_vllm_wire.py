@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from proxy import vllm_wire
 from proxy.vllm_wire import (
     FRAME_BYTES,
     FRAME_MS,
     LEFT_PAD_FRAMES,
     decode_event,
+    max_steps,
     owed_audio_bytes,
     prompt_tokens,
     right_pad_frames,
     segment_audio_limit,
+    steps_sent,
 )
+
+MS = 32  # bytes of 16 kHz PCM16 per millisecond
+DELAYS = [80, 480, 2400]
 
 
 def test_the_frame_is_80_ms_of_16_khz_pcm16() -> None:
@@ -42,6 +49,83 @@ def test_segment_audio_limit_formula() -> None:
     assert segment_audio_limit(52, 480) == FRAME_BYTES
     assert segment_audio_limit(51, 480) is None
     assert segment_audio_limit(10, 480) is None
+
+
+# Deltas per utterance with a final commit, as the real vLLM sent them at 80, 480 and 2400 ms
+# (tests/e2e/test_vllm_clock.py), plus earlier observations at 480 ms.
+OBSERVED_WITH_FINAL = [
+    (0, 0),
+    (2, 10),
+    (400 * MS, 15),
+    (1000 * MS, 23),
+    (1234 * MS, 26),
+    (3000 * MS, 48),
+    (10 * FRAME_BYTES + 78, 20),
+    (10 * FRAME_BYTES + 80, 21),
+    (300 * MS, 14),
+    (500 * MS, 17),
+    (2000 * MS, 35),
+    (3614 * MS, 56),
+    (10842 * MS, 146),
+]
+# Deltas sent before the final commit once this much audio was in, per delay (real vLLM).
+OBSERVED_BEFORE_FINAL = [
+    (80, 5198, 0),
+    (80, 5200, 1),
+    (80, 7760, 2),
+    (80, 15440, 5),
+    (480, 17998, 0),
+    (480, 18000, 1),
+    (480, 20560, 2),
+    (480, 28240, 5),
+    (2400, 79438, 0),
+    (2400, 79440, 1),
+    (2400, 82000, 2),
+    (2400, 89680, 5),
+]
+
+
+@pytest.mark.parametrize("delay_ms", DELAYS)
+@pytest.mark.parametrize(("audio_bytes", "deltas"), OBSERVED_WITH_FINAL)
+def test_steps_with_the_final_commit_match_vllm(
+    audio_bytes: int, deltas: int, delay_ms: int
+) -> None:
+    assert steps_sent(audio_bytes, delay_ms, final=True) == deltas
+
+
+@pytest.mark.parametrize(("delay_ms", "audio_bytes", "deltas"), OBSERVED_BEFORE_FINAL)
+def test_steps_before_the_final_commit_match_vllm(
+    delay_ms: int, audio_bytes: int, deltas: int
+) -> None:
+    assert steps_sent(audio_bytes, delay_ms, final=False) == deltas
+
+
+@pytest.mark.parametrize(
+    ("delay_ms", "prompt", "cap"), [(80, 34, 94), (480, 39, 89), (2400, 63, 65)]
+)
+def test_prompt_and_length_cap_match_vllm(delay_ms: int, prompt: int, cap: int) -> None:
+    assert prompt_tokens(delay_ms) == prompt
+    assert max_steps(128, delay_ms) == cap
+    assert max_steps(prompt, delay_ms) == 0
+
+
+@pytest.mark.parametrize("delay_ms", DELAYS)
+@pytest.mark.parametrize("max_model_len", [52, 128, 2048, 131072])
+def test_a_segment_at_the_audio_limit_flushes_before_the_cap(
+    max_model_len: int, delay_ms: int
+) -> None:
+    """The proxy's cut is 2 frames and 78 bytes short of the most a generation can take with
+    its flush inside ``max_model_len`` (a margin kept on purpose; the rollover e2e test runs
+    with this limit)."""
+    limit = segment_audio_limit(max_model_len, delay_ms)
+    cap = max_steps(max_model_len, delay_ms)
+    if limit is None:
+        assert steps_sent(FRAME_BYTES, delay_ms, final=True) >= cap
+        return
+    exact = (cap - 10) * FRAME_BYTES + 78
+    assert steps_sent(exact, delay_ms, final=True) == cap
+    assert steps_sent(exact + 2, delay_ms, final=True) == cap + 1
+    assert limit == exact - 2 * FRAME_BYTES - 78
 
 
 def test_message_texts_are_what_vllm_reads() -> None:

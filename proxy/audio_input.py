@@ -1,0 +1,53 @@
+"""One utterance's client audio on its way to vLLM: each piece (a JSON append's base64 or a
+binary frame's bytes) becomes the appends vLLM takes (base64 PCM16 16 kHz mono).
+
+vLLM's own format costs nothing: a JSON append's base64 goes up as it came and a binary frame is
+only base64-encoded, each as one append. Any other format goes through the utterance's
+`AudioConverter` (whatever kind of frame carried it, so mixed frames stay in order) and up in
+80 ms chunks; `flush()` at the final commit drains it.
+"""
+
+from __future__ import annotations
+
+import binascii
+
+from proxy.audio_convert import AudioConverter, InvalidAudio
+from proxy.audio_format import AudioFormat
+from proxy.vllm_wire import encode_audio
+
+# Audio for vLLM: (base64, PCM bytes).
+Upstream = list[tuple[str, int]]
+
+
+class UtteranceAudio:
+    __slots__ = ("_converter", "client_bytes", "format")
+
+    def __init__(self, fmt: AudioFormat) -> None:
+        self.format = fmt
+        self.client_bytes = 0  # client audio taken so far, in its format
+        self._converter = None if fmt.is_native else AudioConverter(fmt)
+
+    @property
+    def client_ms(self) -> int:
+        return self.format.duration_ms(self.client_bytes)
+
+    def take(self, audio: str | bytes, nbytes: int) -> Upstream:
+        """One piece of client audio of `nbytes` bytes (base64 already validated, or raw).
+        Raises InvalidAudio (and keeps nothing) for an empty piece or a partial sample frame;
+        the one check of each piece is here (the converter's, or the native format's)."""
+        converter = self._converter
+        if converter is None:
+            problem = self.format.audio_problem(nbytes)
+            if problem is not None:
+                raise InvalidAudio(problem)
+            self.client_bytes += nbytes
+            return [(audio if isinstance(audio, str) else encode_audio(audio), nbytes)]
+        pcm = converter.feed(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
+        self.client_bytes += nbytes
+        return [(encode_audio(chunk), len(chunk)) for chunk in pcm]
+
+    def flush(self) -> Upstream:
+        """What the converter still holds, at the end of the utterance's audio."""
+        if self._converter is None:
+            return []
+        return [(encode_audio(chunk), len(chunk)) for chunk in self._converter.flush()]
