@@ -314,3 +314,16 @@ async def test_a_failed_vad_engine_ends_turn_detection_for_each_session_with_an_
         assert "Turn detection stopped working" in error["payload"]["message"]
     assert "request_id" in refused["payload"]["message"]
     assert done["payload"]["text"]
+
+
+async def test_binary_frames_stream_the_turns_too() -> None:
+    recording = spoken_recording(("short",), lead_s=0.5, trailer_s=1.0)
+    async with fake_and_proxy() as (_, proxy), turn_client(proxy) as (client, events):
+        for piece in chunks(recording.pcm, PIECE_BYTES):
+            await client.send_raw(piece)
+            await asyncio.sleep(PACE_S)
+        done = await events.until("transcription.done", "turn-1")
+    started = events.of_type("input_audio_buffer.speech_started")[0]
+    stopped = events.of_type("input_audio_buffer.speech_stopped")[0]
+    assert done["payload"]["text"] == predict_text(turn_audio(recording.pcm, started, stopped))
+    assert events.of_type("error") == []
