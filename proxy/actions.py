@@ -63,6 +63,25 @@ class UpstreamSettled:
     """vLLM owes nothing any more (it answered, or its connection was replaced)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StartVad:
+    """Open a voice-activity stream for this session (turn detection went on); its results
+    come back through ``Session.on_vad``, a failure of the engine through
+    ``Session.on_vad_failed``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedVad:
+    """16 kHz mono PCM16 for the session's voice-activity stream, in stream order."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StopVad:
+    """Close the session's voice-activity stream (turn detection went off)."""
+
+
 # ---------------------------------------------------------------- lifecycle facts
 
 
@@ -103,6 +122,9 @@ Action = (
     | CloseClient
     | UpstreamOwes
     | UpstreamSettled
+    | StartVad
+    | FeedVad
+    | StopVad
     | UtteranceStarted
     | UtteranceRolledOver
     | UtteranceEnded

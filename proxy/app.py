@@ -41,10 +41,16 @@ from proxy.security_headers import SecurityHeaders
 from proxy.session import Session
 from proxy.token_endpoint import mint_token
 from proxy.tokens import Claims, TokenError, TokenIssuer, looks_like_token, token_secret
+from proxy.turns import TurnOptions
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
+from proxy.vad_service import VadService
 from proxy.vllm_wire import segment_audio_limit
 
 log = structlog.get_logger("proxy.app")
+
+# The connect query parameter that turns turn detection on with its defaults, and its value.
+TURN_DETECTION_QUERY = "turn_detection"
+SERVER_VAD = "server_vad"
 
 # The browser demo: the page and its assets, and the JS client module it imports.
 DEMO_DIR = Path(__file__).resolve().parent / "static"
@@ -87,6 +93,8 @@ class ProxyState:
         self.slots_taken = 0
         self.relays: set[Relay] = set()
         self.draining = False
+        # Loads the VAD model when the first session turns turn detection on.
+        self.vad = VadService()
 
     @property
     def ready(self) -> bool:
@@ -106,7 +114,9 @@ class ProxyState:
             self.auth_failures.record_failure(address, now)
         return blocked
 
-    def session_created_payload(self, audio_format: AudioFormat) -> dict[str, Any]:
+    def session_created_payload(
+        self, audio_format: AudioFormat, turns: TurnOptions | None
+    ) -> dict[str, Any]:
         config = self.config
         return {
             "id": f"sess_{uuid.uuid4().hex}",
@@ -114,6 +124,7 @@ class ProxyState:
             "transcription_delay_ms": config.transcription_delay_ms,
             "segment_pause_ms": config.segment_pause_ms,
             "audio": audio_format.as_payload(),
+            "turn_detection": turns.as_payload() if turns is not None else None,
             "limits": {
                 "idle_timeout_s": _number(config.idle_timeout_s),
                 "max_duration_s": _number(config.max_duration_s),
@@ -291,6 +302,19 @@ async def _relay_session(
     websocket: WebSocket, state: ProxyState, session_id: str, receive: Receive, send: Send
 ) -> None:
     config = state.config
+    turns_query = websocket.query_params.get(TURN_DETECTION_QUERY)
+    if turns_query not in (None, SERVER_VAD):
+        await _refuse(
+            websocket,
+            state,
+            session_id,
+            ErrorCode.INVALID_MESSAGE,
+            CloseCode.POLICY_VIOLATION,
+            message=f"turn_detection={turns_query[:40]!r} is not supported: connect with "
+            f"turn_detection={SERVER_VAD}, or without it and send session.update.",
+        )
+        return
+    turns = TurnOptions() if turns_query == SERVER_VAD else None
     try:
         audio_format = parse_query(websocket.query_params)
     except UnsupportedAudioFormat as exc:
@@ -330,6 +354,7 @@ async def _relay_session(
         ),
         segment_pause_ms=config.segment_pause_ms,
         audio_format=audio_format,
+        turn_options=turns,
     )
     relay = Relay(
         receive,
@@ -340,9 +365,10 @@ async def _relay_session(
         state.metrics,
         time.monotonic,
         functools.partial(open_upstream, config.upstream_url, config.served_model_name),
+        state.vad,
     )
     created = server_event(
-        "session.created", session_id, None, state.session_created_payload(audio_format)
+        "session.created", session_id, None, state.session_created_payload(audio_format, turns)
     )
     try:
         await websocket.send_text(encode_event(created))
@@ -422,6 +448,7 @@ def create_app(config: ProxyConfig) -> Starlette:
             yield
         finally:
             await state.monitor.stop()
+            await state.vad.close()
 
     routes: list[BaseRoute] = [
         WebSocketRoute("/api/asr-streaming", AsrStreamingEndpoint(state)),

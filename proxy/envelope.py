@@ -15,6 +15,7 @@ import orjson
 
 from proxy.audio_clock import MAX_PAUSE_MS, MIN_PAUSE_MS
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_audio_object
+from proxy.turns import TurnOptions, TurnOptionsError
 
 ID_MAX_CHARS = 128
 CANCEL_REASON_MAX_CHARS = 256
@@ -112,6 +113,9 @@ class SessionUpdate:
     model: str | None
     segment_pause_ms: int | None = None
     audio: AudioFormat | None = None
+    # Whether payload.turn_detection was given, and its options (None turns it off).
+    turn_detection_given: bool = False
+    turn_detection: TurnOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ class Append:
 
     TYPE: ClassVar[str] = "input_audio_buffer.append"
     session_id: str | None
+    # May be omitted while turn detection is on (the audio goes to the session's stream).
     request_id: str | None
     # A JSON append's validated standard base64 (forwarded upstream as is when the session's
     # format is vLLM's), or a binary frame's raw bytes.
@@ -168,6 +173,8 @@ ClientMessage = SessionUpdate | Commit | Append | Cancel | Ping | End
 # Every message type a client may send (the one list); those that name an utterance need a
 # request_id.
 AUDIO_TYPES = (Commit.TYPE, Append.TYPE, Cancel.TYPE)
+# An append may omit it: with turn detection on, the server names the utterances.
+ID_REQUIRED_TYPES = (Commit.TYPE, Cancel.TYPE)
 MESSAGE_TYPES = (SessionUpdate.TYPE, *AUDIO_TYPES, Ping.TYPE, End.TYPE)
 
 
@@ -193,6 +200,27 @@ NOTHING_TO_CANCEL = (
     "No open, finalizing or queued utterance has this request_id: nothing to cancel."
 )
 ENDING_AFTER_END = "The session is ending after `end`: open a new connection for new utterances."
+APPEND_NEEDS_REQUEST_ID = (
+    f"input_audio_buffer.append needs request_id, a string of 1 to {ID_MAX_CHARS} characters "
+    "naming the open utterance (it may be omitted only while turn detection is on)."
+)
+TURNS_OPEN_UTTERANCES = (
+    "Turn detection is on: the server opens an utterance for each spoken turn. Stream audio "
+    "with input_audio_buffer.append (or binary frames) and no commits, or turn it off with "
+    "session.update turn_detection null."
+)
+TURNS_NEED_NO_OPEN_UTTERANCE = (
+    "An utterance is open: finalize it (commit final: true) before turning turn detection on."
+)
+NO_OPEN_TURN = (
+    "No turn is open (the server has not heard speech yet): a final commit ends the open "
+    "turn while turn detection is on."
+)
+TURN_DETECTION_FAILED = (
+    "Turn detection stopped working on this server: the open turn was finalized and turn "
+    "detection is off for this session; open and finalize utterances with commits, or "
+    "reconnect and try again."
+)
 
 
 NO_OPEN_UTTERANCE = (
@@ -298,7 +326,7 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
             ErrorCode.INVALID_MESSAGE,
             f"request_id must be a string of 1 to {ID_MAX_CHARS} characters.",
         )
-    if request_id is None and kind in AUDIO_TYPES:
+    if request_id is None and kind in ID_REQUIRED_TYPES:
         return refuse(
             ErrorCode.INVALID_MESSAGE,
             f"{kind} needs request_id, a string of 1 to {ID_MAX_CHARS} characters, naming the "
@@ -311,7 +339,6 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
         return refuse(ErrorCode.INVALID_MESSAGE, "payload must be a JSON object when present.")
 
     if kind == Append.TYPE:
-        assert request_id is not None
         audio = payload.get("audio")
         if not isinstance(audio, str):
             return refuse(
@@ -341,10 +368,12 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
         model = payload.get("model")
         pause = payload.get("segment_pause_ms")
         audio_object = payload.get("audio")
-        if model is None and pause is None and audio_object is None:
+        has_turns = "turn_detection" in payload
+        if model is None and pause is None and audio_object is None and not has_turns:
             return refuse(
                 ErrorCode.INVALID_MESSAGE,
-                "session.update needs payload.model, payload.segment_pause_ms or payload.audio.",
+                "session.update needs payload.model, payload.segment_pause_ms, payload.audio or "
+                "payload.turn_detection.",
             )
         if model is not None and not isinstance(model, str):
             return refuse(ErrorCode.INVALID_MESSAGE, "payload.model must be a string.")
@@ -364,7 +393,12 @@ def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
                 audio_format = parse_audio_object(audio_object)
             except UnsupportedAudioFormat as exc:
                 return refuse(ErrorCode.UNSUPPORTED_AUDIO_FORMAT, exc.message, **exc.details)
-        return SessionUpdate(session_id, request_id, model, pause, audio_format)
+        raw_turns = payload.get("turn_detection")
+        try:
+            turns = None if raw_turns is None else TurnOptions.from_json(raw_turns)
+        except TurnOptionsError as exc:
+            return refuse(ErrorCode.INVALID_MESSAGE, str(exc))
+        return SessionUpdate(session_id, request_id, model, pause, audio_format, has_turns, turns)
     if kind == Ping.TYPE:
         try:
             echoed = orjson.dumps(payload)

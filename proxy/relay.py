@@ -30,9 +30,12 @@ from starlette.types import Receive, Send
 from proxy.actions import (
     Action,
     CloseClient,
+    FeedVad,
     OpenUpstream,
     SendClient,
     SendUpstream,
+    StartVad,
+    StopVad,
     UpstreamOwes,
     UpstreamSettled,
 )
@@ -50,6 +53,8 @@ from proxy.metrics import Metrics
 from proxy.session import Session, WindDown
 from proxy.telemetry import UtteranceTelemetry
 from proxy.upstream import UpstreamConnection, UpstreamUnavailable
+from proxy.vad import VadStream, Window
+from proxy.vad_service import VadService
 from proxy.vllm_wire import decode_event
 
 log = structlog.get_logger("proxy.relay")
@@ -73,6 +78,7 @@ class Relay:
         metrics: Metrics,
         clock: Callable[[], float],
         open_upstream: OpenUpstreamFn,
+        vad: VadService | None = None,
     ) -> None:
         self.receive = receive
         self.send = send
@@ -104,6 +110,9 @@ class Relay:
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.telemetry = UtteranceTelemetry(metrics, log_transcripts=config.log_transcripts)
+        self.vad = vad
+        # The session's turn-detection audio goes here while it has turn detection on.
+        self.vad_stream: VadStream | None = None
 
     # ------------------------------------------------------------------ running
 
@@ -131,6 +140,7 @@ class Relay:
             # Closing the upstream socket makes vLLM abort any generation still running.
             if self.upstream is not None:
                 self.upstream.close()
+            self._stop_vad()
             self.done.set()
 
     def _spawn(self, coroutine: Any) -> None:
@@ -190,11 +200,43 @@ class Relay:
                 self.pending_upstream.clear()
                 self.pending_upstream_bytes = 0
                 self._spawn(self._reopen_upstream(action.epoch))
+            elif isinstance(action, FeedVad):
+                if self.vad_stream is not None:
+                    self.vad_stream.feed(action.pcm)
+            elif isinstance(action, StartVad):
+                pending.extend(self._start_vad())
+            elif isinstance(action, StopVad):
+                self._stop_vad()
             elif isinstance(action, CloseClient):
                 self.metrics.closes.labels(str(action.code)).inc()
                 self.outbound.put_nowait(action)
             else:
                 self.telemetry.record(action)
+
+    # ------------------------------------------------------------------ turn detection
+
+    def _start_vad(self) -> list[Action]:
+        """Opens the session's VAD stream; the session's answer if there is no engine."""
+        self._stop_vad()
+        if self.vad is None:
+            return self.session.on_vad_failed(self.clock())
+        self.vad_stream = self.vad.open(self._on_vad, self._on_vad_failed)
+        return []
+
+    def _stop_vad(self) -> None:
+        stream, self.vad_stream = self.vad_stream, None
+        if stream is not None and self.vad is not None:
+            self.vad.close_stream(stream)
+
+    def _on_vad(self, windows: list[Window]) -> None:
+        try:
+            self.apply(self.session.on_vad(windows, self.clock()))
+        except Exception:
+            self._fail()
+
+    def _on_vad_failed(self) -> None:
+        self.vad_stream = None
+        self.apply(self.session.on_vad_failed(self.clock()))
 
     # ------------------------------------------------------------------ client side
 

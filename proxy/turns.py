@@ -21,6 +21,8 @@ HYSTERESIS = 0.15
 _MAX_SILENCE_MS = 10_000
 _MAX_PREFIX_PADDING_MS = 2_000
 _MAX_MIN_SPEECH_MS = 5_000
+# Room left in a request_id (at most 128 characters) for the turn's number.
+_MAX_PREFIX_CHARS = 100
 
 
 class TurnOptionsError(ValueError):
@@ -33,6 +35,8 @@ class TurnOptions:
     silence_ms: int = 500
     prefix_padding_ms: int = 300
     min_speech_ms: int = 250
+    # Turns are named ``{prefix}1``, ``{prefix}2``, ... in their events.
+    request_id_prefix: str = "turn-"
 
     @classmethod
     def from_json(cls, raw: object) -> TurnOptions:
@@ -47,7 +51,7 @@ class TurnOptions:
         if unknown:
             raise TurnOptionsError(
                 f"turn_detection has unknown field(s) {', '.join(unknown)}: use threshold, "
-                "silence_ms, prefix_padding_ms, min_speech_ms"
+                "silence_ms, prefix_padding_ms, min_speech_ms, request_id_prefix"
             )
         if raw.get("type", "server_vad") != "server_vad":
             raise TurnOptionsError(
@@ -61,7 +65,13 @@ class TurnOptions:
                 raw, "prefix_padding_ms", defaults.prefix_padding_ms, 0, _MAX_PREFIX_PADDING_MS
             ),
             min_speech_ms=_ms(raw, "min_speech_ms", defaults.min_speech_ms, 0, _MAX_MIN_SPEECH_MS),
+            request_id_prefix=_prefix(raw.get("request_id_prefix", defaults.request_id_prefix)),
         )
+
+    def as_payload(self) -> dict[str, Any]:
+        """The ``turn_detection`` object shown in ``session.created`` and ``session.updated``."""
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        return {"type": "server_vad", **values}
 
     @property
     def silence_below(self) -> float:
@@ -82,6 +92,15 @@ def _threshold(value: object) -> float:
             "(exclusive), e.g. 0.5"
         )
     return float(value)
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_PREFIX_CHARS:
+        raise TurnOptionsError(
+            f"turn_detection.request_id_prefix {_shown(value)} is invalid: use a string of 1 to "
+            f'{_MAX_PREFIX_CHARS} characters, e.g. "turn-"'
+        )
+    return value
 
 
 def _ms(raw: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:

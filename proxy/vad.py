@@ -36,6 +36,9 @@ _WINDOW_BYTES = WINDOW_SAMPLES * 2
 # At most this many windows per stream in one step (1 s of audio): a client that sends faster
 # than real time waits for the next step instead of delaying everyone else's results.
 MAX_WINDOWS_PER_STEP = 32
+# Results are handed out this many streams at a time, with the event loop free in between, so a
+# step's results for hundreds of sessions do not hold up every other message.
+DELIVER_SLICE = 20
 
 Window = tuple[int, float]
 """A window's end (ms from the start of the stream's audio) and its speech probability."""
@@ -182,6 +185,9 @@ class VadEngine:
         )
         scored = 0
         for i, (stream, count) in enumerate(batch):
+            if i and i % DELIVER_SLICE == 0:
+                # Let other work in between: each handler may do a session's worth of work.
+                await asyncio.sleep(0)
             if stream.closed:
                 continue
             self._state[:, stream.row] = state[:, i]

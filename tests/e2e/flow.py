@@ -38,11 +38,11 @@ def completion_tokens_for(audio_ms: int) -> int:
 
 @contextlib.asynccontextmanager
 async def session(
-    stack: Stack, session_id: str = "e2e"
+    stack: Stack, session_id: str = "e2e", query: str = ""
 ) -> AsyncIterator[tuple[Client, dict[str, Any]]]:
-    """A connected client and its ``session.created`` event."""
+    """A connected client and its ``session.created`` event (``query``: more parameters)."""
     async with connect(
-        f"{stack.ws_url}?session_id={session_id}",
+        f"{stack.ws_url}?session_id={session_id}{'&' + query if query else ''}",
         additional_headers={"X-API-Key": stack.api_key},
         max_size=None,
     ) as ws:

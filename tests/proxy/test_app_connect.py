@@ -230,12 +230,14 @@ async def test_session_created_payload() -> None:
         "segment_pause_ms",
         "audio",
         "limits",
+        "turn_detection",
     }
     assert re.fullmatch(r"sess_[0-9a-f]+", payload["id"])
     assert payload["model"] == MODEL
     assert payload["transcription_delay_ms"] == 480
     assert payload["segment_pause_ms"] == 720
     assert payload["audio"] == {"format": "pcm16", "sample_rate": 16000, "channels": 1}
+    assert payload["turn_detection"] is None  # off unless asked for
     assert payload["limits"] == {
         "idle_timeout_s": 7.5,
         "max_duration_s": 120,

@@ -136,6 +136,7 @@ async def test_the_pause_from_the_environment_and_session_update() -> None:
             "model": MODEL,
             "segment_pause_ms": 1200,
             "audio": NATIVE.as_payload(),
+            "turn_detection": None,
         }
         for bad in (0, 79, 60001, 480.5, "480", True):
             await client.send("session.update", "u2", {"segment_pause_ms": bad})

@@ -280,7 +280,12 @@ async def test_session_update_with_the_served_model() -> None:
             "type": "session.updated",
             "session_id": "s1",
             "request_id": "u1",
-            "payload": {"model": MODEL, "segment_pause_ms": 480, "audio": NATIVE.as_payload()},
+            "payload": {
+                "model": MODEL,
+                "segment_pause_ms": 480,
+                "audio": NATIVE.as_payload(),
+                "turn_detection": None,
+            },
         }
         await client.send("session.update", None, {"model": MODEL})
         assert (await client.recv())["request_id"] is None

