@@ -24,15 +24,12 @@ from collections import deque
 from enum import Enum
 from typing import Any
 
-from proxy import vllm_wire
+from proxy import session_turns, session_update, vllm_wire
 from proxy.actions import (
     Action,
     CloseClient,
-    FeedVad,
     Outcome,
     SendClient,
-    StartVad,
-    StopVad,
     UtteranceRolledOver,
     UtteranceStarted,
 )
@@ -43,13 +40,11 @@ from proxy.audio_input import UtteranceAudio
 from proxy.envelope import (
     APPEND_NEEDS_REQUEST_ID,
     ENDING_AFTER_END,
-    FORMAT_CHANGE_IN_UTTERANCE,
     NO_OPEN_TURN,
     NO_OPEN_UTTERANCE,
     NOTHING_TO_CANCEL,
     REQUEST_ID_IN_USE,
     TURN_DETECTION_FAILED,
-    TURNS_NEED_NO_OPEN_UTTERANCE,
     TURNS_OPEN_UTTERANCES,
     Append,
     Cancel,
@@ -63,12 +58,11 @@ from proxy.envelope import (
     SessionUpdate,
     error_event,
     server_event,
-    unsupported_model,
 )
 from proxy.feed import UpstreamFeed
 from proxy.limits import Admission, SessionLimits
-from proxy.turn_stream import MAX_UNSCORED_MS, TurnStream
-from proxy.turns import SpeechStarted, SpeechStopped, TurnOptions
+from proxy.turn_stream import TurnStream
+from proxy.turns import TurnOptions
 from proxy.utterance import Phase, Utterance
 from proxy.vad import Window
 
@@ -123,7 +117,9 @@ class Session:
         # The audio stream and its turns while turn detection is on.
         self.turns: TurnStream | None = None
         if turn_options is not None:
-            self._set_turn_detection(turn_options)  # its StartVad goes out with the first flush
+            session_turns.set_turn_detection(
+                self, turn_options
+            )  # its StartVad goes out with the first flush
 
     # ------------------------------------------------------------------ queries
 
@@ -199,7 +195,7 @@ class Session:
         elif not self._admit(now, message.request_id):
             pass
         elif isinstance(message, SessionUpdate):
-            self._on_session_update(message)
+            session_update.update(self, message)
         elif isinstance(message, Cancel):
             self._on_cancel(message)
         elif self._backlog_full(backlog, backlog_bytes, message):
@@ -288,19 +284,8 @@ class Session:
         """Scored windows of the turn stream (``StartVad``'s results), in order."""
         self._now = now
         turns = self.turns
-        if turns is None or self.closed:
-            return self._flush()
-        for end_ms, probability in windows:
-            event = turns.detector.push(end_ms, probability)
-            turns.scored_to(end_ms)
-            if isinstance(event, SpeechStarted):
-                self._open_turn(turns, event)
-            elif isinstance(event, SpeechStopped):
-                self._close_turn(turns, event)
-        if self.open is not None:
-            self._turn_audio(self.open, turns.audio(0, turns.scored))
-        else:
-            turns.trim_idle()
+        if turns is not None and not self.closed:
+            session_turns.scored(self, turns, windows)
         return self._flush()
 
     def on_vad_failed(self, now: float) -> list[Action]:
@@ -308,7 +293,7 @@ class Session:
         self._now = now
         if self.turns is not None and not self.closed:
             self._error(ErrorCode.INTERNAL_ERROR, None, TURN_DETECTION_FAILED)
-            self._set_turn_detection(None)
+            session_turns.set_turn_detection(self, None)
         return self._flush()
 
     def wind_down(self, reason: WindDown, now: float) -> list[Action]:
@@ -326,45 +311,6 @@ class Session:
         return self._flush()
 
     # ------------------------------------------------------------------ client messages
-
-    def _on_session_update(self, message: SessionUpdate) -> None:
-        # Checked whole before anything changes: a refused update changes nothing.
-        if message.model is not None and message.model != self.served_model:
-            self._error(
-                ErrorCode.UNSUPPORTED_MODEL,
-                message.request_id,
-                unsupported_model(self.served_model),
-                {"model": self.served_model},
-            )
-            return
-        audio_format = message.audio
-        if audio_format is not None and audio_format != self.audio_format and self.in_flight:
-            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, FORMAT_CHANGE_IN_UTTERANCE)
-            return
-        turns_on = message.turn_detection_given and message.turn_detection is not None
-        if turns_on and self.turns is None and self.open is not None:
-            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, TURNS_NEED_NO_OPEN_UTTERANCE)
-            return
-        format_changed = audio_format is not None and audio_format != self.audio_format
-        if audio_format is not None:
-            self.audio_format = audio_format
-        if message.segment_pause_ms is not None:
-            self.segment_pause_ms = message.segment_pause_ms
-        if message.turn_detection_given:
-            self._set_turn_detection(message.turn_detection)
-        elif format_changed and self.turns is not None:
-            self._set_turn_detection(self.turns.options)  # a new stream in the new format
-        turns = self.turns.options.as_payload() if self.turns is not None else None
-        self._send(
-            "session.updated",
-            message.request_id,
-            {
-                "model": self.served_model,
-                "segment_pause_ms": self.segment_pause_ms,
-                "audio": self.audio_format.as_payload(),
-                "turn_detection": turns,
-            },
-        )
 
     def _on_open(self, message: Commit) -> None:
         request_id = message.request_id
@@ -395,7 +341,9 @@ class Session:
         if self.turns is not None:
             # The request_id, if any, is not checked: the audio is the stream's.
             audio = message.audio
-            self._stream_audio(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
+            session_turns.stream_audio(
+                self, audio if isinstance(audio, bytes) else binascii.a2b_base64(audio)
+            )
             return
         request_id = message.request_id
         if request_id is not None:
@@ -430,7 +378,7 @@ class Session:
     def _on_final(self, message: Commit) -> None:
         if self.turns is not None:
             # Push-to-talk: the open turn ends now, whatever request_id the commit names.
-            if not self._end_open_turn():
+            if not session_turns.end_open_turn(self):
                 self._error(ErrorCode.NO_ACTIVE_REQUEST, message.request_id, NO_OPEN_TURN)
             return
         utterance = self._open_utterance(message.request_id)
@@ -450,83 +398,6 @@ class Session:
             self._cancel(utterance, message.reason)
             self._start_next()
             self._check_wound_down()
-
-    # ------------------------------------------------------------------ turns
-
-    def _set_turn_detection(self, options: TurnOptions | None) -> None:
-        """Turns detection on, off, or on with new options (a new stream: its times restart)."""
-        if self.turns is not None:
-            self._end_open_turn()
-            self.turns = None
-            self._out.append(StopVad())
-        if options is not None:
-            self.turns = TurnStream(options, self.audio_format)
-            self._out.append(StartVad())
-
-    def _stream_audio(self, data: bytes) -> None:
-        """Client audio for the turn stream (an append's, or a binary frame's, bytes)."""
-        turns = self.turns
-        assert turns is not None
-        try:
-            chunks = turns.take(data)
-        except InvalidAudio as exc:
-            self._error(ErrorCode.INVALID_AUDIO, None, exc.message)
-            return
-        self._out.extend(FeedVad(chunk) for chunk in chunks)
-        if turns.unscored_ms > MAX_UNSCORED_MS:
-            self._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
-
-    def _open_turn(self, turns: TurnStream, event: SpeechStarted) -> None:
-        if self.winding_down is not None or self.open is not None:
-            return
-        request_id = turns.next_request_id()
-        while any(u.request_id == request_id for u in self.in_flight):
-            request_id = turns.next_request_id()  # a client utterance from before has its name
-        # The turn's audio comes from the stream, already at 16 kHz.
-        utterance = Utterance(request_id, opened_at=self._now, audio=UtteranceAudio(NATIVE))
-        self._out.append(UtteranceStarted(request_id, self._now))
-        self.line.append(utterance)
-        self.open = utterance
-        self._send(
-            "input_audio_buffer.speech_started",
-            request_id,
-            {"audio_start_ms": event.audio_start_ms},
-        )
-        self._start_next()
-        start = event.turn_start_ms * vllm_wire.PCM_BYTES_PER_MS
-        self._turn_audio(utterance, turns.audio(start, turns.scored))
-
-    def _close_turn(self, turns: TurnStream, event: SpeechStopped) -> None:
-        utterance = self.open
-        if utterance is None:
-            return  # the client ended or cancelled it already
-        self._turn_audio(utterance, turns.audio(0, turns.scored))
-        self._send(
-            "input_audio_buffer.speech_stopped",
-            utterance.request_id,
-            {"audio_end_ms": event.audio_end_ms},
-        )
-        utterance.final_at = self._now
-        self._finalize(utterance)
-
-    def _end_open_turn(self) -> bool:
-        """Ends the open turn now with all the audio received (push-to-talk, turning off)."""
-        turns, utterance = self.turns, self.open
-        if turns is None or utterance is None:
-            return False
-        self._turn_audio(utterance, turns.audio(0, turns.received))
-        turns.detector.end_turn()
-        utterance.final_at = self._now
-        self._finalize(utterance)
-        self._check_wound_down()
-        return True
-
-    def _turn_audio(self, utterance: Utterance, pcm: bytes) -> None:
-        if pcm:
-            if utterance.first_audio_at is None:
-                utterance.first_audio_at = self._now
-            for audio, pcm_bytes in utterance.audio.take(pcm, len(pcm)):
-                self._deliver(utterance, audio, pcm_bytes)
 
     # ------------------------------------------------------------------ lifecycle
 
