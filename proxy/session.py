@@ -24,13 +24,12 @@ from collections import deque
 from enum import Enum
 from typing import Any
 
-from proxy import session_turns, session_update, vllm_wire
+from proxy import session_turns, session_update, session_upstream
 from proxy.actions import (
     Action,
     CloseClient,
     Outcome,
     SendClient,
-    UtteranceRolledOver,
     UtteranceStarted,
 )
 from proxy.audio_clock import DEFAULT_PAUSE_MS
@@ -230,40 +229,7 @@ class Session:
         if epoch != self.upstream_epoch or self.closed:
             return self._flush()
         self.feed.settle()
-        utterance = self.current
-        if utterance is None:
-            # Nothing runs upstream: a stray event (or vLLM's answer to session.update).
-            if event.get("type") == "error":
-                self._upstream_error(None, event)
-            return self._flush()
-        kind = event.get("type")
-        if kind == "transcription.delta":
-            delta = event.get("delta")
-            if isinstance(delta, str) and delta:
-                if utterance.first_delta_at is None:
-                    utterance.first_delta_at = now
-                audio_ms = utterance.clock.add_text(delta, utterance.segment_bytes)
-                self._send(
-                    "transcription.delta",
-                    utterance.request_id,
-                    {"delta": delta, "audio_ms": audio_ms},
-                )
-            else:
-                # vLLM sends an empty delta for every step that produced no text: not
-                # forwarded, only counted (it is one step of the token clock).
-                utterance.clock.steps += 1
-        elif kind == "transcription.done":
-            utterance.add_usage(event.get("usage"))
-            if utterance.phase.rolling:
-                self._next_segment(utterance)
-            elif utterance.phase is Phase.FINALIZING:
-                self._complete(utterance)
-            else:
-                # vLLM reached --max-model-len by itself: carry on in a new generation. Audio it
-                # received after stopping and before this event is gone (its queue was wiped).
-                self._next_segment(utterance)
-        elif kind == "error":
-            self._upstream_error(utterance, event)
+        session_upstream.event(self, event)
         return self._flush()
 
     def on_upstream_stalled(self, epoch: int, now: float) -> list[Action]:
@@ -274,10 +240,7 @@ class Session:
             return self._flush()
         self.feed.settle()
         if self.current is not None:
-            self._upstream_error(
-                self.current,
-                {"code": "no_response", "error": "vLLM sent nothing for this utterance in time."},
-            )
+            session_upstream.error(self, self.current, session_upstream.STALLED)
         return self._flush()
 
     def on_vad(self, windows: list[Window], now: float) -> list[Action]:
@@ -446,16 +409,6 @@ class Session:
             self.current = self.line.popleft()
             self.feed.begin_segment(self.current, self._now)
 
-    def _next_segment(self, utterance: Utterance) -> None:
-        utterance.clock.end_run(utterance.segment_bytes)
-        utterance.segments += 1
-        self._out.append(UtteranceRolledOver(utterance.request_id))
-        if utterance.phase.client_final and not utterance.held:
-            # The previous segment already covered every byte: no empty generation upstream.
-            self._complete(utterance)
-        else:
-            self.feed.begin_segment(utterance, self._now)
-
     def _complete(self, utterance: Utterance) -> None:
         self.current = None
         payload = utterance.done_payload(self.segment_pause_ms)
@@ -484,18 +437,6 @@ class Session:
             self.feed.reopen()
         else:
             self.line.remove(utterance)
-
-    def _upstream_error(self, utterance: Utterance | None, event: dict[str, Any]) -> None:
-        details = vllm_wire.error_details(event)
-        if utterance is None:
-            self._error(ErrorCode.UPSTREAM_ERROR, None, details=details)
-            return
-        # The generation's state upstream is unknown after an error: start clean.
-        self._error(ErrorCode.UPSTREAM_ERROR, utterance.request_id, details=details)
-        self._ended(utterance, Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR)
-        self._detach(utterance)
-        self._start_next()
-        self._check_wound_down()
 
     def _check_wound_down(self) -> None:
         reason = self.winding_down
