@@ -50,7 +50,8 @@ from proxy.envelope import (
     parse_client_message,
 )
 from proxy.metrics import Metrics
-from proxy.session import Session, WindDown
+from proxy.session import Session
+from proxy.session_end import WindDown
 from proxy.telemetry import UtteranceTelemetry
 from proxy.upstream import UpstreamConnection, UpstreamUnavailable
 from proxy.vad import VadStream, Window

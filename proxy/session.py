@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import binascii
 from collections import deque
-from enum import Enum
 from typing import Any
 
-from proxy import session_turns, session_update, session_upstream
+from proxy import session_end, session_turns, session_update, session_upstream
 from proxy.actions import (
     Action,
-    CloseClient,
     Outcome,
     SendClient,
     UtteranceStarted,
@@ -38,7 +36,6 @@ from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
 from proxy.envelope import (
     APPEND_NEEDS_REQUEST_ID,
-    ENDING_AFTER_END,
     NO_OPEN_TURN,
     NO_OPEN_UTTERANCE,
     NOTHING_TO_CANCEL,
@@ -60,18 +57,11 @@ from proxy.envelope import (
 )
 from proxy.feed import UpstreamFeed
 from proxy.limits import Admission, SessionLimits
+from proxy.session_end import WindDown
 from proxy.turn_stream import TurnStream
 from proxy.turns import TurnOptions
 from proxy.utterance import Phase, Utterance
 from proxy.vad import Window
-
-
-class WindDown(Enum):
-    """Why a connection stops taking new utterances and closes once the last one is done."""
-
-    END = (CloseCode.NORMAL, None)
-    MAX_DURATION = (CloseCode.MAX_DURATION, ErrorCode.MAX_DURATION_REACHED)
-    SHUTDOWN = (CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN)
 
 
 class Session:
@@ -190,7 +180,7 @@ class Session:
         if isinstance(message, Ping):
             self._send("pong", message.request_id, message.payload)
         elif isinstance(message, End):
-            self._wind_down(WindDown.END)
+            session_end.wind_down(self, WindDown.END)
         elif not self._admit(now, message.request_id):
             pass
         elif isinstance(message, SessionUpdate):
@@ -220,7 +210,7 @@ class Session:
         """The upstream connection closed or could not be opened."""
         self._now = now
         if epoch == self.upstream_epoch and not self.closed:
-            self._terminate(ErrorCode.UPSTREAM_UNAVAILABLE, CloseCode.TRY_AGAIN_LATER)
+            session_end.terminate(self, ErrorCode.UPSTREAM_UNAVAILABLE, CloseCode.TRY_AGAIN_LATER)
         return self._flush()
 
     def on_upstream_event(self, epoch: int, event: dict[str, Any], now: float) -> list[Action]:
@@ -262,7 +252,7 @@ class Session:
     def wind_down(self, reason: WindDown, now: float) -> list[Action]:
         """Take no new utterance, finalize the open one, close once every one has ended."""
         self._now = now
-        self._wind_down(reason)
+        session_end.wind_down(self, reason)
         return self._flush()
 
     def terminate(self, code: ErrorCode, close_code: int, now: float) -> list[Action]:
@@ -270,7 +260,7 @@ class Session:
         ``error`` first."""
         self._now = now
         if not self.closed:
-            self._terminate(code, close_code)
+            session_end.terminate(self, code, close_code)
         return self._flush()
 
     # ------------------------------------------------------------------ client messages
@@ -281,7 +271,7 @@ class Session:
             self._error(ErrorCode.INVALID_MESSAGE, request_id, TURNS_OPEN_UTTERANCES)
             return
         if self.winding_down is not None:
-            self._refuse_while_winding_down(request_id)
+            session_end.refuse_while_winding_down(self, request_id)
             return
         if self.open is not None and self.open.request_id == request_id:
             return
@@ -348,7 +338,7 @@ class Session:
         if utterance is not None:
             utterance.final_at = self._now
             self._finalize(utterance)
-            self._check_wound_down()
+            session_end.check_wound_down(self)
 
     def _on_cancel(self, message: Cancel) -> None:
         utterance = next((u for u in self.in_flight if u.request_id == message.request_id), None)
@@ -360,16 +350,9 @@ class Session:
                 self.turns.detector.end_turn()
             self._cancel(utterance, message.reason)
             self._start_next()
-            self._check_wound_down()
+            session_end.check_wound_down(self)
 
     # ------------------------------------------------------------------ lifecycle
-
-    def _wind_down(self, reason: WindDown) -> None:
-        if not self.closed and self.winding_down is None:
-            self.winding_down = reason
-            if self.open is not None:
-                self._finalize(self.open)
-            self._check_wound_down()
 
     def _open_utterance(self, request_id: str) -> Utterance | None:
         """The open utterance if it is ``request_id``; otherwise tells the client why not.
@@ -415,7 +398,7 @@ class Session:
         self._send("transcription.done", utterance.request_id, payload)
         self._ended(utterance, Outcome.DONE, text=payload["text"])
         self._start_next()
-        self._check_wound_down()
+        session_end.check_wound_down(self)
 
     def _cancel(self, utterance: Utterance, reason: str) -> None:
         self._send("cancelled", utterance.request_id, {"reason": reason})
@@ -438,39 +421,6 @@ class Session:
         else:
             self.line.remove(utterance)
 
-    def _check_wound_down(self) -> None:
-        reason = self.winding_down
-        if reason is None or self.closed or self.in_flight:
-            return
-        close_code, error_code = reason.value
-        if error_code is None:
-            self._send("session.ended", None, {})
-        else:
-            self._error(error_code, None)
-        self._close(close_code)
-
-    def _refuse_while_winding_down(self, request_id: str) -> None:
-        reason = self.winding_down
-        assert reason is not None
-        error_code = reason.value[1]
-        if error_code is None:
-            self._error(ErrorCode.INVALID_MESSAGE, request_id, ENDING_AFTER_END)
-        else:
-            self._error(error_code, request_id)
-
-    def _terminate(self, code: ErrorCode, close_code: int) -> None:
-        for utterance in self.in_flight:
-            self._error(code, utterance.request_id)
-            self._ended(utterance, Outcome.ERRORED, code)
-        self._error(code, None)
-        self._close(close_code)
-
-    def _close(self, code: int) -> None:
-        self.closed = True
-        self.open = self.current = None
-        self.line.clear()
-        self._out.append(CloseClient(code))
-
     # ------------------------------------------------------------------ limits
 
     def _admit(self, now: float, request_id: str | None) -> bool:
@@ -484,7 +434,7 @@ class Session:
             return True
         if verdict is False:
             # Told often enough: the client keeps going, so the connection ends.
-            self._terminate(ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED)
+            session_end.terminate(self, ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED)
         else:
             self._error(ErrorCode.RATE_LIMITED, request_id, details=verdict)
         return False
@@ -500,7 +450,7 @@ class Session:
             self.inbound_depth_bytes + incoming <= limits.inbound_queue_max_bytes
         ):
             return False
-        self._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
+        session_end.terminate(self, ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
         return True
 
     # ------------------------------------------------------------------ output

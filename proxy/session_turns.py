@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from proxy import session_end
 from proxy.actions import FeedVad, StartVad, StopVad, UtteranceStarted
 from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE
@@ -48,7 +49,7 @@ def stream_audio(session: Session, data: bytes) -> None:
         return
     session._out.extend(FeedVad(chunk) for chunk in chunks)
     if turns.unscored_ms > MAX_UNSCORED_MS:
-        session._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
+        session_end.terminate(session, ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
 
 
 def scored(session: Session, turns: TurnStream, windows: list[Window]) -> None:
@@ -75,7 +76,7 @@ def end_open_turn(session: Session) -> bool:
     turns.detector.end_turn()
     utterance.final_at = session._now
     session._finalize(utterance)
-    session._check_wound_down()
+    session_end.check_wound_down(session)
     return True
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from proxy import vllm_wire
+from proxy import session_end, vllm_wire
 from proxy.actions import Outcome, UtteranceRolledOver
 from proxy.envelope import ErrorCode
 from proxy.utterance import Phase, Utterance
@@ -70,7 +70,7 @@ def error(session: Session, utterance: Utterance | None, event: dict[str, Any]) 
     session._ended(utterance, Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR)
     session._detach(utterance)
     session._start_next()
-    session._check_wound_down()
+    session_end.check_wound_down(session)
 
 
 def _next_segment(session: Session, utterance: Utterance) -> None:

@@ -47,7 +47,8 @@ from proxy.envelope import (
     parse_client_message,
 )
 from proxy.limits import SessionLimits
-from proxy.session import Session, WindDown
+from proxy.session import Session
+from proxy.session_end import WindDown
 from proxy.utterance import Utterance
 from proxy.vllm_wire import FRAME_BYTES, steps_sent
 
