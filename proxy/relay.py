@@ -174,7 +174,7 @@ class Relay:
                 self._send_upstream(action.text)
             elif isinstance(action, SendClient):
                 text = encode_event(action.event)
-                if self.session.outbound_full(
+                if self.session.limits.outbound_full(
                     self.outbound.qsize(), self.outbound_bytes, len(text)
                 ):
                     # The client stopped reading: drop what it would never read, and end it.

@@ -19,7 +19,6 @@ events of an older one are ignored.
 
 from __future__ import annotations
 
-import binascii
 from collections import deque
 from typing import Any
 
@@ -106,9 +105,8 @@ class Session:
         # The audio stream and its turns while turn detection is on.
         self.turns: TurnStream | None = None
         if turn_options is not None:
-            session_turns.set_turn_detection(
-                self, turn_options
-            )  # its StartVad goes out with the first flush
+            # Its StartVad goes out with the first flush.
+            session_turns.set_turn_detection(self, turn_options)
 
     # ------------------------------------------------------------------ queries
 
@@ -141,16 +139,6 @@ class Session:
     def held_bytes(self) -> int:
         held = sum(u.held.nbytes for u in self.line)
         return held + self.current.held.nbytes if self.current is not None else held
-
-    def outbound_full(self, events: int, nbytes: int, incoming: int) -> bool:
-        """Whether one more event of ``incoming`` bytes would pass the outbound bounds, with
-        ``events`` events of ``nbytes`` bytes already waiting for the client (the relay's
-        count): then the client stopped reading. An event alone never does, whatever its size.
-        """
-        limits = self.limits
-        return events >= limits.outbound_queue_max or (
-            events > 0 and nbytes + incoming > limits.outbound_queue_max_bytes
-        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -293,10 +281,7 @@ class Session:
     def _on_append(self, message: Append) -> None:
         if self.turns is not None:
             # The request_id, if any, is not checked: the audio is the stream's.
-            audio = message.audio
-            session_turns.stream_audio(
-                self, audio if isinstance(audio, bytes) else binascii.a2b_base64(audio)
-            )
+            session_turns.stream_audio(self, message.audio)
             return
         request_id = message.request_id
         if request_id is not None:
@@ -445,10 +430,7 @@ class Session:
         self.inbound_depth = backlog + self.held_messages
         self.inbound_depth_bytes = backlog_bytes + self.held_bytes
         incoming = len(message.audio) if isinstance(message, Append) else 0
-        limits = self.limits
-        if self.inbound_depth < limits.inbound_queue_max and (
-            self.inbound_depth_bytes + incoming <= limits.inbound_queue_max_bytes
-        ):
+        if not self.limits.inbound_full(self.inbound_depth, self.inbound_depth_bytes, incoming):
             return False
         session_end.terminate(self, ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
         return True

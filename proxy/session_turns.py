@@ -9,6 +9,7 @@ detector) is ``proxy.turn_stream.TurnStream``.
 
 from __future__ import annotations
 
+import binascii
 from typing import TYPE_CHECKING
 
 from proxy import session_end
@@ -38,12 +39,12 @@ def set_turn_detection(session: Session, options: TurnOptions | None) -> None:
         session._out.append(StartVad())
 
 
-def stream_audio(session: Session, data: bytes) -> None:
-    """Client audio for the turn stream (an append's, or a binary frame's, bytes)."""
+def stream_audio(session: Session, audio: bytes | str) -> None:
+    """Client audio for the turn stream (an append's base64, or a binary frame's bytes)."""
     turns = session.turns
     assert turns is not None
     try:
-        chunks = turns.take(data)
+        chunks = turns.take(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
     except InvalidAudio as exc:
         session._error(ErrorCode.INVALID_AUDIO, None, exc.message)
         return
