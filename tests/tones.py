@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from proxy.audio_format import NATIVE, AudioFormat, Encoding
-from proxy.g711 import encode_alaw, encode_ulaw
+from clients.audio import encode_pcm16
+from proxy.audio_format import NATIVE, AudioFormat
 
 UPSTREAM_RATE = NATIVE.sample_rate
 Int16s = npt.NDArray[np.int16]
@@ -26,12 +26,7 @@ def encode(fmt: AudioFormat, left: Int16s, right: Int16s | None = None) -> bytes
         frames[1::2] = left if right is None else right
     else:
         frames = left.astype("<i2")
-    pcm = frames.tobytes()
-    if fmt.encoding is Encoding.G711_ULAW:
-        return encode_ulaw(pcm)
-    if fmt.encoding is Encoding.G711_ALAW:
-        return encode_alaw(pcm)
-    return pcm
+    return encode_pcm16(frames.tobytes(), fmt.encoding)
 
 
 def samples(pcm: bytes) -> npt.NDArray[np.float64]:
