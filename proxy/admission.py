@@ -46,6 +46,25 @@ async def refuse(
         await websocket.close(close_code)
 
 
+async def _refuse_unauthorized(
+    websocket: WebSocket,
+    state: ProxyState,
+    session_id: str,
+    message: str | None,
+    reason: str | None = None,
+) -> None:
+    """``unauthorized`` (``message`` None: the protocol's default) and its close code."""
+    await refuse(
+        websocket,
+        state,
+        session_id,
+        ErrorCode.UNAUTHORIZED,
+        CloseCode.UNAUTHORIZED,
+        message=message,
+        reason=reason,
+    )
+
+
 class Unauthorized(Exception):
     """The credential is missing or unusable; the message says what to do."""
 
@@ -83,14 +102,11 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
         return None
     origin = websocket.headers.get("origin")
     if config.allowed_origins and origin and origin.rstrip("/") not in config.allowed_origins:
-        await refuse(
+        await _refuse_unauthorized(
             websocket,
             state,
             session_id,
-            ErrorCode.UNAUTHORIZED,
-            CloseCode.UNAUTHORIZED,
-            message="This page's origin may not connect: ask the operator to add it to "
-            "ALLOWED_ORIGINS.",
+            "This page's origin may not connect: ask the operator to add it to ALLOWED_ORIGINS.",
             reason="origin_not_allowed",
         )
         return None
@@ -117,14 +133,7 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
                 auth_failure_details(blocked),
             )
         else:
-            await refuse(
-                websocket,
-                state,
-                session_id,
-                ErrorCode.UNAUTHORIZED,
-                CloseCode.UNAUTHORIZED,
-                message=str(exc) or None,
-            )
+            await _refuse_unauthorized(websocket, state, session_id, str(exc) or None)
         return None
     if state.slots_taken >= config.max_connections:
         await refuse(
