@@ -15,6 +15,9 @@ others keep their audio here until the current one's ``transcription.done`` arri
 fresh generation (a *segment*): proactively, before the cap, when the cap is known; reactively
 when vLLM ends a generation by itself. Upstream connections are numbered by ``upstream_epoch``;
 events of an older one are ignored.
+
+Its other concerns are functions of it, in ``session_update``, ``session_upstream``,
+``session_turns`` and ``session_end``: they act through its lifecycle steps, never around them.
 """
 
 from __future__ import annotations
