@@ -1,6 +1,6 @@
 """CPU cost of the proxy's audio conversion (proxy/audio_convert.py), per second of client audio.
 
-Run: `.venv/bin/python scripts/bench_audio_convert.py [--seconds 60] [--repeats 5]`. Each path
+Run: `.venv/bin/python -m devtools.bench_audio_convert [--seconds 60] [--repeats 5]`. Each path
 converts `--seconds` of a speech-like signal cut into pieces of the given size, as one utterance
 (converter made, fed, flushed); the best of `--repeats` runs is reported, since other load only
 ever adds time. Also prints the resampler's quality settings side by side on the 8 kHz μ-law path.
@@ -11,11 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clients.audio import encode_pcm16
 from proxy import audio_convert
