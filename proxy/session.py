@@ -17,7 +17,8 @@ when vLLM ends a generation by itself. Upstream connections are numbered by ``up
 events of an older one are ignored.
 
 Its other concerns are functions of it, in ``session_update``, ``session_upstream``,
-``session_turns`` and ``session_end``: they act through its lifecycle steps, never around them.
+``session_turns``, ``session_limits`` and ``session_end``: they act through its lifecycle
+steps, never around them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from proxy import session_end, session_turns, session_update, session_upstream
+from proxy import (
+    session_end,
+    session_limits,
+    session_turns,
+    session_update,
+    session_upstream,
+)
 from proxy.actions import (
     Action,
     Outcome,
@@ -178,7 +185,7 @@ class Session:
             session_update.update(self, message)
         elif isinstance(message, Cancel):
             self._on_cancel(message)
-        elif self._backlog_full(backlog, backlog_bytes, message):
+        elif session_limits.backlog_full(self, backlog, backlog_bytes, message):
             pass
         elif isinstance(message, Append):
             self._on_append(message)
@@ -412,31 +419,10 @@ class Session:
     # ------------------------------------------------------------------ limits
 
     def _admit(self, now: float, request_id: str | None) -> bool:
-        return self._admitted(self._admission.message(now), request_id)
+        return session_limits.admitted(self, self._admission.message(now), request_id)
 
     def _admit_cancel(self, request_id: str) -> bool:
-        return self._admitted(self._admission.cancel(self._now), request_id)
-
-    def _admitted(self, verdict: dict[str, Any] | bool, request_id: str | None) -> bool:
-        if verdict is True:
-            return True
-        if verdict is False:
-            # Told often enough: the client keeps going, so the connection ends.
-            session_end.terminate(self, ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED)
-        else:
-            self._error(ErrorCode.RATE_LIMITED, request_id, details=verdict)
-        return False
-
-    def _backlog_full(self, backlog: int, backlog_bytes: int, message: ClientMessage) -> bool:
-        """Whether ``message`` comes on top of too many messages, or too many bytes of audio,
-        waiting for vLLM (the relay's backlog and the audio held here)."""
-        self.inbound_depth = backlog + self.held_messages
-        self.inbound_depth_bytes = backlog_bytes + self.held_bytes
-        incoming = len(message.audio) if isinstance(message, Append) else 0
-        if not self.limits.inbound_full(self.inbound_depth, self.inbound_depth_bytes, incoming):
-            return False
-        session_end.terminate(self, ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
-        return True
+        return session_limits.admitted(self, self._admission.cancel(self._now), request_id)
 
     # ------------------------------------------------------------------ output
 
