@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
+from clients.audio import encode_pcm16
 from proxy import audio_convert
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat, Encoding
-from proxy.g711 import encode_alaw, encode_ulaw
 
 PATHS = (
     ("pcm16 16 kHz mono (passthrough), 80 ms", AudioFormat(Encoding.PCM16, 16_000, 1), 80),
@@ -43,12 +43,7 @@ def client_audio(fmt: AudioFormat, seconds: float) -> bytes:
     pcm = np.round(signal * 12_000).astype("<i2")
     if fmt.channels == 2:
         pcm = np.repeat(pcm, 2)
-    raw = pcm.tobytes()
-    if fmt.encoding is Encoding.G711_ULAW:
-        return encode_ulaw(raw)
-    if fmt.encoding is Encoding.G711_ALAW:
-        return encode_alaw(raw)
-    return raw
+    return encode_pcm16(pcm.tobytes(), fmt.encoding)
 
 
 def cpu_ms_per_audio_s(fmt: AudioFormat, piece_ms: int, seconds: float, repeats: int) -> float:

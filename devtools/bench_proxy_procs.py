@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+
+from devtools.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -126,13 +127,7 @@ def _wait_ready(child: Child, url: str) -> None:
 
 def stop(child: Child) -> None:
     """SIGTERM (the proxy drains: nothing is left to drain by then), then SIGKILL if stuck."""
-    if child.proc.poll() is None:
-        child.proc.send_signal(signal.SIGTERM)
-        try:
-            child.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait(STOP_TIMEOUT_S)
+    stop_process(child.proc, STOP_TIMEOUT_S, STOP_TIMEOUT_S)
     if child.proc.stdout is not None:
         child.proc.stdout.close()
 

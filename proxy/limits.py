@@ -28,6 +28,23 @@ class SessionLimits:
     max_cancels_per_window: int = 50
     cancel_window_s: float = 60.0
 
+    def inbound_full(self, waiting: int, waiting_bytes: int, incoming: int) -> bool:
+        """Whether a message of ``incoming`` bytes of audio comes on top of too many messages,
+        or too many bytes, waiting for vLLM (``waiting`` messages of ``waiting_bytes`` bytes)."""
+        return (
+            waiting >= self.inbound_queue_max
+            or waiting_bytes + incoming > self.inbound_queue_max_bytes
+        )
+
+    def outbound_full(self, events: int, nbytes: int, incoming: int) -> bool:
+        """Whether one more event of ``incoming`` bytes would pass the outbound bounds, with
+        ``events`` events of ``nbytes`` bytes already waiting for the client (the relay's
+        count): then the client stopped reading. An event alone never does, whatever its size.
+        """
+        return events >= self.outbound_queue_max or (
+            events > 0 and nbytes + incoming > self.outbound_queue_max_bytes
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:

@@ -50,7 +50,8 @@ from proxy.envelope import (
     parse_client_message,
 )
 from proxy.metrics import Metrics
-from proxy.session import Session, WindDown
+from proxy.session import Session
+from proxy.session_end import WindDown
 from proxy.telemetry import UtteranceTelemetry
 from proxy.upstream import UpstreamConnection, UpstreamUnavailable
 from proxy.vad import VadStream, Window
@@ -173,7 +174,7 @@ class Relay:
                 self._send_upstream(action.text)
             elif isinstance(action, SendClient):
                 text = encode_event(action.event)
-                if self.session.outbound_full(
+                if self.session.limits.outbound_full(
                     self.outbound.qsize(), self.outbound_bytes, len(text)
                 ):
                     # The client stopped reading: drop what it would never read, and end it.

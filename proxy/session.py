@@ -15,25 +15,28 @@ others keep their audio here until the current one's ``transcription.done`` arri
 fresh generation (a *segment*): proactively, before the cap, when the cap is known; reactively
 when vLLM ends a generation by itself. Upstream connections are numbered by ``upstream_epoch``;
 events of an older one are ignored.
+
+Its other concerns are functions of it, in ``session_update``, ``session_upstream``,
+``session_turns``, ``session_limits`` and ``session_end``: they act through its lifecycle
+steps, never around them.
 """
 
 from __future__ import annotations
 
-import binascii
 from collections import deque
-from enum import Enum
 from typing import Any
 
-from proxy import vllm_wire
+from proxy import (
+    session_end,
+    session_limits,
+    session_turns,
+    session_update,
+    session_upstream,
+)
 from proxy.actions import (
     Action,
-    CloseClient,
-    FeedVad,
     Outcome,
     SendClient,
-    StartVad,
-    StopVad,
-    UtteranceRolledOver,
     UtteranceStarted,
 )
 from proxy.audio_clock import DEFAULT_PAUSE_MS
@@ -42,14 +45,11 @@ from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
 from proxy.envelope import (
     APPEND_NEEDS_REQUEST_ID,
-    ENDING_AFTER_END,
-    FORMAT_CHANGE_IN_UTTERANCE,
     NO_OPEN_TURN,
     NO_OPEN_UTTERANCE,
     NOTHING_TO_CANCEL,
     REQUEST_ID_IN_USE,
     TURN_DETECTION_FAILED,
-    TURNS_NEED_NO_OPEN_UTTERANCE,
     TURNS_OPEN_UTTERANCES,
     Append,
     Cancel,
@@ -63,22 +63,14 @@ from proxy.envelope import (
     SessionUpdate,
     error_event,
     server_event,
-    unsupported_model,
 )
 from proxy.feed import UpstreamFeed
 from proxy.limits import Admission, SessionLimits
-from proxy.turn_stream import MAX_UNSCORED_MS, TurnStream
-from proxy.turns import SpeechStarted, SpeechStopped, TurnOptions
+from proxy.session_end import WindDown
+from proxy.turn_stream import TurnStream
+from proxy.turns import TurnOptions
 from proxy.utterance import Phase, Utterance
 from proxy.vad import Window
-
-
-class WindDown(Enum):
-    """Why a connection stops taking new utterances and closes once the last one is done."""
-
-    END = (CloseCode.NORMAL, None)
-    MAX_DURATION = (CloseCode.MAX_DURATION, ErrorCode.MAX_DURATION_REACHED)
-    SHUTDOWN = (CloseCode.GOING_AWAY, ErrorCode.SHUTTING_DOWN)
 
 
 class Session:
@@ -123,7 +115,8 @@ class Session:
         # The audio stream and its turns while turn detection is on.
         self.turns: TurnStream | None = None
         if turn_options is not None:
-            self._set_turn_detection(turn_options)  # its StartVad goes out with the first flush
+            # Its StartVad goes out with the first flush.
+            session_turns.set_turn_detection(self, turn_options)
 
     # ------------------------------------------------------------------ queries
 
@@ -157,16 +150,6 @@ class Session:
         held = sum(u.held.nbytes for u in self.line)
         return held + self.current.held.nbytes if self.current is not None else held
 
-    def outbound_full(self, events: int, nbytes: int, incoming: int) -> bool:
-        """Whether one more event of ``incoming`` bytes would pass the outbound bounds, with
-        ``events`` events of ``nbytes`` bytes already waiting for the client (the relay's
-        count): then the client stopped reading. An event alone never does, whatever its size.
-        """
-        limits = self.limits
-        return events >= limits.outbound_queue_max or (
-            events > 0 and nbytes + incoming > limits.outbound_queue_max_bytes
-        )
-
     # ------------------------------------------------------------------ inputs
 
     def on_client(
@@ -195,14 +178,14 @@ class Session:
         if isinstance(message, Ping):
             self._send("pong", message.request_id, message.payload)
         elif isinstance(message, End):
-            self._wind_down(WindDown.END)
+            session_end.wind_down(self, WindDown.END)
         elif not self._admit(now, message.request_id):
             pass
         elif isinstance(message, SessionUpdate):
-            self._on_session_update(message)
+            session_update.update(self, message)
         elif isinstance(message, Cancel):
             self._on_cancel(message)
-        elif self._backlog_full(backlog, backlog_bytes, message):
+        elif session_limits.backlog_full(self, backlog, backlog_bytes, message):
             pass
         elif isinstance(message, Append):
             self._on_append(message)
@@ -225,7 +208,7 @@ class Session:
         """The upstream connection closed or could not be opened."""
         self._now = now
         if epoch == self.upstream_epoch and not self.closed:
-            self._terminate(ErrorCode.UPSTREAM_UNAVAILABLE, CloseCode.TRY_AGAIN_LATER)
+            session_end.terminate(self, ErrorCode.UPSTREAM_UNAVAILABLE, CloseCode.TRY_AGAIN_LATER)
         return self._flush()
 
     def on_upstream_event(self, epoch: int, event: dict[str, Any], now: float) -> list[Action]:
@@ -234,40 +217,7 @@ class Session:
         if epoch != self.upstream_epoch or self.closed:
             return self._flush()
         self.feed.settle()
-        utterance = self.current
-        if utterance is None:
-            # Nothing runs upstream: a stray event (or vLLM's answer to session.update).
-            if event.get("type") == "error":
-                self._upstream_error(None, event)
-            return self._flush()
-        kind = event.get("type")
-        if kind == "transcription.delta":
-            delta = event.get("delta")
-            if isinstance(delta, str) and delta:
-                if utterance.first_delta_at is None:
-                    utterance.first_delta_at = now
-                audio_ms = utterance.clock.add_text(delta, utterance.segment_bytes)
-                self._send(
-                    "transcription.delta",
-                    utterance.request_id,
-                    {"delta": delta, "audio_ms": audio_ms},
-                )
-            else:
-                # vLLM sends an empty delta for every step that produced no text: not
-                # forwarded, only counted (it is one step of the token clock).
-                utterance.clock.steps += 1
-        elif kind == "transcription.done":
-            utterance.add_usage(event.get("usage"))
-            if utterance.phase.rolling:
-                self._next_segment(utterance)
-            elif utterance.phase is Phase.FINALIZING:
-                self._complete(utterance)
-            else:
-                # vLLM reached --max-model-len by itself: carry on in a new generation. Audio it
-                # received after stopping and before this event is gone (its queue was wiped).
-                self._next_segment(utterance)
-        elif kind == "error":
-            self._upstream_error(utterance, event)
+        session_upstream.event(self, event)
         return self._flush()
 
     def on_upstream_stalled(self, epoch: int, now: float) -> list[Action]:
@@ -278,29 +228,15 @@ class Session:
             return self._flush()
         self.feed.settle()
         if self.current is not None:
-            self._upstream_error(
-                self.current,
-                {"code": "no_response", "error": "vLLM sent nothing for this utterance in time."},
-            )
+            session_upstream.error(self, self.current, session_upstream.STALLED)
         return self._flush()
 
     def on_vad(self, windows: list[Window], now: float) -> list[Action]:
         """Scored windows of the turn stream (``StartVad``'s results), in order."""
         self._now = now
         turns = self.turns
-        if turns is None or self.closed:
-            return self._flush()
-        for end_ms, probability in windows:
-            event = turns.detector.push(end_ms, probability)
-            turns.scored_to(end_ms)
-            if isinstance(event, SpeechStarted):
-                self._open_turn(turns, event)
-            elif isinstance(event, SpeechStopped):
-                self._close_turn(turns, event)
-        if self.open is not None:
-            self._turn_audio(self.open, turns.audio(0, turns.scored))
-        else:
-            turns.trim_idle()
+        if turns is not None and not self.closed:
+            session_turns.scored(self, turns, windows)
         return self._flush()
 
     def on_vad_failed(self, now: float) -> list[Action]:
@@ -308,13 +244,13 @@ class Session:
         self._now = now
         if self.turns is not None and not self.closed:
             self._error(ErrorCode.INTERNAL_ERROR, None, TURN_DETECTION_FAILED)
-            self._set_turn_detection(None)
+            session_turns.set_turn_detection(self, None)
         return self._flush()
 
     def wind_down(self, reason: WindDown, now: float) -> list[Action]:
         """Take no new utterance, finalize the open one, close once every one has ended."""
         self._now = now
-        self._wind_down(reason)
+        session_end.wind_down(self, reason)
         return self._flush()
 
     def terminate(self, code: ErrorCode, close_code: int, now: float) -> list[Action]:
@@ -322,49 +258,10 @@ class Session:
         ``error`` first."""
         self._now = now
         if not self.closed:
-            self._terminate(code, close_code)
+            session_end.terminate(self, code, close_code)
         return self._flush()
 
     # ------------------------------------------------------------------ client messages
-
-    def _on_session_update(self, message: SessionUpdate) -> None:
-        # Checked whole before anything changes: a refused update changes nothing.
-        if message.model is not None and message.model != self.served_model:
-            self._error(
-                ErrorCode.UNSUPPORTED_MODEL,
-                message.request_id,
-                unsupported_model(self.served_model),
-                {"model": self.served_model},
-            )
-            return
-        audio_format = message.audio
-        if audio_format is not None and audio_format != self.audio_format and self.in_flight:
-            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, FORMAT_CHANGE_IN_UTTERANCE)
-            return
-        turns_on = message.turn_detection_given and message.turn_detection is not None
-        if turns_on and self.turns is None and self.open is not None:
-            self._error(ErrorCode.INVALID_MESSAGE, message.request_id, TURNS_NEED_NO_OPEN_UTTERANCE)
-            return
-        format_changed = audio_format is not None and audio_format != self.audio_format
-        if audio_format is not None:
-            self.audio_format = audio_format
-        if message.segment_pause_ms is not None:
-            self.segment_pause_ms = message.segment_pause_ms
-        if message.turn_detection_given:
-            self._set_turn_detection(message.turn_detection)
-        elif format_changed and self.turns is not None:
-            self._set_turn_detection(self.turns.options)  # a new stream in the new format
-        turns = self.turns.options.as_payload() if self.turns is not None else None
-        self._send(
-            "session.updated",
-            message.request_id,
-            {
-                "model": self.served_model,
-                "segment_pause_ms": self.segment_pause_ms,
-                "audio": self.audio_format.as_payload(),
-                "turn_detection": turns,
-            },
-        )
 
     def _on_open(self, message: Commit) -> None:
         request_id = message.request_id
@@ -372,7 +269,7 @@ class Session:
             self._error(ErrorCode.INVALID_MESSAGE, request_id, TURNS_OPEN_UTTERANCES)
             return
         if self.winding_down is not None:
-            self._refuse_while_winding_down(request_id)
+            session_end.refuse_while_winding_down(self, request_id)
             return
         if self.open is not None and self.open.request_id == request_id:
             return
@@ -394,8 +291,7 @@ class Session:
     def _on_append(self, message: Append) -> None:
         if self.turns is not None:
             # The request_id, if any, is not checked: the audio is the stream's.
-            audio = message.audio
-            self._stream_audio(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
+            session_turns.stream_audio(self, message.audio)
             return
         request_id = message.request_id
         if request_id is not None:
@@ -430,14 +326,14 @@ class Session:
     def _on_final(self, message: Commit) -> None:
         if self.turns is not None:
             # Push-to-talk: the open turn ends now, whatever request_id the commit names.
-            if not self._end_open_turn():
+            if not session_turns.end_open_turn(self):
                 self._error(ErrorCode.NO_ACTIVE_REQUEST, message.request_id, NO_OPEN_TURN)
             return
         utterance = self._open_utterance(message.request_id)
         if utterance is not None:
             utterance.final_at = self._now
             self._finalize(utterance)
-            self._check_wound_down()
+            session_end.check_wound_down(self)
 
     def _on_cancel(self, message: Cancel) -> None:
         utterance = next((u for u in self.in_flight if u.request_id == message.request_id), None)
@@ -449,93 +345,9 @@ class Session:
                 self.turns.detector.end_turn()
             self._cancel(utterance, message.reason)
             self._start_next()
-            self._check_wound_down()
-
-    # ------------------------------------------------------------------ turns
-
-    def _set_turn_detection(self, options: TurnOptions | None) -> None:
-        """Turns detection on, off, or on with new options (a new stream: its times restart)."""
-        if self.turns is not None:
-            self._end_open_turn()
-            self.turns = None
-            self._out.append(StopVad())
-        if options is not None:
-            self.turns = TurnStream(options, self.audio_format)
-            self._out.append(StartVad())
-
-    def _stream_audio(self, data: bytes) -> None:
-        """Client audio for the turn stream (an append's, or a binary frame's, bytes)."""
-        turns = self.turns
-        assert turns is not None
-        try:
-            chunks = turns.take(data)
-        except InvalidAudio as exc:
-            self._error(ErrorCode.INVALID_AUDIO, None, exc.message)
-            return
-        self._out.extend(FeedVad(chunk) for chunk in chunks)
-        if turns.unscored_ms > MAX_UNSCORED_MS:
-            self._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
-
-    def _open_turn(self, turns: TurnStream, event: SpeechStarted) -> None:
-        if self.winding_down is not None or self.open is not None:
-            return
-        request_id = turns.next_request_id()
-        while any(u.request_id == request_id for u in self.in_flight):
-            request_id = turns.next_request_id()  # a client utterance from before has its name
-        # The turn's audio comes from the stream, already at 16 kHz.
-        utterance = Utterance(request_id, opened_at=self._now, audio=UtteranceAudio(NATIVE))
-        self._out.append(UtteranceStarted(request_id, self._now))
-        self.line.append(utterance)
-        self.open = utterance
-        self._send(
-            "input_audio_buffer.speech_started",
-            request_id,
-            {"audio_start_ms": event.audio_start_ms},
-        )
-        self._start_next()
-        start = event.turn_start_ms * vllm_wire.PCM_BYTES_PER_MS
-        self._turn_audio(utterance, turns.audio(start, turns.scored))
-
-    def _close_turn(self, turns: TurnStream, event: SpeechStopped) -> None:
-        utterance = self.open
-        if utterance is None:
-            return  # the client ended or cancelled it already
-        self._turn_audio(utterance, turns.audio(0, turns.scored))
-        self._send(
-            "input_audio_buffer.speech_stopped",
-            utterance.request_id,
-            {"audio_end_ms": event.audio_end_ms},
-        )
-        utterance.final_at = self._now
-        self._finalize(utterance)
-
-    def _end_open_turn(self) -> bool:
-        """Ends the open turn now with all the audio received (push-to-talk, turning off)."""
-        turns, utterance = self.turns, self.open
-        if turns is None or utterance is None:
-            return False
-        self._turn_audio(utterance, turns.audio(0, turns.received))
-        turns.detector.end_turn()
-        utterance.final_at = self._now
-        self._finalize(utterance)
-        self._check_wound_down()
-        return True
-
-    def _turn_audio(self, utterance: Utterance, pcm: bytes) -> None:
-        if pcm:
-            if utterance.first_audio_at is None:
-                utterance.first_audio_at = self._now
-            for audio, pcm_bytes in utterance.audio.take(pcm, len(pcm)):
-                self._deliver(utterance, audio, pcm_bytes)
+            session_end.check_wound_down(self)
 
     # ------------------------------------------------------------------ lifecycle
-
-    def _wind_down(self, reason: WindDown) -> None:
-        if not self.closed and self.winding_down is None:
-            self.winding_down = reason
-            if self.open is not None:
-                self._finalize(self.open)
-            self._check_wound_down()
 
     def _open_utterance(self, request_id: str) -> Utterance | None:
         """The open utterance if it is ``request_id``; otherwise tells the client why not.
@@ -575,23 +387,13 @@ class Session:
             self.current = self.line.popleft()
             self.feed.begin_segment(self.current, self._now)
 
-    def _next_segment(self, utterance: Utterance) -> None:
-        utterance.clock.end_run(utterance.segment_bytes)
-        utterance.segments += 1
-        self._out.append(UtteranceRolledOver(utterance.request_id))
-        if utterance.phase.client_final and not utterance.held:
-            # The previous segment already covered every byte: no empty generation upstream.
-            self._complete(utterance)
-        else:
-            self.feed.begin_segment(utterance, self._now)
-
     def _complete(self, utterance: Utterance) -> None:
         self.current = None
         payload = utterance.done_payload(self.segment_pause_ms)
         self._send("transcription.done", utterance.request_id, payload)
         self._ended(utterance, Outcome.DONE, text=payload["text"])
         self._start_next()
-        self._check_wound_down()
+        session_end.check_wound_down(self)
 
     def _cancel(self, utterance: Utterance, reason: str) -> None:
         self._send("cancelled", utterance.request_id, {"reason": reason})
@@ -614,82 +416,13 @@ class Session:
         else:
             self.line.remove(utterance)
 
-    def _upstream_error(self, utterance: Utterance | None, event: dict[str, Any]) -> None:
-        details = vllm_wire.error_details(event)
-        if utterance is None:
-            self._error(ErrorCode.UPSTREAM_ERROR, None, details=details)
-            return
-        # The generation's state upstream is unknown after an error: start clean.
-        self._error(ErrorCode.UPSTREAM_ERROR, utterance.request_id, details=details)
-        self._ended(utterance, Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR)
-        self._detach(utterance)
-        self._start_next()
-        self._check_wound_down()
-
-    def _check_wound_down(self) -> None:
-        reason = self.winding_down
-        if reason is None or self.closed or self.in_flight:
-            return
-        close_code, error_code = reason.value
-        if error_code is None:
-            self._send("session.ended", None, {})
-        else:
-            self._error(error_code, None)
-        self._close(close_code)
-
-    def _refuse_while_winding_down(self, request_id: str) -> None:
-        reason = self.winding_down
-        assert reason is not None
-        error_code = reason.value[1]
-        if error_code is None:
-            self._error(ErrorCode.INVALID_MESSAGE, request_id, ENDING_AFTER_END)
-        else:
-            self._error(error_code, request_id)
-
-    def _terminate(self, code: ErrorCode, close_code: int) -> None:
-        for utterance in self.in_flight:
-            self._error(code, utterance.request_id)
-            self._ended(utterance, Outcome.ERRORED, code)
-        self._error(code, None)
-        self._close(close_code)
-
-    def _close(self, code: int) -> None:
-        self.closed = True
-        self.open = self.current = None
-        self.line.clear()
-        self._out.append(CloseClient(code))
-
     # ------------------------------------------------------------------ limits
 
     def _admit(self, now: float, request_id: str | None) -> bool:
-        return self._admitted(self._admission.message(now), request_id)
+        return session_limits.admitted(self, self._admission.message(now), request_id)
 
     def _admit_cancel(self, request_id: str) -> bool:
-        return self._admitted(self._admission.cancel(self._now), request_id)
-
-    def _admitted(self, verdict: dict[str, Any] | bool, request_id: str | None) -> bool:
-        if verdict is True:
-            return True
-        if verdict is False:
-            # Told often enough: the client keeps going, so the connection ends.
-            self._terminate(ErrorCode.RATE_LIMITED, CloseCode.RATE_LIMITED)
-        else:
-            self._error(ErrorCode.RATE_LIMITED, request_id, details=verdict)
-        return False
-
-    def _backlog_full(self, backlog: int, backlog_bytes: int, message: ClientMessage) -> bool:
-        """Whether ``message`` comes on top of too many messages, or too many bytes of audio,
-        waiting for vLLM (the relay's backlog and the audio held here)."""
-        self.inbound_depth = backlog + self.held_messages
-        self.inbound_depth_bytes = backlog_bytes + self.held_bytes
-        incoming = len(message.audio) if isinstance(message, Append) else 0
-        limits = self.limits
-        if self.inbound_depth < limits.inbound_queue_max and (
-            self.inbound_depth_bytes + incoming <= limits.inbound_queue_max_bytes
-        ):
-            return False
-        self._terminate(ErrorCode.INBOUND_QUEUE_FULL, CloseCode.INBOUND_QUEUE_FULL)
-        return True
+        return session_limits.admitted(self, self._admission.cancel(self._now), request_id)
 
     # ------------------------------------------------------------------ output
 

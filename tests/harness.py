@@ -105,6 +105,15 @@ def upstream_commits(fake: FakeVllm, *, final: bool) -> int:
     )
 
 
+async def finalizing_held(fake: FakeVllm, client: Client, request_id: str, pcm: bytes) -> None:
+    """Sends a whole utterance while the fake vLLM holds its answers back (until
+    ``fake.resume()``); returns once the final commit reached vLLM: the utterance is
+    finalizing, its done owed."""
+    fake.hang()
+    await client.utterance(request_id, pcm)
+    await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+
+
 def load_pcm(name: str = "short.wav") -> bytes:
     with wave.open(str(SAMPLES / name), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)

@@ -1,13 +1,18 @@
 """Test signals in every audio format, and how to measure what arrives: a pure tone, its client
-bytes, and the tone's signal-to-noise ratio and frequency at 16 kHz."""
+bytes, the tone's signal-to-noise ratio and frequency at 16 kHz, and the audio vLLM should
+receive and did receive."""
 
 from __future__ import annotations
+
+import base64
 
 import numpy as np
 import numpy.typing as npt
 
-from proxy.audio_format import NATIVE, AudioFormat, Encoding
-from proxy.g711 import encode_alaw, encode_ulaw
+from clients.audio import encode_pcm16
+from devtools.fake_vllm import FakeVllm
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import NATIVE, AudioFormat
 
 UPSTREAM_RATE = NATIVE.sample_rate
 Int16s = npt.NDArray[np.int16]
@@ -26,12 +31,7 @@ def encode(fmt: AudioFormat, left: Int16s, right: Int16s | None = None) -> bytes
         frames[1::2] = left if right is None else right
     else:
         frames = left.astype("<i2")
-    pcm = frames.tobytes()
-    if fmt.encoding is Encoding.G711_ULAW:
-        return encode_ulaw(pcm)
-    if fmt.encoding is Encoding.G711_ALAW:
-        return encode_alaw(pcm)
-    return pcm
+    return encode_pcm16(frames.tobytes(), fmt.encoding)
 
 
 def samples(pcm: bytes) -> npt.NDArray[np.float64]:
@@ -53,3 +53,20 @@ def tone_snr_db(y: npt.NDArray[np.float64], hz: float) -> float:
 def dominant_hz(y: npt.NDArray[np.float64]) -> float:
     spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size)))
     return float(np.fft.rfftfreq(y.size, 1 / UPSTREAM_RATE)[int(spectrum.argmax())])
+
+
+def converted(fmt: AudioFormat, parts: list[bytes]) -> bytes:
+    """What vLLM should receive for `parts` sent in `fmt`, converted independently of the
+    proxy's stream."""
+    converter = AudioConverter(fmt)
+    out = [chunk for part in parts for chunk in converter.feed(part)]
+    return b"".join(out + converter.flush())
+
+
+def upstream_audio(fake: FakeVllm) -> bytes:
+    """Every byte of audio the fake vLLM received, in order (one connection)."""
+    return b"".join(
+        base64.b64decode(event["audio"])
+        for _, event in fake.received
+        if event.get("type") == "input_audio_buffer.append"
+    )

@@ -7,7 +7,6 @@ ignores the format) is checked against a small recording peer (conftest.recordin
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,26 +16,10 @@ from clients.audio import TELEPHONY_FORMAT, load_audio
 from clients.cli import sample
 from clients.client import ClientError, VoxtralClient
 from devtools.fake_vllm import FakeVllm, predict_text
-from proxy.audio_convert import AudioConverter
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from tests.clients.conftest import recording_peer
 from tests.harness import RunningProxy
-
-
-def upstream_audio(fake: FakeVllm) -> bytes:
-    """Every byte of audio vLLM received, in order."""
-    return b"".join(
-        base64.b64decode(event["audio"])
-        for _, event in fake.received
-        if event.get("type") == "input_audio_buffer.append"
-    )
-
-
-def converted(fmt: AudioFormat, pieces: list[bytes]) -> bytes:
-    """What vLLM should receive for `pieces` sent in `fmt`."""
-    converter = AudioConverter(fmt)
-    out = [chunk for piece in pieces for chunk in converter.feed(piece)]
-    return b"".join(out + converter.flush())
+from tests.tones import converted, upstream_audio
 
 
 def cut(audio: bytes, size: int) -> list[bytes]:

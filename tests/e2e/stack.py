@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.processes import stop_process
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,13 +80,7 @@ class Stack:
 
     def stop(self) -> int | None:
         vllm = self.vllm_pid()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_LIMIT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, STOP_LIMIT_S)
         if vllm is not None:  # never leave a vLLM behind, whatever happened above
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(vllm, signal.SIGKILL)

@@ -5,14 +5,12 @@ both kinds in order, every refusal, and format changes."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Any
 
 import numpy as np
 import pytest
 
-from devtools.fake_vllm import FakeVllm, predict_text
-from proxy.audio_convert import AudioConverter
+from devtools.fake_vllm import predict_text
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from proxy.g711 import encode_ulaw
 from tests.harness import (
@@ -24,7 +22,16 @@ from tests.harness import (
     load_pcm,
     texts,
 )
-from tests.tones import UPSTREAM_RATE, dominant_hz, encode, samples, tone, tone_snr_db
+from tests.tones import (
+    UPSTREAM_RATE,
+    converted,
+    dominant_hz,
+    encode,
+    samples,
+    tone,
+    tone_snr_db,
+    upstream_audio,
+)
 
 ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
 ALAW_8K = AudioFormat(Encoding.G711_ALAW, 8000, 1)
@@ -53,22 +60,6 @@ def query(fmt: AudioFormat) -> str:
 def pieces(fmt: AudioFormat, data: bytes, ms: int = PIECE_MS) -> list[bytes]:
     step = fmt.chunk_bytes(ms)
     return [data[i : i + step] for i in range(0, len(data), step)]
-
-
-def upstream_audio(fake: FakeVllm) -> bytes:
-    """Every byte of audio vLLM received, in order (one connection)."""
-    return b"".join(
-        base64.b64decode(event["audio"])
-        for _, event in fake.received
-        if event.get("type") == "input_audio_buffer.append"
-    )
-
-
-def converted(fmt: AudioFormat, parts: list[bytes]) -> bytes:
-    """What the proxy should send up for `parts`, converted independently of the proxy."""
-    converter = AudioConverter(fmt)
-    out = [chunk for part in parts for chunk in converter.feed(part)]
-    return b"".join(out + converter.flush())
 
 
 async def send_binary(client: Client, parts: list[bytes]) -> None:

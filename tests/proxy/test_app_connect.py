@@ -14,9 +14,9 @@ from tests.harness import (
     assert_error,
     connected,
     fake_and_proxy,
+    finalizing_held,
     load_pcm,
     serve_proxy,
-    upstream_commits,
     wait_for,
 )
 
@@ -190,9 +190,8 @@ async def test_upstream_unavailable_at_connect_then_recovers() -> None:
 
 async def test_draining_refuses_new_connections() -> None:
     async with fake_and_proxy(drain_timeout_s=10.0) as (fake, proxy), connected(proxy) as busy:
-        fake.hang()  # keeps an utterance in flight, so the drain lasts
-        await busy.utterance("r1", load_pcm()[:64000])
-        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        # Keeps an utterance in flight, so the drain lasts.
+        await finalizing_held(fake, busy, "r1", load_pcm()[:64000])
         proxy.server.begin_shutdown()
         payload = assert_refusal(await refused(proxy), "shutting_down", 1001)
         assert payload["details"] == {}

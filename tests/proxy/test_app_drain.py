@@ -7,6 +7,7 @@ from tests.harness import (
     assert_error,
     connected,
     fake_and_proxy,
+    finalizing_held,
     load_pcm,
     texts,
     upstream_commits,
@@ -61,9 +62,7 @@ async def test_new_utterance_during_drain_is_refused() -> None:
         fake_and_proxy(drain_timeout_s=5.0) as (fake, proxy),
         connected(proxy) as client,
     ):
-        fake.hang()
-        await client.utterance("r1", OTHER)
-        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        await finalizing_held(fake, client, "r1", OTHER)
         proxy.server.begin_shutdown()
         await client.open("r2")
         events = await client.recv_until("error", "r2")
@@ -89,9 +88,7 @@ async def test_drain_deadline_ends_what_is_left() -> None:
         fake_and_proxy(drain_timeout_s=0.5) as (fake, proxy),
         connected(proxy) as client,
     ):
-        fake.hang()  # r1's done never comes
-        await client.utterance("r1", OTHER)
-        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        await finalizing_held(fake, client, "r1", OTHER)  # r1's done never comes
         proxy.server.begin_shutdown()
         events, code = await client.recv_all_until_closed(timeout=10)
         fake.resume()

@@ -18,10 +18,10 @@ from tests.harness import (
     assert_error,
     connected,
     fake_and_proxy,
+    finalizing_held,
     load_pcm,
     of_request,
     texts,
-    upstream_commits,
     wait_for,
 )
 
@@ -97,9 +97,7 @@ async def test_upstream_error_mid_generation_ends_only_that_utterance() -> None:
     async with fake_and_proxy() as (fake, proxy), connected(proxy) as client:
         # All of r1 reaches vLLM before it generates, so no later r1 message can race the error.
         fake.fail_after_deltas = 2
-        fake.hang()
-        await client.utterance("r1", SHORT)
-        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        await finalizing_held(fake, client, "r1", SHORT)
         fake.resume()
         events = await client.recv_until("error", "r1")
         payload = assert_error(events[-1], "upstream_error", "r1")

@@ -19,6 +19,7 @@ from tests.harness import (
     chunks,
     connected,
     fake_and_proxy,
+    finalizing_held,
     load_pcm,
     of_request,
     texts,
@@ -86,9 +87,7 @@ async def test_finalizing_utterance_pauses_the_idle_timeout() -> None:
         fake_and_proxy(idle_timeout_s=0.5) as (fake, proxy),
         connected(proxy) as client,
     ):
-        fake.hang()
-        await client.utterance("r1", OTHER)
-        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        await finalizing_held(fake, client, "r1", OTHER)
         await asyncio.sleep(1.5)  # three idle timeouts while the client waits for its done
         fake.resume()
         events, code = await client.recv_all_until_closed(timeout=10)

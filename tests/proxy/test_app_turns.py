@@ -4,12 +4,11 @@ sockets: real speech from samples/ streamed without commits."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from devtools.fake_vllm import FakeVllm, predict_text
+from devtools.fake_vllm import predict_text
 from proxy.turns import TurnOptions
 from proxy.vad import WINDOW_MS, Float32Array, VadEngine, VadModel
 from tests.harness import (
@@ -23,6 +22,7 @@ from tests.harness import (
     wait_for,
 )
 from tests.speech import PCM_BYTES_PER_MS, noise, spoken_recording, to_pcm16
+from tests.tones import upstream_audio
 
 BOUNDARY_TOLERANCE_MS = 200
 OPTIONS = TurnOptions()
@@ -101,14 +101,6 @@ def turn_audio(pcm: bytes, started: dict[str, Any], stopped: dict[str, Any]) -> 
     return pcm[start_ms * PCM_BYTES_PER_MS : end_ms * PCM_BYTES_PER_MS]
 
 
-def upstream_audio_bytes(fake: FakeVllm) -> int:
-    return sum(
-        len(base64.b64decode(event["audio"]))
-        for _, event in fake.received
-        if event.get("type") == "input_audio_buffer.append"
-    )
-
-
 async def test_one_turn_per_spoken_clip_with_its_boundaries_and_text() -> None:
     recording = spoken_recording(("short", "long"))
     async with fake_and_proxy() as (fake, proxy), turn_client(proxy) as (client, events):
@@ -148,7 +140,7 @@ async def test_one_turn_per_spoken_clip_with_its_boundaries_and_text() -> None:
         assert abs(start_error) <= BOUNDARY_TOLERANCE_MS
         assert abs(end_error) <= BOUNDARY_TOLERANCE_MS
     # The silence between turns never went to vLLM.
-    assert upstream_audio_bytes(fake) == sent
+    assert len(upstream_audio(fake)) == sent
     assert proxy.server.state.vad.streams == 0
 
 
@@ -188,7 +180,7 @@ async def test_push_to_talk_commit_ends_the_turn_at_once() -> None:
     start_ms = started["payload"]["audio_start_ms"] - OPTIONS.prefix_padding_ms
     audio = recording.pcm[start_ms * PCM_BYTES_PER_MS : cut]
     assert done["payload"]["text"] == predict_text(audio)
-    assert upstream_audio_bytes(fake) == len(audio)
+    assert len(upstream_audio(fake)) == len(audio)
 
 
 async def test_a_final_commit_with_no_turn_open_is_refused() -> None:

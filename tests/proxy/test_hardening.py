@@ -35,10 +35,10 @@ from tests.harness import (
     chunks,
     connected,
     fake_and_proxy,
+    finalizing_held,
     load_pcm,
     of_request,
     texts,
-    upstream_commits,
     wait_for,
 )
 
@@ -226,9 +226,7 @@ async def test_a_burst_of_events_for_a_reading_client_is_not_a_slow_consumer() -
     """vLLM catching up after a stall sends many events at once; a client that reads promptly
     must get them all, even with the smallest outbound buffer the configuration allows."""
     async with fake_and_proxy(outbound_queue_max=16) as (fake, proxy), connected(proxy) as c:
-        fake.hang()
-        await c.utterance("r1", MID)
-        await wait_for(lambda: upstream_commits(fake, final=True) == 1)
+        await finalizing_held(fake, c, "r1", MID)
         fake.resume()  # about 150 events, most of them deltas, arrive together
         events = await c.recv_until("transcription.done", "r1")
     assert [e for e in events if e["type"] == "error"] == []

@@ -1,4 +1,5 @@
-"""proxy.limits: rolling windows and the per-address auth failure limiter (time is passed in)."""
+"""proxy.limits: rolling windows, the per-address auth failure limiter (time is passed in), and a
+session's queue bounds."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.limits import AuthFailureLimiter, Refusal, RollingWindow
+from proxy.limits import AuthFailureLimiter, Refusal, RollingWindow, SessionLimits
 
 
 def test_admits_up_to_the_limit_then_refuses() -> None:
@@ -171,3 +172,36 @@ def test_memory_never_exceeds_max_addresses(max_addresses: int, failures: list[i
     for now, address in enumerate(failures):
         limiter.record_failure(f"198.51.100.{address}", float(now))
         assert len(limiter._by_address) <= max_addresses
+
+
+@pytest.mark.parametrize(
+    ("events", "nbytes", "incoming", "full"),
+    [
+        (0, 0, 10_000, False),  # one event alone, whatever its size
+        (1, 0, 1000, False),
+        (1, 1000, 1000, False),  # exactly the budget
+        (1, 1000, 1001, True),
+        (3, 0, 1, True),  # the event bound
+        (2, 0, 1, False),
+    ],
+)
+def test_outbound_full_on_either_bound(events: int, nbytes: int, incoming: int, full: bool) -> None:
+    limits = SessionLimits(outbound_queue_max=3, outbound_queue_max_bytes=2000)
+    assert limits.outbound_full(events, nbytes, incoming) is full
+
+
+@pytest.mark.parametrize(
+    ("waiting", "waiting_bytes", "incoming", "full"),
+    [
+        (0, 0, 1000, False),
+        (1, 1000, 1000, False),  # exactly the budget
+        (1, 1000, 1001, True),
+        (3, 0, 0, True),  # the message bound
+        (2, 0, 0, False),
+    ],
+)
+def test_inbound_full_on_either_bound(
+    waiting: int, waiting_bytes: int, incoming: int, full: bool
+) -> None:
+    limits = SessionLimits(inbound_queue_max=3, inbound_queue_max_bytes=2000)
+    assert limits.inbound_full(waiting, waiting_bytes, incoming) is full

@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import predict_deltas
+from devtools.processes import stop_process
 from tests.harness import b64, load_pcm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -360,16 +360,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     pytest.fail(f"{url} never answered 200: {log_path.read_text()[-2000:]}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def _rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
@@ -444,8 +434,8 @@ def test_300_streams_for_60_seconds(tmp_path: Path) -> None:
         summary = _run_load(proxy, fake, f"ws://{HOST}:{proxy_port}/api/asr-streaming", base)
     finally:
         if proxy is not None:
-            _stop(proxy)
-        _stop(fake)
+            stop_process(proxy, 30)
+        stop_process(fake, 30)
 
     reports, figures = summary
     # The proxy's own accounting, read after it drained and exited: one summary line each.

@@ -47,7 +47,8 @@ from proxy.envelope import (
     parse_client_message,
 )
 from proxy.limits import SessionLimits
-from proxy.session import Session, WindDown
+from proxy.session import Session
+from proxy.session_end import WindDown
 from proxy.utterance import Utterance
 from proxy.vllm_wire import FRAME_BYTES, steps_sent
 
@@ -1191,22 +1192,6 @@ def test_three_minutes_held_behind_a_finalizing_utterance_fit_the_default_budget
         assert harness.append("B", second) == []
     assert not harness.session.closed
     assert harness.session.held_bytes == 180 * len(b64(second))
-
-
-@pytest.mark.parametrize(
-    ("events", "nbytes", "incoming", "full"),
-    [
-        (0, 0, 10_000, False),  # one event alone, whatever its size
-        (1, 0, 1000, False),
-        (1, 1000, 1000, False),  # exactly the budget
-        (1, 1000, 1001, True),
-        (3, 0, 1, True),  # the event bound
-        (2, 0, 1, False),
-    ],
-)
-def test_outbound_full_on_either_bound(events: int, nbytes: int, incoming: int, full: bool) -> None:
-    harness = Harness(outbound_queue_max=3, outbound_queue_max_bytes=2000)
-    assert harness.session.outbound_full(events, nbytes, incoming) is full
 
 
 # ====================================================================== rate limits
