@@ -131,6 +131,8 @@ def test_ping_echoes_any_payload_object() -> None:
     payload = {"n": 1, "nested": {"list": [1, "a", None]}, "f": 1.5}
     assert parse(envelope("ping", payload)) == Ping(SID, RID, payload)
     assert parse({"type": "ping", "session_id": SID}) == Ping(SID, None, {})
+    # A null payload is read as none at all (the fuzz test of the proxy relies on it).
+    assert parse({"type": "ping", "session_id": SID, "payload": None}) == Ping(SID, None, {})
 
 
 def test_ping_payload_up_to_the_cap_is_echoed_and_beyond_it_refused() -> None:
