@@ -73,6 +73,7 @@ from devtools.bench_proxy_procs import (
 from devtools.bench_proxy_profile import finish_py_spy, start_py_spy, summarize
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat, Encoding
+from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.g711 import encode_ulaw
 
 SCHEMA_VERSION = 2
@@ -159,7 +160,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the agent mode's utterance length (default 5)",
     )
     parser.add_argument(
-        "--delay-ms", type=int, default=480, help="the fake's transcription delay (default 480)"
+        "--delay-ms",
+        type=int,
+        default=DEFAULT_TRANSCRIPTION_DELAY_MS,
+        help=f"the fake's transcription delay (default {DEFAULT_TRANSCRIPTION_DELAY_MS})",
     )
     parser.add_argument(
         "--compression",

@@ -33,6 +33,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from clients.audio import CHUNK_BYTES, load_pcm
 from devtools.bench_proxy_check import summary_ms
 from devtools.bench_proxy_procs import ROOT, Sampler, start_fake, start_proxy, stop
+from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
+from proxy.vllm_wire import PCM_BYTES_PER_MS
 
 CHUNK_S = 0.080
 PING_EVERY_S = 0.5
@@ -142,7 +144,7 @@ def _worker(plan: Plan, results: Queue[Result]) -> None:
 
 
 def _frames() -> tuple[str, ...]:
-    pcm = load_pcm(ROOT / "samples" / "short.wav") + bytes(int(GAP_S * 32000))
+    pcm = load_pcm(ROOT / "samples" / "short.wav") + bytes(int(GAP_S * 1000) * PCM_BYTES_PER_MS)
     pcm = pcm[: len(pcm) // CHUNK_BYTES * CHUNK_BYTES]
     return tuple(
         base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, len(pcm), CHUNK_BYTES)
@@ -151,7 +153,7 @@ def _frames() -> tuple[str, ...]:
 
 def run_level(n: int, turns: bool, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     mode = "on" if turns else "off"
-    fake, fake_url = start_fake(out / f"fake-{n}-{mode}.log", 480)
+    fake, fake_url = start_fake(out / f"fake-{n}-{mode}.log", DEFAULT_TRANSCRIPTION_DELAY_MS)
     proxy = start_proxy(out / f"proxy-{n}-{mode}.log", fake_url, n + 10)
     try:
         ctx = multiprocessing.get_context("spawn")

@@ -82,6 +82,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.vllm_wire import FRAME_BYTES, FRAME_MS, max_steps, prompt_tokens, steps_sent
 
 __all__ = ["FRAME_BYTES", "FakeVllm", "predict_deltas", "predict_text"]
@@ -131,7 +132,11 @@ def _token_text(pcm: bytes | bytearray, index: int) -> str:
 
 
 def predict_deltas(
-    pcm: bytes, *, delay_ms: int = 480, final: bool = True, max_model_len: int = 131072
+    pcm: bytes,
+    *,
+    delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS,
+    final: bool = True,
+    max_model_len: int = 131072,
 ) -> list[str]:
     """The deltas the fake sends for one generation that consumed exactly `pcm`.
 
@@ -141,7 +146,7 @@ def predict_deltas(
     return [_token_text(pcm, i) for i in range(1, count + 1)]
 
 
-def predict_text(pcm: bytes, *, delay_ms: int = 480) -> str:
+def predict_text(pcm: bytes, *, delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS) -> str:
     """The `transcription.done` text a complete utterance of `pcm` gets."""
     return "".join(predict_deltas(pcm, delay_ms=delay_ms))
 
@@ -232,7 +237,7 @@ class FakeVllm:
         self,
         *,
         served_model_name: str = DEFAULT_MODEL,
-        transcription_delay_ms: int = 480,
+        transcription_delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS,
         max_model_len: int = 131072,
         step_delay_s: float = 0.0,
         host: str = "127.0.0.1",
@@ -598,7 +603,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--served-model-name", default=DEFAULT_MODEL)
-    parser.add_argument("--delay-ms", type=int, default=480)
+    parser.add_argument("--delay-ms", type=int, default=DEFAULT_TRANSCRIPTION_DELAY_MS)
     parser.add_argument("--max-model-len", type=int, default=131072)
     parser.add_argument("--step-delay", type=float, default=0.0)
     args = parser.parse_args()
