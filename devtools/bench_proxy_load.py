@@ -125,13 +125,13 @@ class _Stream:
             self.append_heads = ['{"type":"input_audio_buffer.append","audio":"']
             self.append_tail = '"}'
             self.opening = [
-                _json({"type": "session.update", "model": plan.model}),
-                _json({"type": "input_audio_buffer.commit", "final": False}),
+                json_text({"type": "session.update", "model": plan.model}),
+                json_text({"type": "input_audio_buffer.commit", "final": False}),
             ]
-            self.final = _json({"type": "input_audio_buffer.commit", "final": True})
+            self.final = json_text({"type": "input_audio_buffer.commit", "final": True})
 
     def _commit(self, utterance: int, *, final: bool) -> str:
-        return _json({
+        return json_text({
             "type": "input_audio_buffer.commit",
             "session_id": self.session_id,
             "request_id": self.request_ids[utterance],
@@ -189,13 +189,13 @@ class _Stream:
         result.scheduled = [math.nan] * (chunks + 1)
         result.send_times = [math.nan] * (chunks + 1)
         try:
-            await _sleep_until(start)
+            await sleep_until(start)
             for text in self.opening:
                 await ws.send(text)
             for index in range(chunks + 1):
                 # The final commit follows the last frame at once, as a live client's would.
                 due = start + CHUNK_S * min(index, chunks - 1)
-                await _sleep_until(due)
+                await sleep_until(due)
                 result.scheduled[index] = due
                 result.send_times[index] = time.monotonic()
                 if index == chunks:
@@ -258,11 +258,13 @@ class _Stream:
                 await self.ws.close()
 
 
-def _json(value: dict[str, Any]) -> str:
+def json_text(value: dict[str, Any]) -> str:
+    """A message as the JSON text frame the envelope travels in."""
     return orjson.dumps(value).decode()
 
 
-async def _sleep_until(deadline: float) -> None:
+async def sleep_until(deadline: float) -> None:
+    """Sleeps until monotonic time ``deadline`` (at once if it has passed)."""
     delay = deadline - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)

@@ -32,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from clients.audio import CHUNK_BYTES, load_pcm
 from devtools.bench_proxy_check import summary_ms
+from devtools.bench_proxy_load import json_text, sleep_until
 from devtools.bench_proxy_procs import ROOT, Sampler, start_fake, start_proxy, stop
 from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.vllm_wire import PCM_BYTES_PER_MS
@@ -81,20 +82,22 @@ async def _stream(plan: Plan, index: int, result: Result) -> None:
     envelope: dict[str, Any] = {"session_id": session, "request_id": rid}
     start = plan.start + plan.ramp_s * index / plan.total_streams
     first = index * 7919 % len(plan.frames)
-    await _sleep_until(start)
+    await sleep_until(start)
     if rid is not None:
         await ws.send(_commit(envelope, final=False))
     frames = round(plan.seconds / CHUNK_S)
     ping_every = round(PING_EVERY_S / CHUNK_S)
     for i in range(frames):
-        await _sleep_until(start + i * CHUNK_S)
+        await sleep_until(start + i * CHUNK_S)
         audio = plan.frames[(first + i) % len(plan.frames)]
         await ws.send(
-            _json({"type": "input_audio_buffer.append", **envelope, "payload": {"audio": audio}})
+            json_text(
+                {"type": "input_audio_buffer.append", **envelope, "payload": {"audio": audio}}
+            )
         )
         if i % ping_every == 0:
             ping = {"type": "ping", "session_id": session, "payload": {"t": time.monotonic()}}
-            await ws.send(_json(ping))
+            await ws.send(json_text(ping))
     if rid is not None:
         await ws.send(_commit(envelope, final=True))
     await asyncio.sleep(2.0)  # the last done
@@ -103,12 +106,7 @@ async def _stream(plan: Plan, index: int, result: Result) -> None:
 
 
 def _commit(envelope: dict[str, Any], *, final: bool) -> str:
-    return _json({"type": "input_audio_buffer.commit", **envelope, "payload": {"final": final}})
-
-
-def _json(value: dict[str, Any]) -> str:
-    """Text: the envelope is JSON text frames."""
-    return orjson.dumps(value).decode()
+    return json_text({"type": "input_audio_buffer.commit", **envelope, "payload": {"final": final}})
 
 
 async def _read(ws: ClientConnection, result: Result) -> None:
@@ -123,10 +121,6 @@ async def _read(ws: ClientConnection, result: Result) -> None:
             result.done += 1
         elif kind == "error":
             result.errors.append(event["payload"]["code"])
-
-
-async def _sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 async def _drive(plan: Plan) -> Result:
