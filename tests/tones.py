@@ -12,9 +12,12 @@ import numpy.typing as npt
 from clients.audio import encode_pcm16
 from devtools.fake_vllm import FakeVllm
 from proxy.audio_convert import AudioConverter
-from proxy.audio_format import NATIVE, AudioFormat
+from proxy.audio_format import NATIVE, AudioFormat, Encoding
 
 UPSTREAM_RATE = NATIVE.sample_rate
+# The telephony formats the tests send most.
+ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
+ALAW_8K = AudioFormat(Encoding.G711_ALAW, 8000, 1)
 Int16s = npt.NDArray[np.int16]
 
 

@@ -23,6 +23,8 @@ from tests.harness import (
     texts,
 )
 from tests.tones import (
+    ALAW_8K,
+    ULAW_8K,
     UPSTREAM_RATE,
     converted,
     dominant_hz,
@@ -33,8 +35,6 @@ from tests.tones import (
     upstream_audio,
 )
 
-ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
-ALAW_8K = AudioFormat(Encoding.G711_ALAW, 8000, 1)
 # Each encoding, resampling up and down (integer and fractional ratios), stereo with and without
 # resampling, and vLLM's own format.
 FORMATS = [

@@ -19,11 +19,9 @@ from proxy.audio_convert import (
 )
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from proxy.g711 import ALAW_TO_PCM16, ULAW_TO_PCM16
-from tests.tones import dominant_hz, encode, tone, tone_snr_db
+from tests.tones import ALAW_8K, ULAW_8K, dominant_hz, encode, tone, tone_snr_db
 from tests.tones import samples as pcm_samples
 
-ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
-ALAW_8K = AudioFormat(Encoding.G711_ALAW, 8000, 1)
 # Every path through the converter: each law, resampling up and down (integer and fractional
 # ratios), stereo with and without resampling, and the native passthrough.
 FORMATS = [

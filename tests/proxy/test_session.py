@@ -30,7 +30,7 @@ from proxy.actions import (
     UtteranceStarted,
 )
 from proxy.audio_convert import AudioConverter
-from proxy.audio_format import NATIVE, AudioFormat, Encoding
+from proxy.audio_format import NATIVE, AudioFormat
 from proxy.envelope import (
     FORMAT_CHANGE_IN_UTTERANCE,
     NO_OPEN_UTTERANCE,
@@ -51,6 +51,7 @@ from proxy.session import Session
 from proxy.session_end import WindDown
 from proxy.utterance import Utterance
 from proxy.vllm_wire import FRAME_BYTES, steps_sent
+from tests.tones import ULAW_8K
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 SERVER_SID = "sess_0123456789abcdef"
@@ -1993,8 +1994,6 @@ def test_a_cancel_that_reopens_settles_what_vllm_owed() -> None:
 
 
 # ====================================================================== audio formats and binary
-
-ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
 
 
 def commits(actions: list[Action]) -> list[bool]:
