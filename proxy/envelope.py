@@ -285,6 +285,20 @@ def frame_too_large(text: str, max_bytes: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > max_bytes
 
 
+def parse_text_frame(text: str, max_bytes: int) -> ClientMessage | EnvelopeError:
+    """A client text frame: refused whole when over ``max_bytes`` of UTF-8, parsed otherwise."""
+    if frame_too_large(text, max_bytes):
+        return frame_too_large_refusal(max_bytes)
+    return parse_client_message(text)
+
+
+def parse_binary_frame(data: bytes, max_bytes: int) -> Append | EnvelopeError:
+    """A client binary frame: refused whole when over ``max_bytes``, raw audio otherwise."""
+    if len(data) > max_bytes:
+        return frame_too_large_refusal(max_bytes)
+    return binary_append(data)
+
+
 def parse_client_message(text: str) -> ClientMessage | EnvelopeError:
     try:
         data = orjson.loads(text)

@@ -43,11 +43,9 @@ from proxy.config import ProxyConfig
 from proxy.envelope import (
     CloseCode,
     ErrorCode,
-    binary_append,
     encode_event,
-    frame_too_large,
-    frame_too_large_refusal,
-    parse_client_message,
+    parse_binary_frame,
+    parse_text_frame,
 )
 from proxy.metrics import Metrics
 from proxy.session import Session
@@ -255,17 +253,10 @@ class Relay:
             text = message.get("text")
             parsed: Any
             if text is not None:
-                if frame_too_large(text, max_bytes):
-                    parsed = frame_too_large_refusal(max_bytes)
-                else:
-                    parsed = parse_client_message(text)
+                parsed = parse_text_frame(text, max_bytes)
             else:
                 # A binary frame: raw audio for the open utterance (the session checks it).
-                data = message.get("bytes") or b""
-                if len(data) > max_bytes:
-                    parsed = frame_too_large_refusal(max_bytes)
-                else:
-                    parsed = binary_append(data)
+                parsed = parse_binary_frame(message.get("bytes") or b"", max_bytes)
             self.metrics.count_client_message(parsed, session.audio_format)
             self.apply(
                 session.on_client(

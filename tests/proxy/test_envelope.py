@@ -30,7 +30,9 @@ from proxy.envelope import (
     encode_event,
     error_event,
     frame_too_large,
+    parse_binary_frame,
     parse_client_message,
+    parse_text_frame,
     server_event,
 )
 from proxy.turns import TurnOptions
@@ -104,6 +106,20 @@ def test_a_binary_frame_is_an_append_for_the_open_utterance() -> None:
     append = binary_append(b"\x01\x02\x03")
     assert append == Append(None, None, b"\x01\x02\x03", 3)
     assert append.binary
+
+
+def test_frames_over_the_limit_are_refused_whole_and_the_rest_parsed() -> None:
+    ping = orjson.dumps({"type": "ping", "session_id": SID}).decode()
+    assert parse_text_frame(ping, len(ping)) == Ping(SID, None, {})
+    refused = parse_text_frame(ping, len(ping) - 1)
+    assert isinstance(refused, EnvelopeError)
+    assert refused.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert refused.details == {"max_message_bytes": len(ping) - 1}
+    assert parse_binary_frame(b"\x01\x02", 2) == Append(None, None, b"\x01\x02", 2)
+    refused = parse_binary_frame(b"\x01\x02\x03", 2)
+    assert isinstance(refused, EnvelopeError)
+    assert refused.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert refused.details == {"max_message_bytes": 2}
 
 
 def test_commit_defaults_to_not_final() -> None:
