@@ -1,0 +1,36 @@
+"""The client env holds exactly the pinned client versions, and each client imports."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.compat.harness import run_client
+
+pytestmark = pytest.mark.compat
+
+PROJECT = Path(__file__).resolve().parent / "env" / "pyproject.toml"
+
+
+def pins() -> dict[str, str]:
+    requirements = tomllib.loads(PROJECT.read_text())["project"]["dependencies"]
+    found: dict[str, str] = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]+\])?==([^\s;]+)", requirement)
+        assert match, f"{requirement!r} is not an exact pin"
+        found[match.group(1)] = match.group(2)
+    return found
+
+
+async def test_the_env_has_the_pinned_clients_and_they_import(client_env: Path) -> None:
+    expected = pins()
+    assert set(expected) >= {"openai", "livekit-agents", "pipecat-ai", "mistralai"}
+    result = await run_client(client_env, "versions", *expected, "websockets")
+    versions = result["versions"]
+    assert {name: versions[name] for name in expected} == expected
+    # Why the env is separate: openai's realtime extra keeps websockets below 16.
+    assert int(versions["websockets"].split(".")[0]) < 16
+    assert result["imports"] == dict.fromkeys(result["imports"])
