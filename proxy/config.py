@@ -73,6 +73,10 @@ class ProxyConfig:
     # on every replica).
     token_secret: str = field(default="", repr=False)
     token_max_ttl_s: int = 900
+    # Other names a client may give the model on the OpenAI and Mistral routes, besides the
+    # served name; with strict_model_names off, each provider's own model names are accepted too.
+    model_aliases: tuple[str, ...] = ()
+    strict_model_names: bool = False
     # Before a request head has arrived a socket costs a file handle and nothing else proves
     # it is a client: a deadline, and a bound on how many may wait at once.
     http_head_timeout_s: float = 10.0
@@ -253,6 +257,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
         token_secret=env.get("VOXTRAL_TOKEN_SECRET", "").strip(),
         token_max_ttl_s=_number(env, "TOKEN_MAX_TTL_S", 900, int, 1),
+        model_aliases=tuple(
+            name.strip() for name in env.get("MODEL_ALIASES", "").split(",") if name.strip()
+        ),
+        strict_model_names=parse_flag(env, "STRICT_MODEL_NAMES", False),
         http_head_timeout_s=_number(env, "HTTP_HEAD_TIMEOUT_S", 10.0, float, 0.1),
         max_pending_sockets=_number(env, "MAX_PENDING_SOCKETS", 256, int, 1),
         max_open_sockets=_number(env, "MAX_OPEN_SOCKETS", 0, int, 0),

@@ -23,6 +23,9 @@ TOKEN_PREFIX = "vxt1."  # noqa: S105 (a format marker, not a secret)
 # What a token looks like, to scrub it from log lines whatever field it lands in.
 TOKEN_PATTERN = re.compile(r"vxt1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SECRET_LABEL = b"voxtral-stt client token v1"
+# OpenAI-style client secrets (proxy.client_secrets) are signed with a key of their own, so a
+# one-use client token can never pass for a reusable secret, nor the other way round.
+CLIENT_SECRET_LABEL = b"voxtral-stt openai client secret v1"
 
 
 class TokenError(ValueError):
@@ -36,12 +39,15 @@ class Claims:
     nonce: str
 
 
-def token_secret(configured_secret: str, api_keys: tuple[str, ...]) -> bytes:
+def token_secret(
+    configured_secret: str, api_keys: tuple[str, ...], label: bytes = _SECRET_LABEL
+) -> bytes:
     """The signing key: from ``VOXTRAL_TOKEN_SECRET`` when set, else from the API keys (sorted,
     so replicas listing the same keys in another order agree). Derived rather than used as is,
-    so a token never reveals anything about a key."""
+    so a token never reveals anything about a key; ``label`` gives each kind of token a key of
+    its own."""
     material = configured_secret or "\n".join(sorted(api_keys))
-    return hmac.new(material.encode(), _SECRET_LABEL, hashlib.sha256).digest()
+    return hmac.new(material.encode(), label, hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:

@@ -457,7 +457,7 @@ class OpenAICodec:
             return (self._frame("input_audio_buffer.cleared"),)
         if isinstance(event, SessionCreated):
             return (
-                self._frame("session.created", session=self._session(event.settings, event.id)),
+                self._frame("session.created", session=self.describe(event.settings, event.id)),
             )
         if isinstance(event, SessionUpdated):
             return (self._updated(event),)
@@ -499,14 +499,21 @@ class OpenAICodec:
             },
         )
 
+    def accept_update(self, update: UpdateSettings) -> bool:
+        """Takes the client's words of ``update`` (one this codec parsed) as the session's;
+        whether it was a beta update."""
+        pending = self._pending.pop(update.request_id or "", None)
+        if pending is None:
+            return False
+        self._echo = pending.echo
+        return pending.beta
+
     def _updated(self, event: SessionUpdated) -> str:
-        pending = self._pending.pop(event.request_id or "", None)
-        if pending is not None:
-            self._echo = pending.echo
+        beta = self.accept_update(UpdateSettings(event.request_id))
         self._audio = event.settings.audio
-        if pending is not None and pending.beta:
+        if beta:
             return self._frame("transcription_session.updated", session=self._beta_session(event))
-        return self._frame("session.updated", session=self._session(event.settings))
+        return self._frame("session.updated", session=self.describe(event.settings))
 
     def _error(self, event: SessionError) -> str:
         client_event_id: str | None = None
@@ -568,7 +575,9 @@ class OpenAICodec:
             )
         return shown
 
-    def _session(self, settings: SessionSettings, session_id: str | None = None) -> dict[str, Any]:
+    def describe(self, settings: SessionSettings, session_id: str | None = None) -> dict[str, Any]:
+        """The GA session object for ``settings``, in the client's own words where it gave
+        them (``session_id``: shown as the session's ``id``)."""
         shown: dict[str, Any] = {}
         if session_id is not None:
             shown.update(id=session_id, object="realtime.transcription_session")
