@@ -50,6 +50,7 @@ from devtools.bench_proxy_check import (
 from devtools.bench_proxy_load import (
     BINARY_MODES,
     CHUNK_S,
+    PCM24_MODES,
     PROXIED_MODES,
     Mode,
     StreamPlan,
@@ -78,6 +79,17 @@ from proxy.g711 import encode_ulaw
 
 SCHEMA_VERSION = 2
 ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
+PCM16_24K = AudioFormat(Encoding.PCM16, 24000, 1)
+
+
+def _upsampled_24k(frame: bytes) -> bytes:
+    """A 16 kHz PCM16 frame at 24 kHz (3 samples for every 2)."""
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
+    positions = np.arange(len(samples) * 3 // 2) * (2 / 3)
+    upsampled = np.interp(positions, np.arange(len(samples)), samples)
+    return bytes(np.round(upsampled).astype("<i2").tobytes())
+
+
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_STREAMS = "100,300,600"
 START_DELAY_S = 0.5  # between the start signal and the common start time
@@ -150,8 +162,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=_mode_list,
         default=list(PROXIED_MODES),
         help="proxied modes to run, in this order: json (base64 appends), binary (binary "
-        "frames), ulaw (8 kHz G.711 binary frames), agent (binary, utterances back to back); "
-        f"default {','.join(PROXIED_MODES)}",
+        "frames), ulaw (8 kHz G.711 binary frames), pcm24 (base64 appends of 24 kHz audio), "
+        "agent (binary, utterances back to back), openai (the pcm24 audio in OpenAI's Realtime "
+        f"protocol); default {','.join(PROXIED_MODES)}",
     )
     parser.add_argument(
         "--utterance-seconds",
@@ -211,6 +224,8 @@ class Clip:
     frames_b64: tuple[str, ...]
     # The same frames at 8 kHz in μ-law (every other sample: the fake only hashes the audio).
     frames_ulaw: tuple[bytes, ...]
+    # The same frames at 24 kHz (OpenAI's rate), base64.
+    frames_pcm24_b64: tuple[str, ...]
 
     @classmethod
     def load(cls, path: Path) -> Clip:
@@ -221,12 +236,21 @@ class Clip:
         if not frames:
             raise AudioError(f"{path} is shorter than one 80 ms frame")
         ulaw = tuple(encode_ulaw(np.frombuffer(f, dtype="<i2")[::2].tobytes()) for f in frames)
-        return cls(frames, tuple(base64.b64encode(f).decode() for f in frames), ulaw)
+        # Each frame upsampled on its own (linear interpolation is enough: the fake only hashes).
+        pcm24 = tuple(_upsampled_24k(f) for f in frames)
+        return cls(
+            frames,
+            tuple(base64.b64encode(f).decode() for f in frames),
+            ulaw,
+            tuple(base64.b64encode(f).decode() for f in pcm24),
+        )
 
     def frames_for(self, mode: Mode) -> tuple[str, ...] | tuple[bytes, ...]:
         """The clip's frames as `mode` sends them."""
         if mode == "ulaw":
             return self.frames_ulaw
+        if mode in PCM24_MODES:
+            return self.frames_pcm24_b64
         return self.frames_pcm if mode in BINARY_MODES else self.frames_b64
 
     def stream_pcm(self, plan: StreamPlan, first: int = 0, chunks: int | None = None) -> bytes:
@@ -236,14 +260,20 @@ class Clip:
         start = plan.first_chunk + first
         return b"".join(self.frames_pcm[(start + j) % count] for j in range(chunks))
 
-    def stream_ulaw_upstream(self, plan: StreamPlan) -> bytes:
-        """What the proxy sends vLLM for the stream's μ-law frames, converted as it does."""
-        count = len(self.frames_ulaw)
-        converter = AudioConverter(ULAW_8K)
+    def stream_upstream(self, plan: StreamPlan, mode: Mode) -> bytes:
+        """What the proxy sends vLLM for the stream's frames in a mode it converts (μ-law, 24
+        kHz), converted as it does."""
+        if mode == "ulaw":
+            frames: Sequence[bytes] = self.frames_ulaw
+            converter = AudioConverter(ULAW_8K)
+        else:
+            frames = [base64.b64decode(f) for f in self.frames_pcm24_b64]
+            converter = AudioConverter(PCM16_24K)
+        count = len(frames)
         pcm = [
             chunk
             for j in range(plan.chunks)
-            for chunk in converter.feed(self.frames_ulaw[(plan.first_chunk + j) % count])
+            for chunk in converter.feed(frames[(plan.first_chunk + j) % count])
         ]
         return b"".join(pcm + converter.flush())
 
@@ -289,8 +319,8 @@ class Bench:
     def expected(self, mode: Mode, stream: StreamPlan) -> Expected:
         """What `stream` must receive in `mode` (vLLM's transcript of what reaches it)."""
         delay_ms = self.args.delay_ms
-        if mode == "ulaw":
-            return expected_for(self.clip.stream_ulaw_upstream(stream), delay_ms)
+        if mode == "ulaw" or mode in PCM24_MODES:
+            return expected_for(self.clip.stream_upstream(stream, mode), delay_ms)
         if mode == "agent":
             utterances = [
                 (first, self.clip.stream_pcm(stream, first, length))
