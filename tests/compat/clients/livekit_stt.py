@@ -58,9 +58,8 @@ async def until_usage(events: Any) -> list[dict[str, Any]]:
     raise AssertionError(f"the stream ended early: {seen}")
 
 
-async def main() -> None:
-    base_url, key, model, audio_path = sys.argv[1:5]
-    audio = Path(audio_path).read_bytes()
+async def main(audio: bytes) -> None:
+    base_url, key, model, _ = sys.argv[1:5]
     async with utils.http_context.open():
         recognizer = openai.STT(
             model=model, use_realtime=True, base_url=base_url, api_key=key, language="en"
@@ -82,4 +81,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(Path(sys.argv[4]).read_bytes()))

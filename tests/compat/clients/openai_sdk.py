@@ -82,10 +82,9 @@ async def append_all(connection: Any, audio: bytes, size: int) -> None:
         await connection.input_audio_buffer.append(audio=base64.b64encode(piece).decode())
 
 
-async def main() -> None:
-    base_url, key, scenario, audio_path = sys.argv[1:5]
+async def main(audio: bytes) -> None:
+    base_url, key, scenario, _ = sys.argv[1:5]
     model = sys.argv[5] if len(sys.argv) > 5 else "gpt-realtime-whisper"
-    audio = Path(audio_path).read_bytes()
     client = AsyncOpenAI(api_key=key, base_url=base_url)
     pcm_100ms = 4800  # 100 ms of 24 kHz PCM16
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
@@ -137,4 +136,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(Path(sys.argv[4]).read_bytes()))

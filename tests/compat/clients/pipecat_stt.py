@@ -45,9 +45,8 @@ KEPT = (
 )
 
 
-async def main() -> None:
-    ws_url, key, model, audio_path, mode = sys.argv[1:6]
-    audio = Path(audio_path).read_bytes()
+async def main(audio: bytes) -> None:
+    ws_url, key, model, _, mode = sys.argv[1:6]
     turn_detection: dict[str, Any] | bool = (
         {"type": "server_vad", "silence_duration_ms": 500} if mode == "server_vad" else False
     )
@@ -90,4 +89,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(Path(sys.argv[4]).read_bytes()))
