@@ -8,19 +8,23 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
-from proxy.envelope import ID_MAX_CHARS, CloseCode, ErrorCode, encode_event, error_event
 from proxy.limits import auth_failure_details
+from proxy.protocols.codec import Codec
+from proxy.protocols.envelope import ID_MAX_CHARS
+from proxy.session.events import ErrorCode, SessionError
+from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
 from proxy.turns import TurnOptions
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyState
+# A connection's codec, given the connection's session id.
+CodecFactory = Callable[[str], Codec]
 
 # The connect query parameter that turns turn detection on with its defaults, and its value.
 TURN_DETECTION_QUERY = "turn_detection"
@@ -30,39 +34,32 @@ SERVER_VAD = "server_vad"
 async def refuse(
     websocket: WebSocket,
     state: ProxyState,
-    session_id: str | None,
+    codec: Codec,
     code: ErrorCode,
-    close_code: int,
     details: dict[str, Any] | None = None,
     *,
     message: str | None = None,
     reason: str | None = None,
 ) -> None:
-    """Refusal after the upgrade, so browsers can read why: one error event, then the close."""
+    """Refusal after the upgrade, so browsers can read why: the error in the connection's
+    protocol, then its close code."""
     state.metrics.refusals.labels(reason or code.value).inc()
     with contextlib.suppress(Exception):
-        event = error_event(code, session_id, None, message, details)
-        await websocket.send_text(encode_event(event))
-        await websocket.close(close_code)
+        error = SessionError(code, None, message=message, details=details or {}, closes=True)
+        for text in codec.render(error):
+            await websocket.send_text(text)
+        await websocket.close(codec.close_code(code))
 
 
 async def _refuse_unauthorized(
     websocket: WebSocket,
     state: ProxyState,
-    session_id: str,
+    codec: Codec,
     message: str | None,
     reason: str | None = None,
 ) -> None:
-    """``unauthorized`` (``message`` None: the protocol's default) and its close code."""
-    await refuse(
-        websocket,
-        state,
-        session_id,
-        ErrorCode.UNAUTHORIZED,
-        CloseCode.UNAUTHORIZED,
-        message=message,
-        reason=reason,
-    )
+    """``unauthorized`` (``message`` None: the protocol's default)."""
+    await refuse(websocket, state, codec, ErrorCode.UNAUTHORIZED, message=message, reason=reason)
 
 
 class Unauthorized(Exception):
@@ -82,9 +79,9 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
         raise Unauthorized(str(exc)) from None
 
 
-async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
-    """Accepts the upgrade, then refuses (an error event and a close) or admits: returns the
-    session id when admitted."""
+async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactory) -> str | None:
+    """Accepts the upgrade, then refuses (an error in the protocol of ``make_codec`` and a
+    close) or admits: returns the session id when admitted."""
     config = state.config
     offered = websocket.scope.get("subprotocols", [])
     # Only the plain name is echoed: the credential offer is never sent back.
@@ -98,14 +95,14 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
     address = websocket.client.host if websocket.client else "unknown"
 
     if state.draining:
-        await refuse(websocket, state, session_id, ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY)
+        await refuse(websocket, state, make_codec(session_id), ErrorCode.SHUTTING_DOWN)
         return None
     origin = websocket.headers.get("origin")
     if config.allowed_origins and origin and origin.rstrip("/") not in config.allowed_origins:
         await _refuse_unauthorized(
             websocket,
             state,
-            session_id,
+            make_codec(session_id),
             "This page's origin may not connect: ask the operator to add it to ALLOWED_ORIGINS.",
             reason="origin_not_allowed",
         )
@@ -127,25 +124,22 @@ async def admit(websocket: WebSocket, state: ProxyState) -> str | None:
             await refuse(
                 websocket,
                 state,
-                session_id,
+                make_codec(session_id),
                 ErrorCode.RATE_LIMITED,
-                CloseCode.RATE_LIMITED,
                 auth_failure_details(blocked),
             )
         else:
-            await _refuse_unauthorized(websocket, state, session_id, str(exc) or None)
+            await _refuse_unauthorized(websocket, state, make_codec(session_id), str(exc) or None)
         return None
     if state.slots_taken >= config.max_connections:
-        await refuse(
-            websocket, state, session_id, ErrorCode.SERVER_AT_CAPACITY, CloseCode.AT_CAPACITY
-        )
+        await refuse(websocket, state, make_codec(session_id), ErrorCode.SERVER_AT_CAPACITY)
         return None
 
     return session_id
 
 
 async def connect_options(
-    websocket: WebSocket, state: ProxyState, session_id: str
+    websocket: WebSocket, state: ProxyState, codec: Codec
 ) -> tuple[AudioFormat, TurnOptions | None] | None:
     """The audio format and turn detection the connect query asks for; None when refused (the
     client was told why)."""
@@ -154,9 +148,8 @@ async def connect_options(
         await refuse(
             websocket,
             state,
-            session_id,
+            codec,
             ErrorCode.INVALID_MESSAGE,
-            CloseCode.POLICY_VIOLATION,
             message=f"turn_detection={turns_query[:40]!r} is not supported: connect with "
             f"turn_detection={SERVER_VAD}, or without it and send session.update.",
         )
@@ -169,9 +162,8 @@ async def connect_options(
         await refuse(
             websocket,
             state,
-            session_id,
+            codec,
             ErrorCode.UNSUPPORTED_AUDIO_FORMAT,
-            CloseCode.POLICY_VIOLATION,
             exc.details,
             message=exc.message,
         )

@@ -1,16 +1,15 @@
-"""The Starlette app: the shared state, the client WebSocket route (admitted by
-``proxy.admission``), the HTTP endpoints, and draining."""
+"""The Starlette app: the client WebSocket route (admitted by ``proxy.admission``, spoken in
+the envelope protocol), the HTTP endpoints, and the lifespan; the shared state is
+``proxy.state``."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -22,27 +21,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from proxy.actions import Outcome
-from proxy.admission import admit, connect_options, refuse
-from proxy.audio_format import AudioFormat
+from proxy.admission import CodecFactory, admit, connect_options, refuse
 from proxy.config import ProxyConfig
-from proxy.envelope import (
-    CloseCode,
-    ErrorCode,
-    encode_event,
-    server_event,
-)
-from proxy.limits import AuthFailureLimiter, Refusal, SessionLimits
-from proxy.memory import MemoryReleaser
-from proxy.metrics import STARTED, Metrics
+from proxy.metrics import STARTED
+from proxy.protocols.codec import Codec
+from proxy.protocols.envelope import EnvelopeCodec
 from proxy.relay import Relay
 from proxy.security_headers import SecurityHeaders
 from proxy.session import Session
+from proxy.session.actions import Outcome
+from proxy.session.events import ErrorCode
+from proxy.state import ProxyState
 from proxy.token_endpoint import mint_token
-from proxy.tokens import TokenIssuer, token_secret
-from proxy.turns import TurnOptions
-from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
-from proxy.vad_service import VadService
+from proxy.upstream import UpstreamUnavailable, open_upstream
 from proxy.vllm_wire import segment_audio_limit
 
 log = structlog.get_logger("proxy.app")
@@ -52,127 +43,36 @@ DEMO_DIR = Path(__file__).resolve().parent / "static"
 JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
 
 
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
-
-
-class ProxyState:
-    """Everything shared by the connections of one server."""
-
-    def __init__(self, config: ProxyConfig) -> None:
-        self.config = config
-        self.metrics = Metrics()
-        self.monitor = UpstreamMonitor(
-            config.upstream_health_url,
-            config.served_model_name,
-            on_change=self.metrics.set_upstream_state,
-        )
-        self.auth_failures = AuthFailureLimiter(
-            config.max_auth_failures_per_window, config.auth_failure_window_s
-        )
-        self.tokens = TokenIssuer(
-            token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
-        )
-        self.limits = SessionLimits(
-            inbound_queue_max=config.inbound_queue_max,
-            inbound_queue_max_bytes=config.inbound_queue_max_bytes,
-            outbound_queue_max=config.outbound_queue_max,
-            outbound_queue_max_bytes=config.outbound_queue_max_bytes,
-            max_messages_per_window=config.max_messages_per_window,
-            message_window_s=config.message_window_s,
-            max_cancels_per_window=config.max_cancels_per_window,
-            cancel_window_s=config.cancel_window_s,
-        )
-        self.memory = MemoryReleaser()
-        # Slots are taken before the upstream is dialled, so admission cannot overshoot.
-        self.slots_taken = 0
-        self.relays: set[Relay] = set()
-        self.draining = False
-        # Loads the VAD model when the first session turns turn detection on.
-        self.vad = VadService()
-
-    @property
-    def ready(self) -> bool:
-        return (
-            self.monitor.ready
-            and not self.draining
-            and self.slots_taken < self.config.max_connections
-        )
-
-    def auth_failed(self, address: str) -> Refusal | None:
-        """Counts a failed attempt from ``address``; the refusal when it had already used up
-        its failures (then the answer is ``rate_limited`` rather than ``unauthorized``). Only
-        failures meet this limit: a valid credential is never refused for others' failures."""
-        now = time.monotonic()
-        blocked = self.auth_failures.blocked(address, now)
-        if blocked is None:
-            self.auth_failures.record_failure(address, now)
-        return blocked
-
-    def session_created_payload(
-        self, audio_format: AudioFormat, turns: TurnOptions | None
-    ) -> dict[str, Any]:
-        config = self.config
-        return {
-            "id": f"sess_{uuid.uuid4().hex}",
-            "model": config.served_model_name,
-            "transcription_delay_ms": config.transcription_delay_ms,
-            "segment_pause_ms": config.segment_pause_ms,
-            "audio": audio_format.as_payload(),
-            "turn_detection": turns.as_payload() if turns is not None else None,
-            "limits": {
-                "idle_timeout_s": _number(config.idle_timeout_s),
-                "max_duration_s": _number(config.max_duration_s),
-                "inbound_queue_max": config.inbound_queue_max,
-                "inbound_queue_max_bytes": config.inbound_queue_max_bytes,
-                "max_message_bytes": config.max_message_bytes,
-            },
-        }
-
-    async def drain(self) -> None:
-        """Stops admitting, lets open utterances finish for up to the drain timeout, then
-        closes every socket with ``shutting_down``."""
-        self.draining = True
-        self.metrics.draining.set(1)
-        log.info("drain_started", connections=len(self.relays))
-        for relay in list(self.relays):
-            relay.wind_down()
-        pending = [relay.done.wait() for relay in self.relays]
-        if pending:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.drain_timeout_s):
-                    await asyncio.gather(*pending)
-        for relay in list(self.relays):
-            relay.shut()
-        leftovers = [relay.done.wait() for relay in self.relays]
-        if leftovers:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.gather(*leftovers)
-        log.info("drain_finished", connections=len(self.relays))
-
-
 class AsrStreamingEndpoint:
     """``WS /api/asr-streaming`` as a raw ASGI app: Starlette routes to it, and after admission
     the relay uses ``receive``/``send`` without Starlette's ``WebSocket`` object in between."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
+        self.make_codec: CodecFactory = functools.partial(
+            EnvelopeCodec, max_message_bytes=state.config.max_message_bytes
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, websocket = self.state, WebSocket(scope, receive, send)
-        session_id = await admit(websocket, state)
+        session_id = await admit(websocket, state, self.make_codec)
         if session_id is None:
             return
         state.slots_taken += 1
         try:
-            await _serve_session(websocket, state, session_id, receive, send)
+            codec = self.make_codec(session_id)
+            await _serve_session(websocket, state, session_id, codec, receive, send)
         finally:
             state.slots_taken -= 1
 
 
 async def _serve_session(
-    websocket: WebSocket, state: ProxyState, session_id: str, receive: Receive, send: Send
+    websocket: WebSocket,
+    state: ProxyState,
+    session_id: str,
+    codec: Codec,
+    receive: Receive,
+    send: Send,
 ) -> None:
     # Bound before vLLM's socket opens: its callbacks (and their log lines) run in the context
     # current at that moment.
@@ -180,16 +80,21 @@ async def _serve_session(
         session_id=session_id, connection_id=uuid.uuid4().hex[:12]
     )
     try:
-        await _relay_session(websocket, state, session_id, receive, send)
+        await _relay_session(websocket, state, session_id, codec, receive, send)
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
 
 async def _relay_session(
-    websocket: WebSocket, state: ProxyState, session_id: str, receive: Receive, send: Send
+    websocket: WebSocket,
+    state: ProxyState,
+    session_id: str,
+    codec: Codec,
+    receive: Receive,
+    send: Send,
 ) -> None:
     config = state.config
-    options = await connect_options(websocket, state, session_id)
+    options = await connect_options(websocket, state, codec)
     if options is None:
         return
     audio_format, turns = options
@@ -197,13 +102,7 @@ async def _relay_session(
         upstream = await open_upstream(config.upstream_url, config.served_model_name)
     except UpstreamUnavailable as exc:
         log.warning("upstream_unavailable", reason=str(exc))
-        await refuse(
-            websocket,
-            state,
-            session_id,
-            ErrorCode.UPSTREAM_UNAVAILABLE,
-            CloseCode.TRY_AGAIN_LATER,
-        )
+        await refuse(websocket, state, codec, ErrorCode.UPSTREAM_UNAVAILABLE)
         return
     max_model_len = state.monitor.max_model_len
     session = Session(
@@ -219,6 +118,8 @@ async def _relay_session(
         segment_pause_ms=config.segment_pause_ms,
         audio_format=audio_format,
         turn_options=turns,
+        rules=codec.rules,
+        client_limits=state.client_limits,
     )
     relay = Relay(
         receive,
@@ -230,12 +131,11 @@ async def _relay_session(
         time.monotonic,
         functools.partial(open_upstream, config.upstream_url, config.served_model_name),
         state.vad,
-    )
-    created = server_event(
-        "session.created", session_id, None, state.session_created_payload(audio_format, turns)
+        codec,
     )
     try:
-        await websocket.send_text(encode_event(created))
+        for text in codec.render(session.created()):
+            await websocket.send_text(text)
     except Exception:
         upstream.close()
         return

@@ -129,9 +129,9 @@ class AuthFailureLimiter:
             self._by_address.popitem(last=False)
 
 
-class Admission:
-    """One connection's message and cancel rates. Each check returns True (admitted), the
-    details of a ``rate_limited`` refusal, or False once refusals keep coming (close)."""
+class MessageRates:
+    """One connection's message and cancel rates. Each check returns True (within the rate),
+    the details of a ``rate_limited`` refusal, or False once refusals keep coming (close)."""
 
     def __init__(self, limits: SessionLimits) -> None:
         self._messages = RollingWindow(limits.max_messages_per_window, limits.message_window_s)

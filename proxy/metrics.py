@@ -6,19 +6,18 @@ request id.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from proxy.actions import Outcome
 from proxy.audio_format import AudioFormat
-from proxy.envelope import MESSAGE_TYPES, Append, ClientMessage, EnvelopeError
+from proxy.session.actions import Outcome
+from proxy.session.inputs import AppendAudio, ClientInput
 
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
 STARTED, ROLLED_OVER = "started", "rolled_over"
 UTTERANCE_LABELS = (STARTED, *Outcome, ROLLED_OVER)
-# Client messages by type; refused ones count as invalid, binary audio frames apart.
-INVALID, BINARY = "invalid", "binary"
-MESSAGE_LABELS = (*MESSAGE_TYPES, INVALID, BINARY)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -55,14 +54,13 @@ class Metrics:
         }
         self.client_messages = Counter(
             f"{PREFIX}_client_messages",
-            "Client messages received, by type.",
+            "Client messages received, by type (the protocol's; refused ones as invalid, "
+            "binary audio frames as binary).",
             ["type"],
             registry=r,
         )
-        # Children are looked up once: ``labels()`` costs more than the increment itself.
-        self.client_message_counters = {
-            label: self.client_messages.labels(label) for label in MESSAGE_LABELS
-        }
+        # Children are looked up once each: ``labels()`` costs more than the increment itself.
+        self._client_message_counters: dict[str, Any] = {}
         self.upstream_state = Gauge(
             f"{PREFIX}_upstream_state",
             "1 for vLLM's current state (ready, starting, down).",
@@ -111,17 +109,16 @@ class Metrics:
             self.upstream_state.labels(name).set(1 if name == state else 0)
 
     def count_client_message(
-        self, message: ClientMessage | EnvelopeError, audio_format: AudioFormat
+        self, label: str, message: ClientInput, audio_format: AudioFormat
     ) -> None:
-        """One client frame; an append's audio is in the session's ``audio_format``."""
-        if isinstance(message, EnvelopeError):
-            self.client_message_counters[INVALID].inc()
-            return
-        if isinstance(message, Append):
-            self.client_message_counters[BINARY if message.binary else message.TYPE].inc()
+        """One client frame, by its codec's ``label``; audio is in the session's
+        ``audio_format``."""
+        counter = self._client_message_counters.get(label)
+        if counter is None:
+            counter = self._client_message_counters[label] = self.client_messages.labels(label)
+        counter.inc()
+        if isinstance(message, AppendAudio):
             self.audio_seconds.inc(message.nbytes / audio_format.bytes_per_second)
-            return
-        self.client_message_counters[message.TYPE].inc()
 
     def note_inbound_depth(self, depth: int, nbytes: int) -> None:
         if depth > self._inbound_high_water:

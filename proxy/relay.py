@@ -1,7 +1,12 @@
-"""One client connection's I/O: moves bytes and timers around the pure ``Session``.
+"""One client connection's I/O: moves frames and timers around the pure ``Session``.
 
-Every decision is the session's: the relay feeds it each input with the time, and carries out
-the actions it returns. What stays here is sockets, queues, timers and back-pressure.
+The lifecycle is the session's: the relay has the connection's codec parse each client frame,
+feeds the session each input with the time, and carries out the actions it returns, the
+session's events rendered by the codec. What stays here is sockets, queues, timers and
+back-pressure, and two rules that are I/O policy, decided here because only the I/O layer sees
+them: a client that stops reading (its unsent events pass ``SessionLimits``' outbound bound)
+is ended with ``slow_consumer``, and idle time (no client frame for the idle timeout) does not
+count while the session says an utterance is finalizing (the client is waiting on us then).
 
 Tasks per connection:
 - receive: reads client frames, parses them, feeds the session (answers and limits happen at
@@ -27,7 +32,12 @@ from typing import Any
 import structlog
 from starlette.types import Receive, Send
 
-from proxy.actions import (
+from proxy.config import ProxyConfig
+from proxy.metrics import Metrics
+from proxy.protocols.codec import Codec
+from proxy.protocols.envelope import EnvelopeCodec
+from proxy.session import Session, WindDown
+from proxy.session.actions import (
     Action,
     CloseClient,
     FeedVad,
@@ -39,17 +49,7 @@ from proxy.actions import (
     UpstreamOwes,
     UpstreamSettled,
 )
-from proxy.config import ProxyConfig
-from proxy.envelope import (
-    CloseCode,
-    ErrorCode,
-    encode_event,
-    parse_binary_frame,
-    parse_text_frame,
-)
-from proxy.metrics import Metrics
-from proxy.session import Session
-from proxy.session_end import WindDown
+from proxy.session.events import ErrorCode
 from proxy.telemetry import UtteranceTelemetry
 from proxy.upstream import UpstreamConnection, UpstreamUnavailable
 from proxy.vad import VadStream, Window
@@ -78,10 +78,13 @@ class Relay:
         clock: Callable[[], float],
         open_upstream: OpenUpstreamFn,
         vad: VadService | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.receive = receive
         self.send = send
         self.session = session
+        # The connection's protocol (the envelope unless the route says otherwise).
+        self.codec = codec or EnvelopeCodec(session.session_id, config.max_message_bytes)
         self.config = config
         self.metrics = metrics
         self.clock = clock
@@ -91,7 +94,8 @@ class Relay:
         # Sizes reported to the session: len() of the texts, which is their size in bytes for
         # ASCII (all of vLLM's side, and events but for non-ASCII transcript characters).
         self.pending_upstream_bytes = 0
-        self.outbound: asyncio.Queue[str | CloseClient] = asyncio.Queue()
+        # Text frames for the client, then the close code.
+        self.outbound: asyncio.Queue[str | int] = asyncio.Queue()
         self.outbound_bytes = 0
         self.upstream: UpstreamConnection | None = upstream
         self.last_activity = clock()
@@ -157,10 +161,10 @@ class Relay:
 
     def _fail(self) -> None:
         log.exception("relay_task_failed", session_id=self.session.session_id)
-        self._terminate(ErrorCode.INTERNAL_ERROR, CloseCode.INTERNAL_ERROR)
+        self._terminate(ErrorCode.INTERNAL_ERROR)
 
-    def _terminate(self, code: ErrorCode, close_code: int) -> None:
-        self.apply(self.session.terminate(code, close_code, self.clock()))
+    def _terminate(self, code: ErrorCode) -> None:
+        self.apply(self.session.terminate(code, self.clock()))
 
     # ------------------------------------------------------------------ actions
 
@@ -171,23 +175,21 @@ class Relay:
             if isinstance(action, SendUpstream):
                 self._send_upstream(action.text)
             elif isinstance(action, SendClient):
-                text = encode_event(action.event)
-                if self.session.limits.outbound_full(
-                    self.outbound.qsize(), self.outbound_bytes, len(text)
-                ):
-                    # The client stopped reading: drop what it would never read, and end it.
-                    pending.clear()
-                    while not self.outbound.empty():
-                        self.outbound.get_nowait()
-                    self.outbound_bytes = 0
-                    pending.extend(
-                        self.session.terminate(
-                            ErrorCode.SLOW_CONSUMER, CloseCode.POLICY_VIOLATION, self.clock()
+                for text in self.codec.render(action.event):
+                    if self.session.limits.outbound_full(
+                        self.outbound.qsize(), self.outbound_bytes, len(text)
+                    ):
+                        # The client stopped reading: drop what it would never read, end it.
+                        pending.clear()
+                        while not self.outbound.empty():
+                            self.outbound.get_nowait()
+                        self.outbound_bytes = 0
+                        pending.extend(
+                            self.session.terminate(ErrorCode.SLOW_CONSUMER, self.clock())
                         )
-                    )
-                    continue
-                self.outbound_bytes += len(text)
-                self.outbound.put_nowait(text)
+                        break
+                    self.outbound_bytes += len(text)
+                    self.outbound.put_nowait(text)
             elif isinstance(action, UpstreamOwes):
                 self.upstream_owed = (action.epoch, action.since)
             elif isinstance(action, UpstreamSettled):
@@ -207,8 +209,9 @@ class Relay:
             elif isinstance(action, StopVad):
                 self._stop_vad()
             elif isinstance(action, CloseClient):
-                self.metrics.closes.labels(str(action.code)).inc()
-                self.outbound.put_nowait(action)
+                code = self.codec.close_code(action.error)
+                self.metrics.closes.labels(str(code)).inc()
+                self.outbound.put_nowait(code)
             else:
                 self.telemetry.record(action)
 
@@ -240,9 +243,8 @@ class Relay:
     # ------------------------------------------------------------------ client side
 
     async def _receive(self) -> None:
-        session = self.session
+        session, codec = self.session, self.codec
         receive = self.receive
-        max_bytes = self.config.max_message_bytes
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -251,13 +253,11 @@ class Relay:
             now = self.clock()
             self.last_activity = now
             text = message.get("text")
-            parsed: Any
             if text is not None:
-                parsed = parse_text_frame(text, max_bytes)
+                parsed = codec.parse_text(text)
             else:
-                # A binary frame: raw audio for the open utterance (the session checks it).
-                parsed = parse_binary_frame(message.get("bytes") or b"", max_bytes)
-            self.metrics.count_client_message(parsed, session.audio_format)
+                parsed = codec.parse_binary(message.get("bytes") or b"")
+            self.metrics.count_client_message(codec.label(parsed), parsed, session.audio_format)
             self.apply(
                 session.on_client(
                     parsed, now, len(self.pending_upstream), self.pending_upstream_bytes
@@ -269,10 +269,10 @@ class Relay:
         send = self.send
         while True:
             item = await self.outbound.get()
-            if isinstance(item, CloseClient):
+            if isinstance(item, int):
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(CLIENT_CLOSE_TIMEOUT_S):
-                        await send({"type": "websocket.close", "code": item.code})
+                        await send({"type": "websocket.close", "code": item})
                 return
             self.outbound_bytes -= len(item)
             # Watched by the watchdog rather than a timeout per event (a timer each time).
@@ -356,7 +356,7 @@ class Relay:
                 # The client is waiting on us: its idle time starts again afterwards.
                 self.last_activity = self.clock()
                 continue
-            self._terminate(ErrorCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT)
+            self._terminate(ErrorCode.IDLE_TIMEOUT)
             return
 
     async def _duration_timer(self) -> None:
@@ -366,7 +366,7 @@ class Relay:
         self.apply(self.session.wind_down(WindDown.MAX_DURATION, self.clock()))
         # Grace for the utterance in flight to be finalized and delivered.
         await asyncio.sleep(self.config.drain_timeout_s)
-        self._terminate(ErrorCode.MAX_DURATION_REACHED, CloseCode.MAX_DURATION)
+        self._terminate(ErrorCode.MAX_DURATION_REACHED)
 
     async def _watchdog(self) -> None:
         """Ends the connection when the client accepts nothing for CLIENT_WRITE_TIMEOUT_S, and
@@ -394,4 +394,4 @@ class Relay:
         self.apply(self.session.wind_down(WindDown.SHUTDOWN, self.clock()))
 
     def shut(self) -> None:
-        self._terminate(ErrorCode.SHUTTING_DOWN, CloseCode.GOING_AWAY)
+        self._terminate(ErrorCode.SHUTTING_DOWN)

@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 import structlog
 import uvicorn
 
-from proxy.app import ProxyState, create_app
+from proxy.app import create_app
 from proxy.config import ProxyConfig
 from proxy.guard import GuardedConfig, SocketLimits
+from proxy.state import ProxyState
 
 log = structlog.get_logger("proxy.server")
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import structlog
 
-from proxy.actions import LifecycleFact, Outcome, UtteranceEnded, UtteranceStarted
 from proxy.metrics import ROLLED_OVER, STARTED, Metrics
+from proxy.session.actions import LifecycleFact, Outcome, UtteranceEnded, UtteranceStarted
 
 log = structlog.get_logger("proxy.utterance")
 

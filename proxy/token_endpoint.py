@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.datastructures import QueryParams
@@ -11,12 +11,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.auth import key_is_valid, presented_key
-from proxy.envelope import ID_MAX_CHARS, ErrorCode
 from proxy.limits import auth_failure_details
+from proxy.protocols.envelope import ID_MAX_CHARS
+from proxy.session.events import ErrorCode
+from proxy.state import ProxyState
 from proxy.tokens import TokenError, looks_like_token
-
-if TYPE_CHECKING:
-    from proxy.app import ProxyState
 
 DEFAULT_TOKEN_TTL_S = 60
 TOKEN_REQUEST_MAX_BYTES = 4096  # a token request is two small fields

@@ -7,7 +7,8 @@ fake vLLM (which plays the same clock) and by the proxy benchmark. Pure: no I/O.
 from __future__ import annotations
 
 import binascii
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 import orjson
 
@@ -32,7 +33,54 @@ COMMIT_OPEN: Final = '{"type":"input_audio_buffer.commit","final":false}'
 COMMIT_FINAL: Final = '{"type":"input_audio_buffer.commit","final":true}'
 # vLLM's compact encoding of a step that produced no text (about half of its events).
 EMPTY_DELTA_TEXT: Final = '{"type":"transcription.delta","delta":""}'
-EMPTY_DELTA: Final[dict[str, Any]] = {"type": "transcription.delta", "delta": ""}
+# The token counts of a generation's ``transcription.done``.
+USAGE_KEYS: Final = ("prompt_tokens", "completion_tokens", "total_tokens")
+# How much of vLLM's error text the client is shown.
+ERROR_TEXT_MAX_CHARS: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionDelta:
+    """One model step's text ("" for a step that produced none)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionDone:
+    """vLLM ended a generation (after a final commit, or by itself at its length cap)."""
+
+    # The counts of ``USAGE_KEYS`` vLLM gave as whole numbers.
+    usage: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamError:
+    """vLLM's ``error`` event, or vLLM's silence past the timeout (``STALLED``)."""
+
+    code: str
+    message: str | None
+
+    def details(self) -> dict[str, str]:
+        """What the client is told of it."""
+        details = {"upstream_code": self.code}
+        if self.message is not None:
+            details["upstream_message"] = self.message
+        return details
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    """Any other event (vLLM's greeting, say): it only shows vLLM is answering."""
+
+
+UpstreamEvent = TranscriptionDelta | TranscriptionDone | UpstreamError | OtherEvent
+
+# The empty delta, shared: decoding it costs nothing but the comparison.
+EMPTY_DELTA: Final = TranscriptionDelta("")
+OTHER_EVENT: Final = OtherEvent()
+# What a stall ends the current utterance with (as if vLLM had sent it).
+STALLED: Final = UpstreamError("no_response", "vLLM sent nothing for this utterance in time.")
 
 
 def append_text(audio_b64: str) -> str:
@@ -48,25 +96,34 @@ def session_update_text(model: str) -> str:
     return orjson.dumps({"type": "session.update", "model": model}).decode()
 
 
-def decode_event(raw: str) -> dict[str, Any] | None:
-    """One upstream text message as an event, or None when it is not a JSON object. The empty
-    delta is recognised without parsing and returned as the shared ``EMPTY_DELTA`` (read-only)."""
+def decode_event(raw: str) -> UpstreamEvent | None:
+    """One upstream text message as a typed event, or None when it is not a JSON object. The
+    empty delta is recognised without parsing (``EMPTY_DELTA``)."""
     if raw == EMPTY_DELTA_TEXT:
         return EMPTY_DELTA
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    return event if isinstance(event, dict) else None
-
-
-def error_details(event: dict[str, Any]) -> dict[str, str]:
-    """What the client is told of one of vLLM's ``error`` events."""
-    details = {"upstream_code": str(event.get("code"))}
-    text = event.get("error")
-    if isinstance(text, str):
-        details["upstream_message"] = text[:300]
-    return details
+    if not isinstance(event, dict):
+        return None
+    kind = event.get("type")
+    if kind == "transcription.delta":
+        delta = event.get("delta")
+        return TranscriptionDelta(delta) if isinstance(delta, str) and delta else EMPTY_DELTA
+    if kind == "transcription.done":
+        usage = event.get("usage")
+        counts = (
+            {k: v for k in USAGE_KEYS if isinstance(v := usage.get(k), int)}
+            if isinstance(usage, dict)
+            else {}
+        )
+        return TranscriptionDone(counts)
+    if kind == "error":
+        text = event.get("error")
+        message = text[:ERROR_TEXT_MAX_CHARS] if isinstance(text, str) else None
+        return UpstreamError(str(event.get("code")), message)
+    return OTHER_EVENT
 
 
 def prompt_tokens(delay_ms: int) -> int:

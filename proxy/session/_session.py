@@ -1,76 +1,62 @@
-"""One client connection's utterance lifecycle: pure, synchronous, no sockets and no clocks.
+"""One client connection's session: pure, synchronous, no sockets, no clocks, no wire format.
 
-The relay feeds this object what happened (a client message, an upstream event, the upstream
-connection opening or dropping, a timer firing), each with the monotonic time ``now``, and
-carries out the actions it returns, in order (see ``proxy.actions``): events to send the client,
-text to send upstream, an upstream connection to (re)open, a close code, and since when vLLM
-owes an answer. The lifecycle facts among them (utterance started, rolled over, ended with its
-outcome) are what telemetry and metrics record. Everything the protocol promises is decided
-here, so it is tested without I/O.
+The I/O layer feeds it what happened (a client input, parsed by the connection's codec; an
+upstream event; the upstream connection opening or dropping; a timer firing), each with the
+monotonic time ``now``, and carries out the actions it returns, in order (``proxy.session.
+actions``): typed client events for the codec to render, text for vLLM, an upstream connection
+to (re)open, a close, and since when vLLM owes an answer. The lifecycle facts among them are
+what telemetry and metrics record.
 
-vLLM's realtime socket runs one generation at a time and wipes queued audio when a generation
-ends, so utterances wait in a line: the head is *current* (its commit went upstream) and the
-others keep their audio here until the current one's ``transcription.done`` arrives. When vLLM's
-``--max-model-len`` would end a generation mid-utterance, the utterance is carried over onto a
-fresh generation (a *segment*): proactively, before the cap, when the cap is known; reactively
-when vLLM ends a generation by itself. Upstream connections are numbered by ``upstream_epoch``;
-events of an older one are ignored.
-
-Its other concerns are functions of it, in ``session_update``, ``session_upstream``,
-``session_turns``, ``session_limits`` and ``session_end``: they act through its lifecycle
-steps, never around them.
+The session dispatches each input: its own checks (rate limits, the inbound bound, which
+utterance a message names), then the lifecycle's steps (``Lifecycle``), which alone change the
+utterances; turn detection, vLLM's events and settings updates are concerns that call those
+steps or return a decision applied here. After every input the lifecycle settles (the next
+utterance goes upstream, a session winding down closes), then the actions are handed out.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any
+import uuid
 
-from proxy import (
-    session_end,
-    session_limits,
-    session_turns,
-    session_update,
-    session_upstream,
-)
-from proxy.actions import (
-    Action,
-    Outcome,
-    SendClient,
-    UtteranceStarted,
-)
 from proxy.audio_clock import DEFAULT_PAUSE_MS
 from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
-from proxy.envelope import (
-    APPEND_NEEDS_REQUEST_ID,
-    NO_OPEN_TURN,
-    NO_OPEN_UTTERANCE,
-    NOTHING_TO_CANCEL,
-    REQUEST_ID_IN_USE,
-    TURN_DETECTION_FAILED,
-    TURNS_OPEN_UTTERANCES,
-    Append,
-    Cancel,
-    ClientMessage,
-    CloseCode,
-    Commit,
-    End,
-    EnvelopeError,
+from proxy.limits import MessageRates, SessionLimits
+from proxy.session import _update, _upstream
+from proxy.session._feed import UpstreamFeed
+from proxy.session._lifecycle import Lifecycle, WindDown
+from proxy.session._turns import TurnDetection
+from proxy.session._utterance import Utterance
+from proxy.session.actions import Action, StartVad, StopVad
+from proxy.session.events import (
+    AudioCleared,
+    ClientLimits,
+    ErrorCase,
     ErrorCode,
-    Ping,
-    SessionUpdate,
-    error_event,
-    server_event,
+    Pong,
+    SessionCreated,
+    SessionError,
+    SessionSettings,
+    SessionUpdated,
 )
-from proxy.feed import UpstreamFeed
-from proxy.limits import Admission, SessionLimits
-from proxy.session_end import WindDown
-from proxy.turn_stream import TurnStream
+from proxy.session.inputs import (
+    NAMED_UTTERANCES,
+    AppendAudio,
+    CancelUtterance,
+    ClearAudio,
+    ClientInput,
+    End,
+    FinishUtterance,
+    InvalidInput,
+    OpenUtterance,
+    Ping,
+    SessionRules,
+    UpdateSettings,
+)
 from proxy.turns import TurnOptions
-from proxy.utterance import Phase, Utterance
 from proxy.vad import Window
+from proxy.vllm_wire import OTHER_EVENT, STALLED, UpstreamEvent
 
 
 class Session:
@@ -85,40 +71,79 @@ class Session:
         segment_pause_ms: int = DEFAULT_PAUSE_MS,
         turn_options: TurnOptions | None = None,
         audio_format: AudioFormat = NATIVE,
+        rules: SessionRules = NAMED_UTTERANCES,
+        client_limits: ClientLimits | None = None,
     ) -> None:
+        # The id the connection was admitted with (a protocol may show it to the client).
         self.session_id = session_id
         # The client's audio format: each utterance keeps the one in effect when it opened.
         self.audio_format = audio_format
         self.served_model = served_model
+        self.transcription_delay_ms = transcription_delay_ms
         self.limits = limits
-        # The pause that splits a done's text into segments (session.update may change it).
-        self.segment_pause_ms = segment_pause_ms
+        self.rules = rules
+        # What the client is told of its bounds (unknown ones as 0, meaning none).
+        self.client_limits = client_limits or ClientLimits(
+            0, 0, limits.inbound_queue_max, limits.inbound_queue_max_bytes, 0
+        )
         self._out: list[Action] = []
         self.feed = UpstreamFeed(
             self._out,
             transcription_delay_ms=transcription_delay_ms,
             segment_max_bytes=segment_max_bytes,
         )
-        # The time of the input being handled.
-        self._now = 0.0
-        self.open: Utterance | None = None
-        self.current: Utterance | None = None
-        # Utterances waiting for the upstream, in order (the open one may be last).
-        self.line: deque[Utterance] = deque()
-        self.winding_down: WindDown | None = None
-        self.closed = False
+        self._lifecycle = Lifecycle(self._out, self.feed, segment_pause_ms)
         # Messages, and bytes of audio, waiting for vLLM when the last audio message came in
         # (for the metrics).
         self.inbound_depth = 0
         self.inbound_depth_bytes = 0
-        self._admission = Admission(limits)
+        self._rates = MessageRates(limits)
+        # Whether any audio arrived yet (some protocols freeze the settings then).
+        self._audio_seen = False
+        # Utterances the session opened by itself on audio (``rules.open_on_audio``).
+        self._opened_on_audio = 0
         # The audio stream and its turns while turn detection is on.
-        self.turns: TurnStream | None = None
+        self.turn_detection: TurnDetection | None = None
         if turn_options is not None:
-            # Its StartVad goes out with the first flush.
-            session_turns.set_turn_detection(self, turn_options)
+            # Its StartVad goes out with the first actions.
+            self._set_turn_detection(turn_options)
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def closed(self) -> bool:
+        return self._lifecycle.closed
+
+    @property
+    def open(self) -> Utterance | None:
+        return self._lifecycle.open
+
+    @property
+    def current(self) -> Utterance | None:
+        return self._lifecycle.current
+
+    @property
+    def in_flight(self) -> list[Utterance]:
+        """Every utterance opened and not yet ended, current first."""
+        return self._lifecycle.in_flight
+
+    @property
+    def finalizing(self) -> bool:
+        """Whether some utterance waits for its end with all of its audio in (the client is
+        waiting on the server then)."""
+        return self._lifecycle.finalizing
+
+    @property
+    def held_messages(self) -> int:
+        return self._lifecycle.held_messages
+
+    @property
+    def held_bytes(self) -> int:
+        return self._lifecycle.held_bytes
+
+    @property
+    def segment_pause_ms(self) -> int:
+        return self._lifecycle.segment_pause_ms
 
     @property
     def upstream_epoch(self) -> int:
@@ -128,319 +153,334 @@ class Session:
     def upstream_ready(self) -> bool:
         return self.feed.ready
 
-    @property
-    def in_flight(self) -> list[Utterance]:
-        """Every utterance opened and not yet ended, current first."""
-        return ([self.current] if self.current else []) + list(self.line)
+    def settings(self) -> SessionSettings:
+        """The full effective settings."""
+        turns = self.turn_detection
+        return SessionSettings(
+            self.served_model,
+            self.transcription_delay_ms,
+            self.segment_pause_ms,
+            self.audio_format,
+            turns.options if turns is not None else None,
+            self.client_limits,
+        )
 
-    @property
-    def finalizing(self) -> bool:
-        """Whether some utterance waits for its ``transcription.done`` (idle time is not
-        counted then: the client is waiting on us)."""
-        return any(u.phase.client_final for u in self.in_flight)
-
-    @property
-    def held_messages(self) -> int:
-        # On every message: no list built here, unlike in_flight.
-        held = sum(len(u.held) for u in self.line)
-        return held + len(self.current.held) if self.current is not None else held
-
-    @property
-    def held_bytes(self) -> int:
-        held = sum(u.held.nbytes for u in self.line)
-        return held + self.current.held.nbytes if self.current is not None else held
+    def created(self) -> SessionCreated:
+        """The session's first event, sent before anything else."""
+        return SessionCreated(f"sess_{uuid.uuid4().hex}", self.settings())
 
     # ------------------------------------------------------------------ inputs
 
     def on_client(
         self,
-        message: ClientMessage | EnvelopeError,
+        message: ClientInput,
         now: float,
         backlog: int = 0,
         backlog_bytes: int = 0,
     ) -> list[Action]:
-        """A client text message (parsed), at monotonic time ``now``, with ``backlog`` messages
-        (``backlog_bytes`` bytes) accepted earlier and not yet written to vLLM."""
-        self._now = now
-        if self.closed:
+        """A client input (parsed by the codec), at monotonic time ``now``, with ``backlog``
+        messages (``backlog_bytes`` bytes) accepted earlier and not yet written to vLLM."""
+        lifecycle = self._lifecycle
+        lifecycle.now = now
+        if lifecycle.closed:
             return []
-        if isinstance(message, EnvelopeError):
-            if message.session_id:
-                self.session_id = message.session_id
-            if not message.counts_toward_rate_limit or self._admit(now, message.request_id):
-                self._error(
-                    message.code, message.request_id, message.message, message.details or None
+        if isinstance(message, InvalidInput):
+            if not message.counts_toward_rate_limit or self._within_rate(message.request_id):
+                lifecycle.send(
+                    SessionError(
+                        message.code,
+                        message.request_id,
+                        message=message.message,
+                        details=message.details,
+                    )
                 )
-            return self._flush()
-
-        if message.session_id is not None:  # None: a binary frame
-            self.session_id = message.session_id
-        if isinstance(message, Ping):
-            self._send("pong", message.request_id, message.payload)
+        elif isinstance(message, Ping):
+            lifecycle.send(Pong(message.request_id, message.payload))
         elif isinstance(message, End):
-            session_end.wind_down(self, WindDown.END)
-        elif not self._admit(now, message.request_id):
+            lifecycle.wind_down(WindDown.END)
+        elif not self._within_rate(message.request_id):
             pass
-        elif isinstance(message, SessionUpdate):
-            session_update.update(self, message)
-        elif isinstance(message, Cancel):
+        elif isinstance(message, UpdateSettings):
+            self._on_update(message)
+        elif isinstance(message, CancelUtterance):
             self._on_cancel(message)
-        elif session_limits.backlog_full(self, backlog, backlog_bytes, message):
+        elif isinstance(message, ClearAudio):
+            self._on_clear()
+        elif self._backlog_full(backlog, backlog_bytes, message):
             pass
-        elif isinstance(message, Append):
+        elif isinstance(message, AppendAudio):
             self._on_append(message)
-        elif isinstance(message, Commit):
-            if message.final:
-                self._on_final(message)
-            else:
-                self._on_open(message)
+        elif isinstance(message, OpenUtterance):
+            self._on_open(message.request_id)
+        elif isinstance(message, FinishUtterance):
+            self._on_finish(message)
         return self._flush()
 
     def on_upstream_ready(self, epoch: int, now: float) -> list[Action]:
-        self._now = now
+        self._lifecycle.now = now
         if epoch == self.upstream_epoch and not self.closed:
-            self.feed.ready = True
-            self.feed.settle()
-            self._start_next()
+            self.feed.connected()
         return self._flush()
 
     def on_upstream_lost(self, epoch: int, now: float) -> list[Action]:
         """The upstream connection closed or could not be opened."""
-        self._now = now
-        if epoch == self.upstream_epoch and not self.closed:
-            session_end.terminate(self, ErrorCode.UPSTREAM_UNAVAILABLE, CloseCode.TRY_AGAIN_LATER)
+        self._lifecycle.now = now
+        if epoch == self.upstream_epoch:
+            self._lifecycle.end_all(ErrorCode.UPSTREAM_UNAVAILABLE)
         return self._flush()
 
-    def on_upstream_event(self, epoch: int, event: dict[str, Any], now: float) -> list[Action]:
-        """One event from vLLM (``vllm_wire.decode_event``'s result; not modified)."""
-        self._now = now
-        if epoch != self.upstream_epoch or self.closed:
-            return self._flush()
-        self.feed.settle()
-        session_upstream.event(self, event)
+    def on_upstream_event(self, epoch: int, event: UpstreamEvent, now: float) -> list[Action]:
+        """One event from vLLM (``vllm_wire.decode_event``'s)."""
+        self._lifecycle.now = now
+        if epoch == self.upstream_epoch and not self.closed:
+            self.feed.settle()
+            _upstream.on_event(self._lifecycle, event)
         return self._flush()
 
     def on_upstream_stalled(self, epoch: int, now: float) -> list[Action]:
         """vLLM stayed silent past the timeout since it owed an event (``UpstreamOwes``): the
         current utterance ends in error and the socket is replaced."""
-        self._now = now
-        if epoch != self.upstream_epoch or self.closed:
-            return self._flush()
-        self.feed.settle()
-        if self.current is not None:
-            session_upstream.error(self, self.current, session_upstream.STALLED)
-        return self._flush()
+        if self.current is None:
+            return self.on_upstream_event(epoch, OTHER_EVENT, now)  # it owes nothing now
+        return self.on_upstream_event(epoch, STALLED, now)
 
     def on_vad(self, windows: list[Window], now: float) -> list[Action]:
         """Scored windows of the turn stream (``StartVad``'s results), in order."""
-        self._now = now
-        turns = self.turns
+        self._lifecycle.now = now
+        turns = self.turn_detection
         if turns is not None and not self.closed:
-            session_turns.scored(self, turns, windows)
+            turns.scored(windows)
         return self._flush()
 
     def on_vad_failed(self, now: float) -> list[Action]:
         """The VAD engine stopped: the open turn is finalized and turn detection goes off."""
-        self._now = now
-        if self.turns is not None and not self.closed:
-            self._error(ErrorCode.INTERNAL_ERROR, None, TURN_DETECTION_FAILED)
-            session_turns.set_turn_detection(self, None)
+        self._lifecycle.now = now
+        if self.turn_detection is not None and not self.closed:
+            self._lifecycle.refuse(ErrorCode.INTERNAL_ERROR, None, ErrorCase.TURN_DETECTION_FAILED)
+            self._set_turn_detection(None)
         return self._flush()
 
     def wind_down(self, reason: WindDown, now: float) -> list[Action]:
         """Take no new utterance, finalize the open one, close once every one has ended."""
-        self._now = now
-        session_end.wind_down(self, reason)
+        self._lifecycle.now = now
+        self._lifecycle.wind_down(reason)
         return self._flush()
 
-    def terminate(self, code: ErrorCode, close_code: int, now: float) -> list[Action]:
+    def terminate(self, code: ErrorCode, now: float) -> list[Action]:
         """Close now (idle timeout, a deadline, a fault): every utterance in flight ends in
-        ``error`` first."""
-        self._now = now
-        if not self.closed:
-            session_end.terminate(self, code, close_code)
+        error first."""
+        self._lifecycle.now = now
+        self._lifecycle.end_all(code)
         return self._flush()
 
-    # ------------------------------------------------------------------ client messages
+    # ------------------------------------------------------------------ client inputs
 
-    def _on_open(self, message: Commit) -> None:
-        request_id = message.request_id
-        if self.turns is not None:
-            self._error(ErrorCode.INVALID_MESSAGE, request_id, TURNS_OPEN_UTTERANCES)
+    def _on_open(self, request_id: str) -> None:
+        lifecycle = self._lifecycle
+        if self.turn_detection is not None:
+            lifecycle.refuse(ErrorCode.INVALID_MESSAGE, request_id, ErrorCase.TURNS_OPEN_UTTERANCES)
             return
-        if self.winding_down is not None:
-            session_end.refuse_while_winding_down(self, request_id)
+        if lifecycle.winding_down is not None:
+            self._refuse_while_winding_down(request_id)
             return
-        if self.open is not None and self.open.request_id == request_id:
+        utterance = lifecycle.open
+        if utterance is not None and utterance.request_id == request_id:
             return
-        if any(u.request_id == request_id for u in self.in_flight):
-            self._error(ErrorCode.INVALID_MESSAGE, request_id, REQUEST_ID_IN_USE)
+        if lifecycle.find(request_id) is not None:
+            lifecycle.refuse(ErrorCode.INVALID_MESSAGE, request_id, ErrorCase.REQUEST_ID_IN_USE)
             return
-        if self.open is not None:
-            if not self._admit_cancel(request_id):
+        if utterance is not None:
+            if not self._within_cancel_rate(request_id):
                 return
-            self._cancel(self.open, "superseded")
-        utterance = Utterance(
-            request_id, opened_at=self._now, audio=UtteranceAudio(self.audio_format)
-        )
-        self._out.append(UtteranceStarted(request_id, self._now))
-        self.line.append(utterance)
-        self.open = utterance
-        self._start_next()
+            lifecycle.cancel(utterance, "superseded")
+        lifecycle.open_utterance(request_id, UtteranceAudio(self.audio_format))
 
-    def _on_append(self, message: Append) -> None:
-        if self.turns is not None:
+    def _on_append(self, message: AppendAudio) -> None:
+        self._audio_seen = True
+        if self.turn_detection is not None:
             # The request_id, if any, is not checked: the audio is the stream's.
-            session_turns.stream_audio(self, message.audio)
+            self.turn_detection.stream_audio(message.audio)
             return
+        lifecycle = self._lifecycle
         request_id = message.request_id
         if request_id is not None:
-            utterance = self._open_utterance(request_id)
+            utterance = self._named_open(request_id)
+        elif lifecycle.open is not None and (message.binary or self.rules.open_on_audio):
+            utterance = lifecycle.open  # audio without an id is for the open utterance
+        elif self.rules.open_on_audio:
+            utterance = self._open_on_audio()
         elif not message.binary:
-            self._error(ErrorCode.INVALID_MESSAGE, None, APPEND_NEEDS_REQUEST_ID)
-            return
-        elif self.open is None:
-            self._error(ErrorCode.NO_ACTIVE_REQUEST, None, NO_OPEN_UTTERANCE)
+            lifecycle.refuse(ErrorCode.INVALID_MESSAGE, None, ErrorCase.APPEND_NEEDS_REQUEST_ID)
             return
         else:
-            utterance = self.open  # a binary frame is for the open utterance
+            lifecycle.refuse(ErrorCode.NO_ACTIVE_REQUEST, None, ErrorCase.NO_OPEN_UTTERANCE)
+            return
         if utterance is None:
             return
         try:
-            upstream = utterance.audio.take(message.audio, message.nbytes)
+            lifecycle.take_audio(utterance, message.audio, message.nbytes)
         except InvalidAudio as exc:
-            self._error(ErrorCode.INVALID_AUDIO, request_id, exc.message)
-            return
-        if utterance.first_audio_at is None:
-            utterance.first_audio_at = self._now
-        for audio, pcm_bytes in upstream:
-            self._deliver(utterance, audio, pcm_bytes)
+            lifecycle.refuse(ErrorCode.INVALID_AUDIO, request_id, message=exc.message)
 
-    def _deliver(self, utterance: Utterance, audio: str, pcm_bytes: int) -> None:
-        """Audio for vLLM: sent up while the utterance's segment takes it, held otherwise."""
-        if utterance is self.current and utterance.phase is Phase.OPEN:
-            self.feed.forward_audio(utterance, audio, pcm_bytes, self._now)
+    def _on_finish(self, message: FinishUtterance) -> None:
+        lifecycle = self._lifecycle
+        request_id = message.request_id
+        if self.turn_detection is not None:
+            # Push-to-talk: the open turn ends now, whatever request_id the message names.
+            if not self.turn_detection.end_open_turn():
+                lifecycle.refuse(ErrorCode.NO_ACTIVE_REQUEST, request_id, ErrorCase.NO_OPEN_TURN)
+            return
+        if request_id is not None:
+            utterance = self._named_open(request_id)
+        elif lifecycle.open is not None:
+            utterance = lifecycle.open
+        elif message.empty_done:
+            utterance = self._open_on_audio()
         else:
-            utterance.held.append(audio, pcm_bytes)
-
-    def _on_final(self, message: Commit) -> None:
-        if self.turns is not None:
-            # Push-to-talk: the open turn ends now, whatever request_id the commit names.
-            if not session_turns.end_open_turn(self):
-                self._error(ErrorCode.NO_ACTIVE_REQUEST, message.request_id, NO_OPEN_TURN)
+            lifecycle.refuse(ErrorCode.NO_ACTIVE_REQUEST, None, ErrorCase.NOTHING_TO_FINISH)
             return
-        utterance = self._open_utterance(message.request_id)
         if utterance is not None:
-            utterance.final_at = self._now
-            self._finalize(utterance)
-            session_end.check_wound_down(self)
+            lifecycle.finalize(utterance)
 
-    def _on_cancel(self, message: Cancel) -> None:
-        utterance = next((u for u in self.in_flight if u.request_id == message.request_id), None)
+    def _on_cancel(self, message: CancelUtterance) -> None:
+        lifecycle = self._lifecycle
+        utterance = lifecycle.find(message.request_id)
         if utterance is None:
-            self._error(ErrorCode.NO_ACTIVE_REQUEST, message.request_id, NOTHING_TO_CANCEL)
+            lifecycle.refuse(
+                ErrorCode.NO_ACTIVE_REQUEST, message.request_id, ErrorCase.NOTHING_TO_CANCEL
+            )
             return
-        if self._admit_cancel(message.request_id):
-            if self.turns is not None and utterance is self.open:
-                self.turns.detector.end_turn()
+        if self._within_cancel_rate(message.request_id):
             self._cancel(utterance, message.reason)
-            self._start_next()
-            session_end.check_wound_down(self)
 
-    # ------------------------------------------------------------------ lifecycle
+    def _on_clear(self) -> None:
+        utterance = self._lifecycle.open
+        if utterance is not None:
+            if not self._within_cancel_rate(None):
+                return
+            self._cancel(utterance, "cleared")
+        self._lifecycle.send(AudioCleared())
 
-    def _open_utterance(self, request_id: str) -> Utterance | None:
+    def _cancel(self, utterance: Utterance, reason: str) -> None:
+        turns = self.turn_detection
+        if turns is not None and utterance is self._lifecycle.open:
+            turns.turn_cancelled()
+        self._lifecycle.cancel(utterance, reason)
+
+    def _on_update(self, message: UpdateSettings) -> None:
+        lifecycle = self._lifecycle
+        refusal = _update.refusal(
+            message,
+            served_model=self.served_model,
+            audio_format=self.audio_format,
+            frozen=self.rules.settings_frozen_at_audio and self._audio_seen,
+            in_flight=bool(lifecycle.in_flight),
+            utterance_open=lifecycle.open is not None,
+            turns_on=self.turn_detection is not None,
+        )
+        if refusal is not None:
+            lifecycle.send(refusal)
+            return
+        format_changed = message.audio is not None and message.audio != self.audio_format
+        if message.audio is not None:
+            self.audio_format = message.audio
+        if message.segment_pause_ms is not None:
+            lifecycle.segment_pause_ms = message.segment_pause_ms
+        if message.turn_detection_given:
+            self._set_turn_detection(message.turn_detection)
+        elif format_changed and self.turn_detection is not None:
+            # A new stream in the new format.
+            self._set_turn_detection(self.turn_detection.options)
+        lifecycle.send(SessionUpdated(message.request_id, self.settings()))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _named_open(self, request_id: str) -> Utterance | None:
         """The open utterance if it is ``request_id``; otherwise tells the client why not.
 
-        An id whose final commit was already sent is "no longer open" (no_active_request) even
-        while another utterance is open; any other id is a mismatch with the open one."""
-        utterance = self.open
+        An id whose audio is complete is "no longer open" (no_active_request) even while
+        another utterance is open; any other id is a mismatch with the open one."""
+        lifecycle = self._lifecycle
+        utterance = lifecycle.open
         if utterance is not None and utterance.request_id == request_id:
             return utterance  # every audio message: no search (in-flight ids are unique)
-        finished_audio = any(
-            u.request_id == request_id for u in self.in_flight if u.phase.client_final
-        )
-        if utterance is None or finished_audio:
-            self._error(ErrorCode.NO_ACTIVE_REQUEST, request_id)
+        if utterance is None or lifecycle.audio_complete(request_id):
+            lifecycle.refuse(ErrorCode.NO_ACTIVE_REQUEST, request_id)
             return None
-        self._error(
+        lifecycle.refuse(
             ErrorCode.REQUEST_ID_MISMATCH,
             request_id,
             details={"open_request_id": utterance.request_id},
         )
         return None
 
-    def _finalize(self, utterance: Utterance) -> None:
-        # The resampler's tail, so the last milliseconds reach vLLM too.
-        for audio, pcm_bytes in utterance.audio.flush():
-            self._deliver(utterance, audio, pcm_bytes)
-        self.open = None
-        if utterance.phase is Phase.OPEN_ROLLING:
-            utterance.phase = Phase.CLOSED_ROLLING
-        elif utterance is self.current:
-            self.feed.commit_final(utterance, Phase.FINALIZING, self._now)
+    def _open_on_audio(self) -> Utterance | None:
+        """Opens an utterance named by the session (``rules.open_on_audio``)."""
+        lifecycle = self._lifecycle
+        if lifecycle.winding_down is not None:
+            self._refuse_while_winding_down(None)
+            return None
+        while True:
+            self._opened_on_audio += 1
+            request_id = f"{self.rules.utterance_id_prefix}{self._opened_on_audio}"
+            if lifecycle.find(request_id) is None:
+                return lifecycle.open_utterance(request_id, UtteranceAudio(self.audio_format))
+
+    def _refuse_while_winding_down(self, request_id: str | None) -> None:
+        reason = self._lifecycle.winding_down
+        assert reason is not None
+        if reason.value is None:
+            self._lifecycle.refuse(
+                ErrorCode.INVALID_MESSAGE, request_id, ErrorCase.ENDING_AFTER_END
+            )
         else:
-            utterance.phase = Phase.CLOSED
+            self._lifecycle.refuse(reason.value, request_id)
 
-    def _start_next(self) -> None:
-        if self.current is None and self.upstream_ready and self.line:
-            self.current = self.line.popleft()
-            self.feed.begin_segment(self.current, self._now)
-
-    def _complete(self, utterance: Utterance) -> None:
-        self.current = None
-        payload = utterance.done_payload(self.segment_pause_ms)
-        self._send("transcription.done", utterance.request_id, payload)
-        self._ended(utterance, Outcome.DONE, text=payload["text"])
-        self._start_next()
-        session_end.check_wound_down(self)
-
-    def _cancel(self, utterance: Utterance, reason: str) -> None:
-        self._send("cancelled", utterance.request_id, {"reason": reason})
-        self._ended(utterance, Outcome.CANCELLED)
-        self._detach(utterance)
-
-    def _ended(
-        self, utterance: Utterance, outcome: Outcome, code: ErrorCode | None = None, text: str = ""
-    ) -> None:
-        self._out.append(utterance.ended(outcome, code, text, self._now))
-
-    def _detach(self, utterance: Utterance) -> None:
-        """Forget an utterance that ended early; a running generation is stopped by closing its
-        upstream connection (vLLM has no cancel event; it aborts the request on close)."""
-        if self.open is utterance:
-            self.open = None
-        if utterance is self.current:
-            self.current = None
-            self.feed.reopen()
-        else:
-            self.line.remove(utterance)
+    def _set_turn_detection(self, options: TurnOptions | None) -> None:
+        """Turns detection on, off, or on with new options (a new stream: its times restart)."""
+        if self.turn_detection is not None:
+            self.turn_detection.end_open_turn()
+            self.turn_detection = None
+            self._out.append(StopVad())
+        if options is not None:
+            self.turn_detection = TurnDetection(self._lifecycle, options, self.audio_format)
+            self._out.append(StartVad())
 
     # ------------------------------------------------------------------ limits
 
-    def _admit(self, now: float, request_id: str | None) -> bool:
-        return session_limits.admitted(self, self._admission.message(now), request_id)
+    def _within_rate(self, request_id: str | None) -> bool:
+        return self._verdict(self._rates.message(self._lifecycle.now), request_id)
 
-    def _admit_cancel(self, request_id: str) -> bool:
-        return session_limits.admitted(self, self._admission.cancel(self._now), request_id)
+    def _within_cancel_rate(self, request_id: str | None) -> bool:
+        return self._verdict(self._rates.cancel(self._lifecycle.now), request_id)
+
+    def _verdict(self, verdict: dict[str, object] | bool, request_id: str | None) -> bool:
+        """Carries out a rate limit's verdict (``MessageRates``); whether the message goes
+        on. Refused too often, the client keeps going: the session ends."""
+        if verdict is True:
+            return True
+        if verdict is False:
+            self._lifecycle.end_all(ErrorCode.RATE_LIMITED)
+        else:
+            self._lifecycle.refuse(ErrorCode.RATE_LIMITED, request_id, details=verdict)
+        return False
+
+    def _backlog_full(self, backlog: int, backlog_bytes: int, message: ClientInput) -> bool:
+        """Whether ``message`` comes on top of too many messages, or too many bytes of audio,
+        waiting for vLLM (the I/O layer's backlog and the audio held here); the session ends
+        then."""
+        self.inbound_depth = depth = backlog + self.held_messages
+        self.inbound_depth_bytes = depth_bytes = backlog_bytes + self.held_bytes
+        incoming = len(message.audio) if isinstance(message, AppendAudio) else 0
+        if not self.limits.inbound_full(depth, depth_bytes, incoming):
+            return False
+        self._lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
+        return True
 
     # ------------------------------------------------------------------ output
 
-    def _send(self, kind: str, request_id: str | None, payload: dict[str, Any]) -> None:
-        self._out.append(SendClient(server_event(kind, self.session_id, request_id, payload)))
-
-    def _error(
-        self,
-        code: ErrorCode,
-        request_id: str | None,
-        message: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self._out.append(
-            SendClient(error_event(code, self.session_id, request_id, message, details))
-        )
-
     def _flush(self) -> list[Action]:
+        self._lifecycle.settle()
         out = self._out.copy()
         self._out.clear()
         return out

@@ -15,10 +15,33 @@ from enum import StrEnum
 from typing import Any
 
 from proxy.audio_format import AudioFormat
-
-# Defined with the envelope until the session stops importing the envelope (then here).
-from proxy.envelope import ErrorCode as ErrorCode
 from proxy.turns import TurnOptions
+
+
+class ErrorCode(StrEnum):
+    """Every kind of failure the server reports, at connect time or in a session; a codec maps
+    each one onto its protocol's error codes and close codes."""
+
+    UNAUTHORIZED = "unauthorized"
+    SERVER_AT_CAPACITY = "server_at_capacity"
+    IDLE_TIMEOUT = "idle_timeout"
+    MAX_DURATION_REACHED = "max_duration_reached"
+    INBOUND_QUEUE_FULL = "inbound_queue_full"
+    RATE_LIMITED = "rate_limited"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_MODEL = "unsupported_model"
+    NO_ACTIVE_REQUEST = "no_active_request"
+    REQUEST_ID_MISMATCH = "request_id_mismatch"
+    INVALID_AUDIO = "invalid_audio"
+    UNSUPPORTED_AUDIO_FORMAT = "unsupported_audio_format"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
+    SLOW_CONSUMER = "slow_consumer"
 
 
 class ErrorCase(StrEnum):
@@ -45,6 +68,8 @@ class ErrorCase(StrEnum):
     TURN_DETECTION_FAILED = "turn_detection_failed"
     # The audio format was changed while an utterance is open or finalizing.
     FORMAT_CHANGE_IN_UTTERANCE = "format_change_in_utterance"
+    # A settings update named another model than the one served (details: the served one).
+    MODEL_NOT_SERVED = "model_not_served"
     # The settings were changed after the first audio, in a session that freezes them then.
     SETTINGS_FROZEN = "settings_frozen"
     # The client asked to finish the open utterance while none is open (and empty ones are

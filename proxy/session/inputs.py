@@ -30,6 +30,10 @@ class SessionRules:
     utterance_id_prefix: str = "utt-"
 
 
+# The client names and opens every utterance (the envelope).
+NAMED_UTTERANCES = SessionRules()
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateSettings:
     """Change some settings (None: leave as it is); answered by ``SessionUpdated`` in full,
@@ -94,6 +98,8 @@ class CancelUtterance:
 class ClearAudio:
     """Drop the open utterance, if any (``Cancelled`` with reason "cleared"), then
     ``AudioCleared``; nothing open is not an error."""
+
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import FRAME_BYTES, predict_deltas, predict_text
 from proxy import relay as relay_module
-from proxy.envelope import PING_PAYLOAD_MAX_BYTES
 from proxy.logs import configure_logging
+from proxy.protocols.envelope import PING_PAYLOAD_MAX_BYTES
 from tests.harness import (
     TEST_KEY,
     Client,

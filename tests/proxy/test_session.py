@@ -16,12 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.actions import (
+from proxy.audio_convert import AudioConverter
+from proxy.audio_format import NATIVE, AudioFormat
+from proxy.limits import SessionLimits
+from proxy.protocols.envelope import CASE_MESSAGES, CLOSE_CODES, EnvelopeCodec
+from proxy.session import Session, WindDown
+from proxy.session._utterance import Utterance
+from proxy.session.actions import (
     Action,
     CloseClient,
     OpenUpstream,
     Outcome,
-    SendClient,
     SendUpstream,
     UpstreamOwes,
     UpstreamSettled,
@@ -29,28 +34,21 @@ from proxy.actions import (
     UtteranceRolledOver,
     UtteranceStarted,
 )
-from proxy.audio_convert import AudioConverter
-from proxy.audio_format import NATIVE, AudioFormat
-from proxy.envelope import (
-    FORMAT_CHANGE_IN_UTTERANCE,
-    NO_OPEN_UTTERANCE,
+from proxy.session.events import ErrorCase, ErrorCode
+from proxy.session.inputs import ClientInput, InvalidInput
+from proxy.vllm_wire import FRAME_BYTES, UpstreamEvent, decode_event, steps_sent
+from tests.proxy.envelope_client import (
     Append,
     Cancel,
+    ClientFrame,
     ClientMessage,
     Commit,
     End,
-    EnvelopeError,
-    ErrorCode,
     Ping,
     SessionUpdate,
+    as_client_sees,
     binary_append,
-    parse_client_message,
 )
-from proxy.limits import SessionLimits
-from proxy.session import Session
-from proxy.session_end import WindDown
-from proxy.utterance import Utterance
-from proxy.vllm_wire import FRAME_BYTES, steps_sent
 from tests.tones import ULAW_8K
 
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
@@ -87,24 +85,43 @@ class Harness:
             segment_max_bytes=segment_max_bytes,
             audio_format=audio_format,
         )
+        # The session's events are read as an envelope client reads them.
+        self.codec = EnvelopeCodec(SERVER_SID, max_message_bytes=1024 * 1024)
         self.now = 100.0
         self.log: list[Action] = []
         if ready:
             self.ready()
 
     def _keep(self, actions: list[Action]) -> list[Action]:
-        self.log.extend(actions)
-        return actions
+        seen = as_client_sees(actions, self.codec)
+        self.log.extend(seen)
+        return seen
 
     # client side
     def send(
-        self, message: ClientMessage | EnvelopeError, backlog: int = 0, backlog_bytes: int = 0
+        self,
+        message: ClientMessage | ClientInput | str,
+        backlog: int = 0,
+        backlog_bytes: int = 0,
     ) -> list[Action]:
+        """A client message (as the client sends it, through the codec: a test message or a
+        raw text frame), or an input as a codec would give it."""
         self.now += 0.01
-        return self._keep(self.session.on_client(message, self.now, backlog, backlog_bytes))
+        parsed: ClientInput
+        if isinstance(message, str):
+            parsed = self.codec.parse_text(message)
+        elif isinstance(message, ClientMessage):
+            frame = message.frame()
+            if isinstance(frame, bytes):
+                parsed = self.codec.parse_binary(frame)
+            else:
+                parsed = self.codec.parse_text(frame)
+        else:
+            parsed = message
+        return self._keep(self.session.on_client(parsed, self.now, backlog, backlog_bytes))
 
     def raw(self, text: str, backlog: int = 0) -> list[Action]:
-        return self.send(parse_client_message(text), backlog)
+        return self.send(text, backlog)
 
     def commit(self, rid: str, *, final: bool = False, backlog: int = 0) -> list[Action]:
         return self.send(Commit(SID, rid, final), backlog)
@@ -135,7 +152,11 @@ class Harness:
         return self._keep(self.session.on_upstream_ready(self.gen(generation), self.now))
 
     def event(self, event: dict[str, Any], generation: int | None = None) -> list[Action]:
-        return self._keep(self.session.on_upstream_event(self.gen(generation), event, self.now))
+        """One event from vLLM, decoded as the relay decodes it."""
+        decoded: UpstreamEvent | None = decode_event(json.dumps(event))
+        assert decoded is not None
+        epoch = self.gen(generation)
+        return self._keep(self.session.on_upstream_event(epoch, decoded, self.now))
 
     def delta(self, text: str, generation: int | None = None) -> list[Action]:
         return self.event({"type": "transcription.delta", "delta": text}, generation)
@@ -161,8 +182,8 @@ class Harness:
     def wind_down(self, reason: WindDown) -> list[Action]:
         return self._keep(self.session.wind_down(reason, self.now))
 
-    def terminate(self, code: ErrorCode, close_code: int) -> list[Action]:
-        return self._keep(self.session.terminate(code, close_code, self.now))
+    def terminate(self, code: ErrorCode) -> list[Action]:
+        return self._keep(self.session.terminate(code, self.now))
 
 
 # Facts for telemetry and the relay's timers, left out of ``summary`` (tested on their own).
@@ -186,7 +207,7 @@ def summary(actions: list[Action]) -> list[tuple[Any, ...]]:
     for action in actions:
         if isinstance(action, NOT_SUMMARIZED):
             continue
-        if isinstance(action, SendClient):
+        if isinstance(action, ClientFrame):
             event = action.event
             kind, rid, payload = event["type"], event["request_id"], event["payload"]
             if kind == "error":
@@ -210,12 +231,12 @@ def summary(actions: list[Action]) -> list[tuple[Any, ...]]:
         elif isinstance(action, OpenUpstream):
             out.append(("reopen", action.epoch))
         else:
-            out.append(("close", action.code))
+            out.append(("close", CLOSE_CODES[action.error]))
     return out
 
 
 def client_events(actions: list[Action]) -> list[dict[str, Any]]:
-    return [a.event for a in actions if isinstance(a, SendClient)]
+    return [a.event for a in actions if isinstance(a, ClientFrame)]
 
 
 def upstream(actions: list[Action]) -> list[SendUpstream]:
@@ -243,7 +264,7 @@ def only_event(actions: list[Action]) -> dict[str, Any]:
 def test_nothing_happens_before_the_client_speaks() -> None:
     harness = Harness()
     assert harness.log == []
-    assert harness.session.session_id == SERVER_SID
+    assert harness.codec.session_id == SERVER_SID
 
 
 def test_ping_answered_with_same_payload_and_request_id() -> None:
@@ -304,7 +325,7 @@ def test_envelope_error_is_answered_and_connection_stays() -> None:
 def test_frame_level_refusals_keep_the_connection() -> None:
     harness = Harness()
     harness.commit("A")
-    too_large = EnvelopeError(
+    too_large = InvalidInput(
         ErrorCode.PAYLOAD_TOO_LARGE, "Too large.", details={"max_message_bytes": 1024}
     )
     event = only_event(harness.send(too_large))
@@ -313,7 +334,7 @@ def test_frame_level_refusals_keep_the_connection() -> None:
         "message": "Too large.",
         "details": {"max_message_bytes": 1024},
     }
-    invalid = EnvelopeError(ErrorCode.INVALID_MESSAGE, "Not an envelope.")
+    invalid = InvalidInput(ErrorCode.INVALID_MESSAGE, "Not an envelope.")
     assert summary(harness.send(invalid)) == [("error", None, "invalid_message")]
     assert not harness.session.closed
     assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
@@ -872,7 +893,7 @@ def test_upstream_lost_errors_every_utterance_then_closes_1013() -> None:
     assert harness.commit("D") == []
     assert harness.lost() == []
     assert harness.ready() == []
-    assert harness.terminate(ErrorCode.INTERNAL_ERROR, 1011) == []
+    assert harness.terminate(ErrorCode.INTERNAL_ERROR) == []
     assert harness.wind_down(WindDown.END) == []
 
 
@@ -1010,7 +1031,7 @@ def test_wind_down_deadline_then_terminate() -> None:
     harness = Harness()
     harness.commit("A")
     harness.wind_down(WindDown.MAX_DURATION)
-    actions = harness.terminate(ErrorCode.MAX_DURATION_REACHED, 4003)
+    actions = harness.terminate(ErrorCode.MAX_DURATION_REACHED)
     assert summary(actions) == [
         ("error", "A", "max_duration_reached"),
         ("error", None, "max_duration_reached"),
@@ -1023,20 +1044,20 @@ def test_terminate_errors_every_utterance_then_closes() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    actions = harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
+    actions = harness.terminate(ErrorCode.IDLE_TIMEOUT)
     assert summary(actions) == [
         ("error", "A", "idle_timeout"),
         ("error", "B", "idle_timeout"),
         ("error", None, "idle_timeout"),
         ("close", 4000),
     ]
-    assert harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000) == []
+    assert harness.terminate(ErrorCode.IDLE_TIMEOUT) == []
     assert harness.done(generation=0) == []
 
 
 def test_terminate_with_nothing_in_flight() -> None:
     harness = Harness()
-    assert summary(harness.terminate(ErrorCode.SHUTTING_DOWN, 1001)) == [
+    assert summary(harness.terminate(ErrorCode.SHUTTING_DOWN)) == [
         ("error", None, "shutting_down"),
         ("close", 1001),
     ]
@@ -1108,7 +1129,7 @@ def test_default_backlog_limit_is_256() -> None:
     assert not harness.session.closed
     harness.append("A", pcm_of(2), backlog=256)
     assert harness.session.closed
-    assert harness.log[-1] == CloseClient(4004)
+    assert harness.log[-1] == CloseClient(ErrorCode.INBOUND_QUEUE_FULL)
 
 
 # ====================================================================== byte budgets
@@ -1237,7 +1258,7 @@ def test_every_other_message_counts_toward_the_limit() -> None:
         Cancel(SID, "ghost", "x"),
         Commit(SID, "ghost", True),
         Append(SID, "ghost", "AAA=", 2),
-        parse_client_message("{bad json"),
+        "{bad json",
     ):
         harness = Harness(max_messages_per_window=1, message_window_s=10.0)
         harness.send(message)
@@ -1658,7 +1679,7 @@ class Checker:
 
     def finish(self) -> None:
         if not self.session.closed:
-            self.step(lambda: self.harness.terminate(ErrorCode.INTERNAL_ERROR, 1011))
+            self.step(lambda: self.harness.terminate(ErrorCode.INTERNAL_ERROR))
         assert self.session.in_flight == []
         assert all(count == 1 for count in self.endings.values())
 
@@ -1716,11 +1737,11 @@ def test_random_sequences_keep_the_utterance_invariants(
         elif kind == "cancel":
             checker.step(lambda op=op: harness.cancel(op[1], op[2]))
         elif kind == "client":
-            message: ClientMessage | EnvelopeError = {
+            message: ClientMessage | str = {
                 "ping": Ping(SID, None, {}),
                 "update": SessionUpdate(SID, "u", MODEL),
                 "bad_model": SessionUpdate(SID, "u", "other"),
-                "invalid": parse_client_message("[]"),
+                "invalid": "[]",
                 "end": End(SID, None),
             }[op[1]]
             checker.step(lambda message=message: harness.send(message))
@@ -1741,7 +1762,7 @@ def test_random_sequences_keep_the_utterance_invariants(
         elif kind == "wind":
             checker.step(lambda op=op: harness.wind_down(op[1]))
         elif kind == "terminate":
-            checker.step(lambda op=op: harness.terminate(op[1], 4000))
+            checker.step(lambda op=op: harness.terminate(op[1]))
         elif kind == "tick":
             harness.now += op[1]
         else:
@@ -1935,7 +1956,7 @@ def test_cancelled_and_errored_utterances_end_with_their_outcome() -> None:
     harness.cancel("A")
     harness.ready()
     harness.commit("B")
-    harness.terminate(ErrorCode.IDLE_TIMEOUT, 4000)
+    harness.terminate(ErrorCode.IDLE_TIMEOUT)
     ended = [(f.request_id, f.outcome, f.error_code, f.audio_ms, f.text) for f in
              harness.facts(UtteranceEnded)]  # fmt: skip
     assert ended == [
@@ -2015,7 +2036,7 @@ def test_a_binary_frame_is_audio_for_the_open_utterance() -> None:
     harness.commit("r1", final=True)
     done = only_event(harness.done())
     assert done["payload"]["audio_ms"] == 30
-    assert harness.session.session_id == SID  # a binary frame carries no session_id
+    assert harness.codec.session_id == SID  # a binary frame carries no session_id
 
 
 def test_a_binary_frame_with_nothing_open_is_refused() -> None:
@@ -2023,7 +2044,7 @@ def test_a_binary_frame_with_nothing_open_is_refused() -> None:
     event = only_event(harness.binary(pcm_of(64)))
     assert (event["session_id"], event["request_id"]) == (SERVER_SID, None)
     assert event["payload"]["code"] == "no_active_request"
-    assert event["payload"]["message"] == NO_OPEN_UTTERANCE
+    assert event["payload"]["message"] == CASE_MESSAGES[ErrorCase.NO_OPEN_UTTERANCE]
     harness.commit("r1")
     harness.commit("r1", final=True)
     # Finalizing is not open: the frame has nowhere to go.
@@ -2086,7 +2107,7 @@ def test_the_audio_format_changes_between_utterances_only() -> None:
     harness.commit("r1")
     refused = only_event(harness.send(update))
     assert refused["payload"]["code"] == "invalid_message"
-    assert refused["payload"]["message"] == FORMAT_CHANGE_IN_UTTERANCE
+    assert refused["payload"]["message"] == CASE_MESSAGES[ErrorCase.FORMAT_CHANGE_IN_UTTERANCE]
     harness.commit("r1", final=True)
     assert only_event(harness.send(update))["payload"]["code"] == "invalid_message"
     harness.done()

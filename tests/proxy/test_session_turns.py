@@ -9,25 +9,34 @@ from typing import Any
 
 import numpy as np
 
-from proxy.actions import (
+from proxy.audio_format import make_format
+from proxy.limits import SessionLimits
+from proxy.protocols.envelope import EnvelopeCodec
+from proxy.session import Session
+from proxy.session._turn_stream import MAX_UNSCORED_MS
+from proxy.session.actions import (
     Action,
     CloseClient,
     FeedVad,
-    SendClient,
     SendUpstream,
     StartVad,
     StopVad,
     UtteranceEnded,
     UtteranceStarted,
 )
-from proxy.audio_format import make_format
-from proxy.envelope import Append, Cancel, Commit, ErrorCode, SessionUpdate
-from proxy.limits import SessionLimits
-from proxy.session import Session
-from proxy.turn_stream import MAX_UNSCORED_MS
+from proxy.session.events import ErrorCode
 from proxy.turns import TurnOptions
 from proxy.vad import WINDOW_MS
-from proxy.vllm_wire import COMMIT_FINAL, COMMIT_OPEN, PCM_BYTES_PER_MS
+from proxy.vllm_wire import COMMIT_FINAL, COMMIT_OPEN, PCM_BYTES_PER_MS, decode_event
+from tests.proxy.envelope_client import (
+    Append,
+    Cancel,
+    ClientFrame,
+    ClientMessage,
+    Commit,
+    SessionUpdate,
+    as_client_sees,
+)
 
 MODEL = "m"
 SID = "s"
@@ -49,18 +58,27 @@ class Harness:
             transcription_delay_ms=480,
             turn_options=options,
         )
+        # The session's events are read as an envelope client reads them.
+        self.codec = EnvelopeCodec(SID, max_message_bytes=1024 * 1024)
         self.now = 10.0
         self.log: list[Action] = []
         self.keep(self.session.on_upstream_ready(self.session.upstream_epoch, self.now))
         self.scored_ms = 0
 
     def keep(self, actions: list[Action]) -> list[Action]:
-        self.log.extend(actions)
-        return actions
+        seen = as_client_sees(actions, self.codec)
+        self.log.extend(seen)
+        return seen
 
-    def send(self, message: Any) -> list[Action]:
+    def send(self, message: ClientMessage) -> list[Action]:
+        """A client message, through the envelope codec."""
         self.now += 0.01
-        return self.keep(self.session.on_client(message, self.now))
+        frame = message.frame()
+        if isinstance(frame, bytes):
+            parsed = self.codec.parse_binary(frame)
+        else:
+            parsed = self.codec.parse_text(frame)
+        return self.keep(self.session.on_client(parsed, self.now))
 
     def audio(self, pcm: bytes, request_id: str | None = None) -> list[Action]:
         return self.send(Append(SID, request_id, base64.b64encode(pcm).decode(), len(pcm)))
@@ -74,7 +92,7 @@ class Harness:
         return self.keep(self.session.on_vad(windows, self.now))
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        events = [a.event for a in self.log if isinstance(a, SendClient)]
+        events = [a.event for a in self.log if isinstance(a, ClientFrame)]
         return [e for e in events if kind is None or e["type"] == kind]
 
     def upstream(self) -> list[dict[str, Any]]:
@@ -88,7 +106,9 @@ class Harness:
         )
 
     def done(self) -> list[Action]:
-        event = {"type": "transcription.done", "text": "", "usage": {}}
+        """vLLM's done, decoded as the relay decodes it."""
+        event = decode_event('{"type": "transcription.done", "text": "", "usage": {}}')
+        assert event is not None
         return self.keep(
             self.session.on_upstream_event(self.session.upstream_epoch, event, self.now)
         )
@@ -144,8 +164,9 @@ def test_short_speech_opens_no_turn_and_the_kept_audio_stays_bounded() -> None:
     assert harness.upstream() == []
     options = OPTIONS
     kept_ms = options.prefix_padding_ms + options.min_speech_ms + WINDOW_MS
-    turns = harness.session.turns
-    assert turns is not None
+    detection = harness.session.turn_detection
+    assert detection is not None
+    turns = detection.stream
     # What a turn may still start with, and what the VAD has not scored yet: nothing more.
     assert turns.ring_bytes == kept_ms * PCM_BYTES_PER_MS + turns.received - turns.scored
 
@@ -252,7 +273,7 @@ def test_a_failed_vad_ends_turn_detection_with_an_error() -> None:
     assert "Turn detection stopped working" in errors[0]["payload"]["message"]
     assert any(isinstance(a, StopVad) for a in actions)
     assert harness.upstream()[-1]["final"] is True  # the open turn is finalized
-    assert harness.session.turns is None
+    assert harness.session.turn_detection is None
 
 
 def test_a_vad_far_behind_the_client_ends_the_session() -> None:
@@ -260,7 +281,7 @@ def test_a_vad_far_behind_the_client_ends_the_session() -> None:
     for _ in range(MAX_UNSCORED_MS // 1000 + 1):
         harness.audio(stream_pcm(1000))
     closes = [a for a in harness.log if isinstance(a, CloseClient)]
-    assert [c.code for c in closes] == [4004]
+    assert [c.error for c in closes] == [ErrorCode.INBOUND_QUEUE_FULL]
     assert harness.events("error")[-1]["payload"]["code"] == "inbound_queue_full"
 
 
@@ -272,6 +293,6 @@ def test_binary_frames_feed_the_stream_converted_from_the_session_format() -> No
     ulaw = make_format("g711_ulaw", 8000)
     harness.send(SessionUpdate(SID, "u1", None, audio=ulaw))
     restarted = harness.log[-3:]
-    assert [type(a) for a in restarted if not isinstance(a, SendClient)] == [StopVad, StartVad]
+    assert [type(a) for a in restarted if not isinstance(a, ClientFrame)] == [StopVad, StartVad]
     fed = harness.send(Append(None, None, bytes(1280), 1280))  # 160 ms of μ-law at 8 kHz
     assert sum(len(a.pcm) for a in fed if isinstance(a, FeedVad)) >= 2560  # now 16 kHz PCM16

@@ -10,9 +10,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from proxy import telemetry as telemetry_module
-from proxy.actions import Outcome, UtteranceEnded, UtteranceRolledOver, UtteranceStarted
-from proxy.envelope import ErrorCode
 from proxy.metrics import Metrics
+from proxy.session.actions import Outcome, UtteranceEnded, UtteranceRolledOver, UtteranceStarted
+from proxy.session.events import ErrorCode
 from proxy.telemetry import UtteranceTelemetry
 
 

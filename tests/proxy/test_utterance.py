@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.utterance import HeldAudio, Phase
+from proxy.session._utterance import HeldAudio, Phase
 
 
 @pytest.mark.parametrize(

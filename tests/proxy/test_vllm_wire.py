@@ -11,6 +11,9 @@ from proxy.vllm_wire import (
     FRAME_BYTES,
     FRAME_MS,
     LEFT_PAD_FRAMES,
+    TranscriptionDelta,
+    TranscriptionDone,
+    UpstreamError,
     decode_event,
     max_steps,
     owed_audio_bytes,
@@ -22,6 +25,7 @@ from proxy.vllm_wire import (
 
 MS = 32  # bytes of 16 kHz PCM16 per millisecond
 DELAYS = [80, 480, 2400]
+USAGE = {"prompt_tokens": 39, "completion_tokens": 5, "total_tokens": 44}
 
 
 def test_the_frame_is_80_ms_of_16_khz_pcm16() -> None:
@@ -148,19 +152,34 @@ def test_message_texts_are_what_vllm_reads() -> None:
 
 
 def test_decode_event() -> None:
-    assert decode_event(vllm_wire.EMPTY_DELTA_TEXT) == {"type": "transcription.delta", "delta": ""}
-    assert decode_event('{"type": "transcription.delta", "delta": " a"}') == {
-        "type": "transcription.delta",
-        "delta": " a",
-    }
+    assert decode_event(vllm_wire.EMPTY_DELTA_TEXT) is vllm_wire.EMPTY_DELTA
+    assert decode_event('{"type": "transcription.delta", "delta": " a"}') == TranscriptionDelta(
+        " a"
+    )
+    # A delta without usable text is an empty step, like vLLM's own.
+    assert decode_event('{"type": "transcription.delta"}') is vllm_wire.EMPTY_DELTA
+    assert decode_event('{"type": "session.created", "id": "x"}') is vllm_wire.OTHER_EVENT
     assert decode_event("[1]") is None
     assert decode_event("{not json") is None
 
 
-def test_error_details_keep_vllms_code_and_a_bounded_message() -> None:
-    event = {"type": "error", "code": "processing_error", "error": "x" * 400}
-    assert vllm_wire.error_details(event) == {
+def test_decode_done_keeps_the_whole_token_counts() -> None:
+    raw = {"type": "transcription.done", "text": "a", "usage": {**USAGE, "total_tokens": "9"}}
+    assert decode_event(json.dumps(raw)) == TranscriptionDone(
+        {"prompt_tokens": 39, "completion_tokens": 5}
+    )
+    assert decode_event('{"type": "transcription.done"}') == TranscriptionDone({})
+
+
+def test_decode_error_keeps_vllms_code_and_a_bounded_message() -> None:
+    event = decode_event(
+        json.dumps({"type": "error", "code": "processing_error", "error": "x" * 400})
+    )
+    assert isinstance(event, UpstreamError)
+    assert event.details() == {
         "upstream_code": "processing_error",
         "upstream_message": "x" * 300,
     }
-    assert vllm_wire.error_details({"type": "error"}) == {"upstream_code": "None"}
+    bare = decode_event('{"type": "error"}')
+    assert isinstance(bare, UpstreamError)
+    assert bare.details() == {"upstream_code": "None"}

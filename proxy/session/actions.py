@@ -1,14 +1,13 @@
-"""What the session returns: actions for the relay to carry out, and lifecycle facts for
-telemetry and metrics to record. Plain frozen data, so any consumer reads them without
-knowing the session."""
+"""What the session returns: actions for the I/O layer to carry out (among them the client
+events, typed, for the connection's codec to render), and lifecycle facts for telemetry and
+metrics to record. Plain frozen data, so any consumer reads them without knowing the session."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
-from proxy.envelope import ErrorCode
+from proxy.session.events import ClientEvent, ErrorCode
 
 
 class Outcome(StrEnum):
@@ -24,7 +23,9 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SendClient:
-    event: dict[str, Any]
+    """An event for the client, in the codec's protocol."""
+
+    event: ClientEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,10 @@ class OpenUpstream:
 
 @dataclass(frozen=True, slots=True)
 class CloseClient:
-    code: int
+    """Close the client connection after what was sent: normally (``error`` None) or because of
+    ``error`` (the codec gives the close code)."""
+
+    error: ErrorCode | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,15 @@ MAX_UNSCORED_MS = 10_000
 
 
 class TurnStream:
-    __slots__ = ("_ring", "_ring_start", "converter", "detector", "received", "scored", "turns")
+    __slots__ = (
+        "_ring",
+        "_ring_start",
+        "converter",
+        "detector",
+        "received",
+        "scored",
+        "turn_count",
+    )
 
     def __init__(self, options: TurnOptions, fmt: AudioFormat) -> None:
         self.detector = TurnDetector(options)
@@ -31,7 +39,7 @@ class TurnStream:
         # Stream bytes received (converted) and scored by the VAD.
         self.received = 0
         self.scored = 0
-        self.turns = 0
+        self.turn_count = 0
         self._ring = bytearray()
         self._ring_start = 0
 
@@ -57,8 +65,8 @@ class TurnStream:
         return chunks
 
     def next_request_id(self) -> str:
-        self.turns += 1
-        return f"{self.options.request_id_prefix}{self.turns}"
+        self.turn_count += 1
+        return f"{self.options.request_id_prefix}{self.turn_count}"
 
     def audio(self, start: int, end: int) -> bytes:
         """Stream bytes ``[start, end)`` (from the oldest kept if ``start`` is older: audio

@@ -1,9 +1,11 @@
-"""proxy.envelope: parsing client messages strictly, and building server events."""
+"""proxy.protocols.envelope: parsing client frames strictly into the session's inputs, and
+rendering the session's events as envelope frames."""
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,28 +14,51 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.audio_format import AudioFormat, Encoding, supported_formats
-from proxy.envelope import (
+from proxy.protocols.envelope import (
     DEFAULT_MESSAGES,
     PING_PAYLOAD_MAX_BYTES,
-    Append,
-    Cancel,
-    ClientMessage,
     CloseCode,
-    Commit,
-    End,
-    EnvelopeError,
-    ErrorCode,
-    Ping,
-    SessionUpdate,
+    EnvelopeCodec,
     audio_bytes,
-    binary_append,
-    encode_event,
-    error_event,
     frame_too_large,
     parse_binary_frame,
     parse_client_message,
     parse_text_frame,
-    server_event,
+)
+from proxy.session.events import (
+    AudioCleared,
+    Cancelled,
+    ClientEvent,
+    ClientLimits,
+    Delta,
+    Done,
+    ErrorCase,
+    ErrorCode,
+    Pong,
+    SessionCreated,
+    SessionEnded,
+    SessionError,
+    SessionSettings,
+    SessionUpdated,
+    SpeechStarted,
+    SpeechStopped,
+    TextSegment,
+    TokenUsage,
+    UtteranceCommitted,
+    UtteranceFailed,
+    UtteranceOpened,
+)
+from proxy.session.inputs import (
+    AppendAudio,
+    CancelUtterance,
+    ClearAudio,
+    ClientInput,
+    End,
+    FinishUtterance,
+    InvalidInput,
+    OpenUtterance,
+    Ping,
+    UpdateSettings,
 )
 from proxy.turns import TurnOptions
 
@@ -41,15 +66,33 @@ SID = "sess-1"
 RID = "req-1"
 PCM = bytes(range(256)) * 4  # 1024 bytes, an even number
 AUDIO = base64.b64encode(PCM).decode()
+Parsed = tuple[str | None, ClientInput]
 
 
-def parse(message: Any) -> ClientMessage | EnvelopeError:
+def parse(message: Any) -> Parsed:
+    """A message's valid session_id and its input."""
     return parse_client_message(json.dumps(message))
 
 
-def error_of(message: Any) -> EnvelopeError:
-    result = parse(message)
-    assert isinstance(result, EnvelopeError), result
+@dataclass(frozen=True)
+class Refused:
+    """A refusal, with the session_id the codec read from the message."""
+
+    session_id: str | None
+    refusal: InvalidInput
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.refusal, name)
+
+
+def refused(result: Parsed) -> Refused | None:
+    session_id, message = result
+    return Refused(session_id, message) if isinstance(message, InvalidInput) else None
+
+
+def error_of(message: Any) -> Refused:
+    result = refused(parse(message))
+    assert result is not None, message
     return result
 
 
@@ -65,19 +108,20 @@ def envelope(kind: str, payload: Any = None, **fields: Any) -> dict[str, Any]:
 
 
 def test_session_update() -> None:
-    assert parse(envelope("session.update", {"model": "m"})) == SessionUpdate(SID, RID, "m")
+    assert parse(envelope("session.update", {"model": "m"})) == (SID, UpdateSettings(RID, "m"))
     without_id = {"type": "session.update", "session_id": SID, "payload": {"model": "m"}}
-    assert parse(without_id) == SessionUpdate(SID, None, "m")
+    assert parse(without_id) == (SID, UpdateSettings(None, "m"))
 
 
 def test_session_update_with_an_audio_format() -> None:
     ulaw = AudioFormat(Encoding.G711_ULAW, 8000, 1)
     audio = {"format": "g711_ulaw"}
-    assert parse(envelope("session.update", {"audio": audio})) == SessionUpdate(
-        SID, RID, None, audio=ulaw
+    assert parse(envelope("session.update", {"audio": audio})) == (
+        SID,
+        UpdateSettings(RID, None, audio=ulaw),
     )
     both = parse(envelope("session.update", {"model": "m", "audio": ulaw.as_payload()}))
-    assert both == SessionUpdate(SID, RID, "m", audio=ulaw)
+    assert both == (SID, UpdateSettings(RID, "m", audio=ulaw))
 
 
 @pytest.mark.parametrize(
@@ -103,58 +147,71 @@ def test_session_update_needs_a_model_or_an_audio_format(payload: dict[str, Any]
 
 
 def test_a_binary_frame_is_an_append_for_the_open_utterance() -> None:
-    append = binary_append(b"\x01\x02\x03")
-    assert append == Append(None, None, b"\x01\x02\x03", 3)
+    append = EnvelopeCodec(SID, 1024).parse_binary(b"\x01\x02\x03")
+    assert append == AppendAudio(None, b"\x01\x02\x03", 3)
+    assert isinstance(append, AppendAudio)
     assert append.binary
 
 
 def test_frames_over_the_limit_are_refused_whole_and_the_rest_parsed() -> None:
     ping = orjson.dumps({"type": "ping", "session_id": SID}).decode()
-    assert parse_text_frame(ping, len(ping)) == Ping(SID, None, {})
-    refused = parse_text_frame(ping, len(ping) - 1)
-    assert isinstance(refused, EnvelopeError)
-    assert refused.code is ErrorCode.PAYLOAD_TOO_LARGE
-    assert refused.details == {"max_message_bytes": len(ping) - 1}
-    assert parse_binary_frame(b"\x01\x02", 2) == Append(None, None, b"\x01\x02", 2)
-    refused = parse_binary_frame(b"\x01\x02\x03", 2)
-    assert isinstance(refused, EnvelopeError)
-    assert refused.code is ErrorCode.PAYLOAD_TOO_LARGE
-    assert refused.details == {"max_message_bytes": 2}
+    assert parse_text_frame(ping, len(ping)) == (SID, Ping(None, {}))
+    _, too_large = parse_text_frame(ping, len(ping) - 1)
+    assert isinstance(too_large, InvalidInput)
+    assert too_large.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert too_large.details == {"max_message_bytes": len(ping) - 1}
+    assert parse_binary_frame(b"\x01\x02", 2) == AppendAudio(None, b"\x01\x02", 2)
+    too_large = parse_binary_frame(b"\x01\x02\x03", 2)
+    assert isinstance(too_large, InvalidInput)
+    assert too_large.code is ErrorCode.PAYLOAD_TOO_LARGE
+    assert too_large.details == {"max_message_bytes": 2}
 
 
 def test_commit_defaults_to_not_final() -> None:
-    assert parse(envelope("input_audio_buffer.commit")) == Commit(SID, RID, False)
-    assert parse(envelope("input_audio_buffer.commit", {})) == Commit(SID, RID, False)
-    assert parse(envelope("input_audio_buffer.commit", {"final": False})) == Commit(SID, RID, False)
+    assert parse(envelope("input_audio_buffer.commit")) == (SID, OpenUtterance(RID))
+    assert parse(envelope("input_audio_buffer.commit", {})) == (SID, OpenUtterance(RID))
+    assert parse(envelope("input_audio_buffer.commit", {"final": False})) == (
+        SID,
+        OpenUtterance(RID),
+    )
 
 
 def test_final_commit() -> None:
-    assert parse(envelope("input_audio_buffer.commit", {"final": True})) == Commit(SID, RID, True)
+    assert parse(envelope("input_audio_buffer.commit", {"final": True})) == (
+        SID,
+        FinishUtterance(RID),
+    )
 
 
 def test_append_keeps_the_audio_and_counts_bytes() -> None:
     result = parse(envelope("input_audio_buffer.append", {"audio": AUDIO}))
-    assert result == Append(SID, RID, AUDIO, len(PCM))
+    assert result == (SID, AppendAudio(RID, AUDIO, len(PCM)))
 
 
 def test_cancel_default_and_given_reason() -> None:
-    assert parse(envelope("cancel")) == Cancel(SID, RID, "client_request")
-    assert parse(envelope("cancel", {"reason": "user stop"})) == Cancel(SID, RID, "user stop")
-    assert parse(envelope("cancel", {"reason": "r" * 256})) == Cancel(SID, RID, "r" * 256)
+    assert parse(envelope("cancel")) == (SID, CancelUtterance(RID, "client_request"))
+    assert parse(envelope("cancel", {"reason": "user stop"})) == (
+        SID,
+        CancelUtterance(RID, "user stop"),
+    )
+    assert parse(envelope("cancel", {"reason": "r" * 256})) == (
+        SID,
+        CancelUtterance(RID, "r" * 256),
+    )
 
 
 def test_ping_echoes_any_payload_object() -> None:
     payload = {"n": 1, "nested": {"list": [1, "a", None]}, "f": 1.5}
-    assert parse(envelope("ping", payload)) == Ping(SID, RID, payload)
-    assert parse({"type": "ping", "session_id": SID}) == Ping(SID, None, {})
+    assert parse(envelope("ping", payload)) == (SID, Ping(RID, payload))
+    assert parse({"type": "ping", "session_id": SID}) == (SID, Ping(None, {}))
     # A null payload is read as none at all (the fuzz test of the proxy relies on it).
-    assert parse({"type": "ping", "session_id": SID, "payload": None}) == Ping(SID, None, {})
+    assert parse({"type": "ping", "session_id": SID, "payload": None}) == (SID, Ping(None, {}))
 
 
 def test_ping_payload_up_to_the_cap_is_echoed_and_beyond_it_refused() -> None:
     # {"p":"..."} is 8 bytes of JSON around the padding.
     fits = {"p": "x" * (PING_PAYLOAD_MAX_BYTES - 8)}
-    assert parse(envelope("ping", fits)) == Ping(SID, RID, fits)
+    assert parse(envelope("ping", fits)) == (SID, Ping(RID, fits))
     error = error_of(envelope("ping", {"p": "x" * (PING_PAYLOAD_MAX_BYTES - 7)}))
     assert error.code is ErrorCode.PAYLOAD_TOO_LARGE
     assert error.request_id == RID
@@ -172,32 +229,32 @@ def test_a_megabyte_ping_is_refused() -> None:
 
 
 def test_end() -> None:
-    assert parse({"type": "end", "session_id": SID}) == End(SID, None)
-    assert parse(envelope("end")) == End(SID, RID)
+    assert parse({"type": "end", "session_id": SID}) == (SID, End(None))
+    assert parse(envelope("end")) == (SID, End(RID))
 
 
 def test_unknown_extra_keys_are_ignored() -> None:
     message = envelope("input_audio_buffer.commit", {"final": True, "extra": 1}, extra={"x": 1})
     message["another"] = [1, 2]
-    assert parse(message) == Commit(SID, RID, True)
+    assert parse(message) == (SID, FinishUtterance(RID))
     ping = envelope("ping", {"a": 1}, version=2)
-    assert parse(ping) == Ping(SID, RID, {"a": 1})
+    assert parse(ping) == (SID, Ping(RID, {"a": 1}))
 
 
 def test_null_request_id_means_absent_where_optional() -> None:
-    assert parse(envelope("ping", request_id=None)) == Ping(SID, None, {})
+    assert parse(envelope("ping", request_id=None)) == (SID, Ping(None, {}))
 
 
 @pytest.mark.parametrize("length", [1, 64, 128])
 def test_id_lengths_accepted(length: int) -> None:
     ident = "x" * length
     message = {"type": "cancel", "session_id": ident, "request_id": ident}
-    assert parse(message) == Cancel(ident, ident, "client_request")
+    assert parse(message) == (ident, CancelUtterance(ident, "client_request"))
 
 
 def test_non_ascii_ids_count_characters() -> None:
     ident = "é" * 128  # 256 bytes in UTF-8, but 128 characters
-    assert parse({"type": "end", "session_id": ident}) == End(ident, None)
+    assert parse({"type": "end", "session_id": ident}) == (ident, End(None))
 
 
 # ---------------------------------------------------------------- refusals
@@ -207,8 +264,8 @@ def test_non_ascii_ids_count_characters() -> None:
     "text", ["", " ", "{", "not json", "{'type': 'ping'}", '{"type":"ping"} x', "NaN", "[1,]"]
 )
 def test_not_json(text: str) -> None:
-    result = parse_client_message(text)
-    assert isinstance(result, EnvelopeError)
+    result = refused(parse_client_message(text))
+    assert result is not None
     assert result.code is ErrorCode.INVALID_JSON
     assert result.session_id is None
     assert result.request_id is None
@@ -306,21 +363,21 @@ def test_an_append_may_omit_request_id(absent: Any) -> None:
         del message["request_id"]
     else:
         message["request_id"] = None
-    parsed = parse(message)
-    assert isinstance(parsed, Append)
+    _, parsed = parse(message)
+    assert isinstance(parsed, AppendAudio)
     assert parsed.request_id is None
 
 
 def test_session_update_reads_turn_detection() -> None:
-    on = parse(envelope("session.update", {"turn_detection": {"silence_ms": 700}}))
-    assert isinstance(on, SessionUpdate)
+    _, on = parse(envelope("session.update", {"turn_detection": {"silence_ms": 700}}))
+    assert isinstance(on, UpdateSettings)
     assert (on.model, on.turn_detection_given) == (None, True)
     assert on.turn_detection == TurnOptions(silence_ms=700)
-    off = parse(envelope("session.update", {"model": "m", "turn_detection": None}))
-    assert isinstance(off, SessionUpdate)
+    _, off = parse(envelope("session.update", {"model": "m", "turn_detection": None}))
+    assert isinstance(off, UpdateSettings)
     assert (off.model, off.turn_detection_given, off.turn_detection) == ("m", True, None)
-    untouched = parse(envelope("session.update", {"model": "m"}))
-    assert isinstance(untouched, SessionUpdate)
+    _, untouched = parse(envelope("session.update", {"model": "m"}))
+    assert isinstance(untouched, UpdateSettings)
     assert untouched.turn_detection_given is False
 
 
@@ -337,7 +394,7 @@ def test_session_update_refuses_bad_turn_detection_with_the_field_named() -> Non
 def test_request_id_optional_elsewhere(kind: str) -> None:
     message = envelope(kind, VALID_PAYLOADS[kind])
     del message["request_id"]
-    assert not isinstance(parse(message), EnvelopeError)
+    assert refused(parse(message)) is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -402,7 +459,7 @@ def test_invalid_audio(audio: str) -> None:
 def test_valid_audio_sizes(audio: str, size: int) -> None:
     assert audio_bytes(audio) == len(base64.b64decode(audio)) == size
     result = parse(envelope("input_audio_buffer.append", {"audio": audio}))
-    assert result == Append(SID, RID, audio, size)
+    assert result == (SID, AppendAudio(RID, audio, size))
 
 
 @pytest.mark.parametrize("reason", ["", "r" * 257, 5, None, ["x"], {}])
@@ -429,11 +486,12 @@ def test_session_update_needs_a_model_string_or_a_pause(payload: dict[str, Any])
 
 
 def test_session_update_segment_pause() -> None:
-    assert parse(envelope("session.update", {"segment_pause_ms": 80})) == SessionUpdate(
-        SID, RID, None, 80
+    assert parse(envelope("session.update", {"segment_pause_ms": 80})) == (
+        SID,
+        UpdateSettings(RID, None, 80),
     )
     both = {"model": "m", "segment_pause_ms": 60000}
-    assert parse(envelope("session.update", both)) == SessionUpdate(SID, RID, "m", 60000)
+    assert parse(envelope("session.update", both)) == (SID, UpdateSettings(RID, "m", 60000))
 
 
 @pytest.mark.parametrize("pause", [79, 60001, 0, -480, 480.0, "480", True, [480]])
@@ -493,29 +551,41 @@ ERROR_CODES_FROM_PARSING = {
 }
 
 
-def _check_result(result: ClientMessage | EnvelopeError, source: Any) -> None:
-    if isinstance(result, EnvelopeError):
-        assert result.code in ERROR_CODES_FROM_PARSING
-        if result.session_id is not None:
+def _check_result(result: Parsed, source: Any) -> None:
+    session_id, message = result
+    if session_id is not None:
+        assert isinstance(source, dict)
+        assert session_id == source.get("session_id")
+        assert 1 <= len(session_id) <= 128
+    if isinstance(message, InvalidInput):
+        assert message.code in ERROR_CODES_FROM_PARSING
+        if message.request_id is not None:
             assert isinstance(source, dict)
-            assert result.session_id == source.get("session_id")
-        if result.request_id is not None:
-            assert isinstance(source, dict)
-            assert result.request_id == source.get("request_id")
+            assert message.request_id == source.get("request_id")
         return
     assert isinstance(source, dict)
-    assert result.session_id == source["session_id"]
-    assert 1 <= len(result.session_id) <= 128
-    if isinstance(result, Append):
-        assert audio_bytes(result.audio) is not None
-        assert result.pcm_bytes == len(base64.b64decode(result.audio)) > 0
+    assert session_id is not None
+    if isinstance(message, AppendAudio):
+        assert isinstance(message.audio, str)
+        assert audio_bytes(message.audio) is not None
+        assert message.nbytes == len(base64.b64decode(message.audio))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_parsing_arbitrary_text_never_raises(text: str) -> None:
-    result = parse_client_message(text)
-    assert isinstance(result, EnvelopeError | SessionUpdate | Commit | Append | Cancel | Ping | End)
+    _, message = parse_client_message(text)
+    assert isinstance(
+        message,
+        InvalidInput
+        | UpdateSettings
+        | OpenUtterance
+        | FinishUtterance
+        | AppendAudio
+        | CancelUtterance
+        | Ping
+        | End,
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -536,8 +606,9 @@ def test_parsing_envelope_shaped_json_never_raises(message: dict[str, Any]) -> N
 def test_any_base64_audio_is_parsed_with_its_size(pcm: bytes) -> None:
     audio = base64.b64encode(pcm).decode()
     result = parse(envelope("input_audio_buffer.append", {"audio": audio}))
-    assert result == Append(SID, RID, audio, len(pcm))
-    assert not result.binary
+    assert result == (SID, AppendAudio(RID, audio, len(pcm)))
+    assert isinstance(result[1], AppendAudio)
+    assert not result[1].binary
 
 
 @settings(max_examples=200, deadline=None)
@@ -589,16 +660,121 @@ def test_frame_too_large_matches_encoded_size(text: str, limit: int) -> None:
 
 # ---------------------------------------------------------------- server events
 
+TURNS = TurnOptions()
+SETTINGS = SessionSettings(
+    "m", 480, 480, AudioFormat(), TURNS, ClientLimits(150.0, 5400.5, 256, 1024, 2048)
+)
 
-def test_server_event_shape() -> None:
-    event = server_event("pong", "s", "r", {"a": 1})
-    assert event == {"type": "pong", "session_id": "s", "request_id": "r", "payload": {"a": 1}}
-    assert orjson.loads(encode_event(event)) == event
+
+def frames(codec: EnvelopeCodec, event: ClientEvent) -> list[dict[str, Any]]:
+    return [orjson.loads(text) for text in codec.render(event)]
 
 
-def test_error_event_defaults() -> None:
-    event = error_event(ErrorCode.NO_ACTIVE_REQUEST, "s", None)
-    assert event == {
+def only_frame(event: ClientEvent, session_id: str = "s") -> dict[str, Any]:
+    [frame] = frames(EnvelopeCodec(session_id, 1024), event)
+    return frame
+
+
+def test_every_frame_is_the_envelope_with_the_latest_client_session_id() -> None:
+    codec = EnvelopeCodec("server-sid", 1024)
+    pong = Pong("r", {"a": 1})
+    assert frames(codec, pong) == [
+        {"type": "pong", "session_id": "server-sid", "request_id": "r", "payload": {"a": 1}}
+    ]
+    codec.parse_text(json.dumps({"type": "ping", "session_id": "client-sid"}))
+    assert frames(codec, pong)[0]["session_id"] == "client-sid"
+    codec.parse_text(json.dumps({"type": "ping", "session_id": ""}))  # invalid: not taken
+    codec.parse_binary(b"\x00\x00")  # no session_id at all
+    assert frames(codec, pong)[0]["session_id"] == "client-sid"
+
+
+def test_session_created_and_updated_carry_the_settings() -> None:
+    created = only_frame(SessionCreated("sess_1", SETTINGS))
+    assert created == {
+        "type": "session.created",
+        "session_id": "s",
+        "request_id": None,
+        "payload": {
+            "id": "sess_1",
+            "model": "m",
+            "transcription_delay_ms": 480,
+            "segment_pause_ms": 480,
+            "audio": AudioFormat().as_payload(),
+            "turn_detection": TURNS.as_payload(),
+            "limits": {
+                "idle_timeout_s": 150,
+                "max_duration_s": 5400.5,
+                "inbound_queue_max": 256,
+                "inbound_queue_max_bytes": 1024,
+                "max_message_bytes": 2048,
+            },
+        },
+    }
+    assert isinstance(created["payload"]["limits"]["idle_timeout_s"], int)
+    updated = only_frame(SessionUpdated("u", SETTINGS))
+    assert (updated["type"], updated["request_id"]) == ("session.updated", "u")
+    assert updated["payload"] == {
+        "model": "m",
+        "segment_pause_ms": 480,
+        "audio": AudioFormat().as_payload(),
+        "turn_detection": TURNS.as_payload(),
+    }
+
+
+def test_utterance_events() -> None:
+    delta = only_frame(Delta("r", " hi", 160))
+    assert delta == {
+        "type": "transcription.delta",
+        "session_id": "s",
+        "request_id": "r",
+        "payload": {"delta": " hi", "audio_ms": 160},
+    }
+    done = only_frame(
+        Done(
+            "r",
+            "a b",
+            (TextSegment("a", 0, 80), TextSegment(" b", 640, 720)),
+            TokenUsage(39, 5, 44),
+            1500,
+        )
+    )
+    assert done["payload"] == {
+        "text": "a b",
+        "segments": [
+            {"text": "a", "start_ms": 0, "end_ms": 80},
+            {"text": " b", "start_ms": 640, "end_ms": 720},
+        ],
+        "usage": {
+            "prompt_tokens": 39,
+            "completion_tokens": 5,
+            "total_tokens": 44,
+            "audio_seconds": 1.5,
+        },
+        "audio_ms": 1500,
+    }
+    assert only_frame(Cancelled("r", "superseded"))["payload"] == {"reason": "superseded"}
+    started = only_frame(SpeechStarted("turn-1", 300))
+    assert (started["type"], started["payload"]) == (
+        "input_audio_buffer.speech_started",
+        {"audio_start_ms": 300},
+    )
+    stopped = only_frame(SpeechStopped("turn-1", 900))
+    assert (stopped["type"], stopped["payload"]) == (
+        "input_audio_buffer.speech_stopped",
+        {"audio_end_ms": 900},
+    )
+    ended = only_frame(SessionEnded())
+    assert (ended["type"], ended["request_id"], ended["payload"]) == ("session.ended", None, {})
+
+
+def test_events_without_an_envelope_word_send_nothing() -> None:
+    codec = EnvelopeCodec("s", 1024)
+    for event in (UtteranceOpened("r", None), UtteranceCommitted("r", "q"), AudioCleared()):
+        assert codec.render(event) == ()
+
+
+def test_error_defaults() -> None:
+    assert only_frame(SessionError(ErrorCode.NO_ACTIVE_REQUEST, None)) == {
         "type": "error",
         "session_id": "s",
         "request_id": None,
@@ -608,16 +784,52 @@ def test_error_event_defaults() -> None:
             "details": {},
         },
     }
+    failed = only_frame(UtteranceFailed("r", ErrorCode.UPSTREAM_ERROR, details={"x": "1"}))
+    assert failed["request_id"] == "r"
+    assert failed["payload"] == {
+        "code": "upstream_error",
+        "message": DEFAULT_MESSAGES[ErrorCode.UPSTREAM_ERROR],
+        "details": {"x": "1"},
+    }
 
 
-def test_error_event_message_and_details() -> None:
-    event = error_event(ErrorCode.RATE_LIMITED, "s", "r", "Slow down.", {"limit": 3})
-    assert event["payload"] == {
+def test_error_message_and_details() -> None:
+    event = SessionError(ErrorCode.RATE_LIMITED, "r", message="Slow down.", details={"limit": 3})
+    frame = only_frame(event)
+    assert frame["payload"] == {
         "code": "rate_limited",
         "message": "Slow down.",
         "details": {"limit": 3},
     }
-    assert event["request_id"] == "r"
+    assert frame["request_id"] == "r"
+
+
+def test_every_error_case_is_worded() -> None:
+    for case in ErrorCase:
+        details = {"model": "served/model"}
+        message = only_frame(SessionError(ErrorCode.INVALID_MESSAGE, None, case, details=details))
+        text = message["payload"]["message"]
+        assert text.endswith(".")
+    model = only_frame(
+        SessionError(
+            ErrorCode.UNSUPPORTED_MODEL,
+            "u",
+            ErrorCase.MODEL_NOT_SERVED,
+            details={"model": "served/model"},
+        )
+    )
+    assert "'served/model'" in model["payload"]["message"]
+    assert model["payload"]["details"] == {"model": "served/model"}
+
+
+def test_labels_are_the_message_types() -> None:
+    codec = EnvelopeCodec("s", 1024)
+    assert codec.label(OpenUtterance("r")) == "input_audio_buffer.commit"
+    assert codec.label(FinishUtterance("r")) == "input_audio_buffer.commit"
+    assert codec.label(AppendAudio("r", "AAAA", 3)) == "input_audio_buffer.append"
+    assert codec.label(AppendAudio(None, b"\x00\x00", 2)) == "binary"
+    assert codec.label(InvalidInput(ErrorCode.INVALID_JSON, "x")) == "invalid"
+    assert codec.label(ClearAudio()) == "invalid"
 
 
 def test_every_error_code_has_a_default_sentence() -> None:
@@ -660,3 +872,19 @@ def test_close_codes_match_the_protocol() -> None:
     assert CloseCode.MAX_DURATION == 4003
     assert CloseCode.INBOUND_QUEUE_FULL == 4004
     assert CloseCode.RATE_LIMITED == 4008
+
+
+def test_close_codes_of_the_errors() -> None:
+    codec = EnvelopeCodec("s", 1024)
+    assert codec.close_code(None) == CloseCode.NORMAL
+    assert codec.close_code(ErrorCode.SHUTTING_DOWN) == CloseCode.GOING_AWAY
+    assert codec.close_code(ErrorCode.INTERNAL_ERROR) == CloseCode.INTERNAL_ERROR
+    assert codec.close_code(ErrorCode.UPSTREAM_UNAVAILABLE) == CloseCode.TRY_AGAIN_LATER
+    assert codec.close_code(ErrorCode.IDLE_TIMEOUT) == CloseCode.IDLE_TIMEOUT
+    assert codec.close_code(ErrorCode.UNAUTHORIZED) == CloseCode.UNAUTHORIZED
+    assert codec.close_code(ErrorCode.SERVER_AT_CAPACITY) == CloseCode.AT_CAPACITY
+    assert codec.close_code(ErrorCode.MAX_DURATION_REACHED) == CloseCode.MAX_DURATION
+    assert codec.close_code(ErrorCode.INBOUND_QUEUE_FULL) == CloseCode.INBOUND_QUEUE_FULL
+    assert codec.close_code(ErrorCode.RATE_LIMITED) == CloseCode.RATE_LIMITED
+    assert codec.close_code(ErrorCode.SLOW_CONSUMER) == CloseCode.POLICY_VIOLATION
+    assert codec.close_code(ErrorCode.UNSUPPORTED_AUDIO_FORMAT) == CloseCode.POLICY_VIOLATION

@@ -2,7 +2,7 @@
 epoch, the segment's audio (cut before vLLM's length cap), and whether vLLM owes an event.
 
 Part of the session (it appends to the session's action list); kept apart because it is the
-half that speaks vLLM's wire format, while the session speaks the client's protocol.
+part that speaks vLLM's wire format.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import binascii
 
 from proxy import vllm_wire
-from proxy.actions import Action, OpenUpstream, SendUpstream, UpstreamOwes, UpstreamSettled
-from proxy.utterance import Phase, Utterance
+from proxy.session._utterance import Phase, Utterance
+from proxy.session.actions import Action, OpenUpstream, SendUpstream, UpstreamOwes, UpstreamSettled
 
 
 class UpstreamFeed:
@@ -28,6 +28,11 @@ class UpstreamFeed:
         self.owes_since: float | None = None
         self._audio_since_event = 0
         self._owed_audio = vllm_wire.owed_audio_bytes(transcription_delay_ms)
+
+    def connected(self) -> None:
+        """The connection of the current epoch is open: it takes what is sent from now on."""
+        self.ready = True
+        self.settle()
 
     def begin_segment(self, utterance: Utterance, now: float) -> None:
         """Opens a vLLM generation for ``utterance`` and sends what it holds."""

@@ -1,20 +1,18 @@
 """One utterance as the session tracks it: its phase, its held audio, its text so far (on its
-token clock), and the ``transcription.done`` payload it ends with."""
+token clock), and the ``Done`` event it ends with."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
-from proxy.actions import Outcome, UtteranceEnded
 from proxy.audio_clock import AudioClock
 from proxy.audio_format import NATIVE
 from proxy.audio_input import UtteranceAudio
-from proxy.envelope import ErrorCode
-
-USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+from proxy.session.actions import Outcome, UtteranceEnded
+from proxy.session.events import Done, ErrorCode, TextSegment, TokenUsage
+from proxy.vllm_wire import USAGE_KEYS
 
 
 class Phase(Enum):
@@ -92,6 +90,8 @@ class HeldAudio:
 class Utterance:
     request_id: str
     opened_at: float = 0.0
+    # The utterance opened before this one in the session.
+    previous_request_id: str | None = None
     phase: Phase = Phase.OPEN
     # The client's audio (its format is fixed for the utterance) on its way to vLLM's format.
     audio: UtteranceAudio = field(default_factory=lambda: UtteranceAudio(NATIVE))
@@ -123,24 +123,18 @@ class Utterance:
             now,
         )
 
-    def add_usage(self, usage: object) -> None:
-        if not isinstance(usage, dict):
-            return
-        for name in USAGE_KEYS:
-            value = usage.get(name)
-            if isinstance(value, int):
-                self.usage[name] += value
+    def add_usage(self, usage: dict[str, int]) -> None:
+        for name, value in usage.items():
+            self.usage[name] += value
 
-    def done_payload(self, pause_ms: int) -> dict[str, Any]:
-        """``transcription.done``'s payload: the text, split into segments at pauses of at
-        least ``pause_ms``, vLLM's token counts and the audio as the client sent it."""
-        audio_ms = self.audio.client_ms
-        return {
-            "text": self.clock.text(),
-            "segments": [
-                {"text": s.text, "start_ms": s.start_ms, "end_ms": s.end_ms}
-                for s in self.clock.segments(pause_ms)
-            ],
-            "usage": {**self.usage, "audio_seconds": audio_ms / 1000},
-            "audio_ms": audio_ms,
-        }
+    def done(self, pause_ms: int) -> Done:
+        """The ``Done`` it ends with: the text, split into segments at pauses of at least
+        ``pause_ms``, vLLM's token counts and the audio as the client sent it."""
+        usage = self.usage
+        return Done(
+            self.request_id,
+            self.clock.text(),
+            tuple(TextSegment(s.text, s.start_ms, s.end_ms) for s in self.clock.segments(pause_ms)),
+            TokenUsage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]),
+            self.audio.client_ms,
+        )
