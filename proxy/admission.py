@@ -1,23 +1,28 @@
 """Admission of a client WebSocket: accepting the upgrade, then admitting or refusing it
 (draining, origin, credential, capacity), and the connect query's options (audio format, turn
-detection). Every refusal comes after the upgrade, so browsers can read why.
+detection). Every refusal comes after the upgrade, so browsers can read why. Each route is a
+``Door``: its protocol's codec, the subprotocol it selects, where its clients put their
+credential, and what its connect query may ask for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
+from proxy.client_secrets import is_client_secret, verify_client_secret
 from proxy.limits import auth_failure_details
 from proxy.protocols.codec import Codec
-from proxy.protocols.envelope import ID_MAX_CHARS
+from proxy.protocols.envelope import ID_MAX_CHARS, EnvelopeCodec
 from proxy.session.events import ErrorCode, SessionError
 from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
@@ -25,6 +30,22 @@ from proxy.turns import TurnOptions
 
 # A connection's codec, given the connection's session id.
 CodecFactory = Callable[[str], Codec]
+# A session's audio format and turn detection when it opens.
+ConnectOptions = tuple[AudioFormat, TurnOptions | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """How one route admits its clients."""
+
+    make_codec: CodecFactory
+    # The subprotocol selected when the client offers it (never a credential offer).
+    subprotocol: str
+    # The credential the client presented (the request, and the subprotocols it offered).
+    present: Callable[[WebSocket, Sequence[str]], str | None]
+    # The session's options from the connect query; None when refused (the client was told).
+    options: Callable[[WebSocket, ProxyState, Codec], Awaitable[ConnectOptions | None]]
+
 
 # The connect query parameter that turns turn detection on with its defaults, and its value.
 TURN_DETECTION_QUERY = "turn_detection"
@@ -67,9 +88,16 @@ class Unauthorized(Exception):
 
 
 def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
-    """Checks an API key (constant time) or a client token; returns the token's claims (None
-    for a key). Raises ``Unauthorized``."""
+    """Checks an API key (constant time), a client secret (reusable until it expires) or a
+    client token; returns the token's claims (None for a key or a secret). Raises
+    ``Unauthorized``."""
     if key_is_valid(credential, state.config.api_keys):
+        return None
+    if credential is not None and is_client_secret(credential):
+        try:
+            verify_client_secret(state.client_secrets, credential, time.time())
+        except TokenError as exc:
+            raise Unauthorized(str(exc)) from None
         return None
     if credential is None or not looks_like_token(credential):
         raise Unauthorized  # the protocol's default message for unauthorized
@@ -79,13 +107,20 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
         raise Unauthorized(str(exc)) from None
 
 
-async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactory) -> str | None:
-    """Accepts the upgrade, then refuses (an error in the protocol of ``make_codec`` and a
-    close) or admits: returns the session id when admitted."""
+def envelope_credential(websocket: WebSocket, offered: Sequence[str]) -> str | None:
+    """Where an envelope client may put its key or token (see ``proxy.auth.presented_key``)."""
+    return presented_key(websocket.query_params, websocket.headers, offered)
+
+
+async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> str | None:
+    """Accepts the upgrade, then refuses (an error in the door's protocol and a close) or
+    admits: returns the session id when admitted."""
     config = state.config
+    make_codec = door.make_codec
     offered = websocket.scope.get("subprotocols", [])
     # Only the plain name is echoed: the credential offer is never sent back.
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    subprotocol = door.subprotocol if door.subprotocol in offered else None
+    await websocket.accept(subprotocol=subprotocol)
     query_session = websocket.query_params.get("session_id")
     session_id = (
         query_session
@@ -108,7 +143,7 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
         )
         return None
     try:
-        credential = presented_key(websocket.query_params, websocket.headers, offered)
+        credential = door.present(websocket, offered)
         claims = authenticate(state, credential)
         if claims is not None:
             if claims.session_id is not None and query_session not in (None, claims.session_id):
@@ -140,7 +175,7 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
 
 async def connect_options(
     websocket: WebSocket, state: ProxyState, codec: Codec
-) -> tuple[AudioFormat, TurnOptions | None] | None:
+) -> ConnectOptions | None:
     """The audio format and turn detection the connect query asks for; None when refused (the
     client was told why)."""
     turns_query = websocket.query_params.get(TURN_DETECTION_QUERY)
@@ -169,3 +204,15 @@ async def connect_options(
         )
         return None
     return audio_format, turns
+
+
+def envelope_door(max_message_bytes: int) -> Door:
+    """``/api/asr-streaming``'s door: the envelope, its ``voxtral-stt`` subprotocol, a key or
+    token wherever ``proxy.auth.presented_key`` looks, the format and turn detection in the
+    connect query."""
+    return Door(
+        make_codec=functools.partial(EnvelopeCodec, max_message_bytes=max_message_bytes),
+        subprotocol=SUBPROTOCOL,
+        present=envelope_credential,
+        options=connect_options,
+    )

@@ -26,10 +26,16 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections_open = Gauge(
-            f"{PREFIX}_connections_open", "Client WebSockets open now.", registry=r
+            f"{PREFIX}_connections_open",
+            "Client WebSockets open now, by protocol.",
+            ["protocol"],
+            registry=r,
         )
         self.connections_total = Counter(
-            f"{PREFIX}_connections", "Client WebSockets accepted into a session.", registry=r
+            f"{PREFIX}_connections",
+            "Client WebSockets accepted into a session, by protocol.",
+            ["protocol"],
+            registry=r,
         )
         self.refusals = Counter(
             f"{PREFIX}_refusals",
@@ -54,13 +60,13 @@ class Metrics:
         }
         self.client_messages = Counter(
             f"{PREFIX}_client_messages",
-            "Client messages received, by type (the protocol's; refused ones as invalid, "
-            "binary audio frames as binary).",
-            ["type"],
+            "Client messages received, by protocol and type (the protocol's; refused ones as "
+            "invalid, binary audio frames as binary).",
+            ["protocol", "type"],
             registry=r,
         )
         # Children are looked up once each: ``labels()`` costs more than the increment itself.
-        self._client_message_counters: dict[str, Any] = {}
+        self._client_message_counters: dict[tuple[str, str], Any] = {}
         self.upstream_state = Gauge(
             f"{PREFIX}_upstream_state",
             "1 for vLLM's current state (ready, starting, down).",
@@ -109,13 +115,14 @@ class Metrics:
             self.upstream_state.labels(name).set(1 if name == state else 0)
 
     def count_client_message(
-        self, label: str, message: ClientInput, audio_format: AudioFormat
+        self, protocol: str, label: str, message: ClientInput, audio_format: AudioFormat
     ) -> None:
-        """One client frame, by its codec's ``label``; audio is in the session's
-        ``audio_format``."""
-        counter = self._client_message_counters.get(label)
+        """One client frame of ``protocol``, by its codec's ``label``; audio is in the
+        session's ``audio_format``."""
+        key = (protocol, label)
+        counter = self._client_message_counters.get(key)
         if counter is None:
-            counter = self._client_message_counters[label] = self.client_messages.labels(label)
+            counter = self._client_message_counters[key] = self.client_messages.labels(*key)
         counter.inc()
         if isinstance(message, AppendAudio):
             self.audio_seconds.inc(message.nbytes / audio_format.bytes_per_second)

@@ -257,7 +257,9 @@ class Relay:
                 parsed = codec.parse_text(text)
             else:
                 parsed = codec.parse_binary(message.get("bytes") or b"")
-            self.metrics.count_client_message(codec.label(parsed), parsed, session.audio_format)
+            self.metrics.count_client_message(
+                codec.protocol, codec.label(parsed), parsed, session.audio_format
+            )
             self.apply(
                 session.on_client(
                     parsed, now, len(self.pending_upstream), self.pending_upstream_bytes

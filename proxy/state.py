@@ -16,7 +16,7 @@ from proxy.memory import MemoryReleaser
 from proxy.metrics import Metrics
 from proxy.relay import Relay
 from proxy.session.events import ClientLimits
-from proxy.tokens import TokenIssuer, token_secret
+from proxy.tokens import CLIENT_SECRET_LABEL, TokenIssuer, token_secret
 from proxy.upstream import UpstreamMonitor
 from proxy.vad_service import VadService
 
@@ -39,6 +39,11 @@ class ProxyState:
         )
         self.tokens = TokenIssuer(
             token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
+        )
+        # OpenAI-style client secrets (proxy.client_secrets): same secret, a key of their own.
+        self.client_secrets = TokenIssuer(
+            token_secret(config.token_secret, config.api_keys, CLIENT_SECRET_LABEL),
+            config.token_max_ttl_s,
         )
         self.limits = SessionLimits(
             inbound_queue_max=config.inbound_queue_max,

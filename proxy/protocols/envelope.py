@@ -527,6 +527,7 @@ class EnvelopeCodec:
 
     # The envelope names every utterance: the client opens each one.
     rules = NAMED_UTTERANCES
+    protocol = "envelope"
 
     def __init__(self, session_id: str, max_message_bytes: int) -> None:
         # Echoed in every event: the client's latest valid session_id, the connection's

@@ -20,7 +20,8 @@ from typing import Any, Final
 import orjson
 
 from proxy.audio_format import AudioFormat, Encoding
-from proxy.envelope import audio_bytes, frame_too_large
+from proxy.config import ProxyConfig
+from proxy.protocols.envelope import audio_bytes, frame_too_large
 from proxy.session.events import (
     AudioCleared,
     Cancelled,
@@ -229,10 +230,22 @@ class _PendingUpdate:
     echo: _Echo
 
 
+def codec_for(config: ProxyConfig) -> OpenAICodec:
+    """A connection's codec for this deployment: its model names, delay and frame bound."""
+    return OpenAICodec(
+        models=ModelNames.of(
+            config.served_model_name, config.model_aliases, strict=config.strict_model_names
+        ),
+        transcription_delay_ms=config.transcription_delay_ms,
+        max_message_bytes=config.max_message_bytes,
+    )
+
+
 class OpenAICodec:
     """The codec of one OpenAI Realtime connection (``proxy.protocols.codec.Codec``)."""
 
     rules = SessionRules(open_on_audio=True, utterance_id_prefix="item-")
+    protocol = "openai"
 
     def __init__(
         self,
@@ -257,6 +270,18 @@ class OpenAICodec:
         self._commits: deque[str | None] = deque()
         # Bytes appended since the last commit or clear, in the session's format.
         self._uncommitted_bytes = 0
+
+    def name_model(self, name: str) -> bool:
+        """Takes ``name`` (given at connect time, ``?model=``) as the session's model name if
+        it is one of the accepted names; whether it is."""
+        if not self._models.accepts(name):
+            return False
+        self._echo.model = name
+        return True
+
+    def model_names(self) -> str:
+        """The accepted model names, for a refusal."""
+        return self._models.listed()
 
     # ------------------------------------------------------------------ ids
 

@@ -508,9 +508,10 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     names = {family.name for family in text_string_to_metric_families(text)}
     for name in DOCUMENTED:
         assert name in names, name
-    assert value(during, "voxtral_proxy_connections_open") == 1
-    assert value(samples, "voxtral_proxy_connections_open") == 0
-    assert value(samples, "voxtral_proxy_connections_total") == 1
+    envelope = {"protocol": "envelope"}
+    assert value(during, "voxtral_proxy_connections_open", **envelope) == 1
+    assert value(samples, "voxtral_proxy_connections_open", **envelope) == 0
+    assert value(samples, "voxtral_proxy_connections_total", **envelope) == 1
     assert value(samples, "voxtral_proxy_refusals_total", reason="unauthorized") == 2
     assert value(samples, "voxtral_proxy_closes_total", code="1000") == 1
     outcome = "voxtral_proxy_utterances_total"
@@ -520,10 +521,15 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     assert value(samples, outcome, outcome="errored") == 0
     appends = sum(len(chunks(pcm)) for _, pcm in utterances)
     assert (
-        value(samples, "voxtral_proxy_client_messages_total", type="input_audio_buffer.append")
+        value(
+            samples,
+            "voxtral_proxy_client_messages_total",
+            type="input_audio_buffer.append",
+            **envelope,
+        )
         == appends
     )
-    assert value(samples, "voxtral_proxy_client_messages_total", type="end") == 1
+    assert value(samples, "voxtral_proxy_client_messages_total", type="end", **envelope) == 1
     assert value(samples, "voxtral_proxy_audio_seconds_total") == pytest.approx(
         sum(len(pcm) for _, pcm in utterances) / 32000
     )
