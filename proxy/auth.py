@@ -15,7 +15,8 @@ from proxy.tokens import TOKEN_PATTERN
 # ``voxtral-stt.auth.<credential>`` as subprotocols, and the server echoes only the first.
 SUBPROTOCOL = "voxtral-stt"
 AUTH_SUBPROTOCOL_PREFIX = f"{SUBPROTOCOL}.auth."
-# OpenAI's browser client offers ``realtime`` plus ``openai-insecure-api-key.<credential>``.
+# OpenAI's browser client offers ``realtime`` plus ``openai-insecure-api-key.<credential>``;
+# Mistral's offers ``realtime`` plus the credential itself.
 OPENAI_SUBPROTOCOL = "realtime"
 OPENAI_AUTH_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 
@@ -79,6 +80,23 @@ def presented_openai_credential(
             f"Offer one {OPENAI_AUTH_SUBPROTOCOL_PREFIX}<credential> subprotocol, not several."
         )
     if offered and offered[0]:
+        return offered[0]
+    match = _BEARER.match(headers.get("authorization", ""))
+    return match.group(1) if match else None
+
+
+def presented_mistral_credential(
+    headers: Mapping[str, str], subprotocols: Sequence[str] = ()
+) -> str | None:
+    """The credential on Mistral's realtime route: offered beside the ``realtime`` subprotocol
+    (browsers: ``new WebSocket(url, ["realtime", token])``), else ``Authorization: Bearer``.
+    Never the URL."""
+    offered = [p for p in subprotocols if p != OPENAI_SUBPROTOCOL]
+    if len(offered) > 1:
+        raise AmbiguousCredential(
+            f"Offer {OPENAI_SUBPROTOCOL!r} and one credential as subprotocols, not several."
+        )
+    if offered:
         return offered[0]
     match = _BEARER.match(headers.get("authorization", ""))
     return match.group(1) if match else None
