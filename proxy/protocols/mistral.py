@@ -423,12 +423,18 @@ _SESSION_FIELDS: Final = frozenset(
 )
 
 
-def _unknown(raw: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+def _unknown(
+    raw: Mapping[str, Any],
+    allowed: frozenset[str],
+    where: str,
+    code: ErrorCode = ErrorCode.INVALID_MESSAGE,
+) -> None:
     for key in raw:
         if key not in allowed:
             raise Refusal(
-                f"{where}.{str(key)[:64]} is not a setting of this server: use "
-                f"{', '.join(sorted(allowed))}."
+                f"{where}.{str(key)[:64]} is not a setting of this server: use only "
+                f"{', '.join(sorted(allowed))}.",
+                code,
             )
 
 
@@ -457,7 +463,12 @@ def _audio_format(raw: object) -> AudioFormat:
             "16000}.",
             ErrorCode.UNSUPPORTED_AUDIO_FORMAT,
         )
-    _unknown(raw, frozenset({"encoding", "sample_rate"}), "session.audio_format")
+    _unknown(
+        raw,
+        frozenset({"encoding", "sample_rate"}),
+        "session.audio_format",
+        ErrorCode.UNSUPPORTED_AUDIO_FORMAT,
+    )
     name = raw.get("encoding")
     rate = raw.get("sample_rate")
     encoding = ENCODINGS.get(name) if isinstance(name, str) else None
