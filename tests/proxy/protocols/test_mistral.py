@@ -255,9 +255,7 @@ def test_session_created_carries_what_the_sdk_requires() -> None:
 def test_session_updated_shows_the_new_format_and_the_language_given() -> None:
     c = codec()
     created(c)
-    parsed = update(
-        c, audio_format={"encoding": "pcm_mulaw", "sample_rate": 8000}, language="fr"
-    )
+    parsed = update(c, audio_format={"encoding": "pcm_mulaw", "sample_rate": 8000}, language="fr")
     assert isinstance(parsed, UpdateSettings)
     assert parsed.audio is not None
     frame = one(c, SessionUpdated(parsed.request_id, settings(parsed.audio)))
