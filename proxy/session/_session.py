@@ -369,18 +369,25 @@ class Session:
 
     def _on_update(self, message: UpdateSettings) -> None:
         lifecycle = self._lifecycle
+        # Where audio opens utterances by itself, the open one is only audio not yet
+        # committed: turning turn detection on drops it rather than being refused (clients
+        # stream audio from the start, before their session.update arrives).
+        buffered = lifecycle.open if self.rules.open_on_audio else None
         refusal = _update.refusal(
             message,
             served_model=self.served_model,
             audio_format=self.audio_format,
             frozen=self.rules.settings_frozen_at_audio and self._audio_seen,
             in_flight=bool(lifecycle.in_flight),
-            utterance_open=lifecycle.open is not None,
+            utterance_open=lifecycle.open is not None and buffered is None,
             turns_on=self.turn_detection is not None,
         )
         if refusal is not None:
             lifecycle.send(refusal)
             return
+        turning_on = message.turn_detection is not None and self.turn_detection is None
+        if buffered is not None and turning_on:
+            self._cancel(buffered, "superseded")
         format_changed = message.audio is not None and message.audio != self.audio_format
         if message.audio is not None:
             self.audio_format = message.audio
