@@ -2,7 +2,8 @@
 
 Every variable name here is part of the public interface (documented in ADVANCED.md and
 .env.example). A bad value raises ``ConfigError`` whose message names the variable and what is
-allowed, so ``python -m proxy`` can exit with one clear line.
+allowed, so ``python -m proxy`` can exit with one clear line. ``ProxyConfig`` is the settings table:
+each field carries its variable, default and rule, and ``load_config`` reads them from it.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ class Setting:
     replaces that rule. An unset or blank variable means the default."""
 
     env: str
+    # What it is, in a few words (the line a docs test suggests when the docs lack it).
     doc: str
+    # Numbers only: no number setting takes a negative value unless it says so.
     minimum: float = 0
     maximum: float | None = None
     parse: Callable[[str], object] | None = None
@@ -132,6 +135,8 @@ class Setting:
 
 
 V = TypeVar("V")
+# The key of a field's row in its metadata.
+_ROW = "setting"
 
 
 def setting(
@@ -148,12 +153,13 @@ def setting(
 ) -> V:
     """A ``ProxyConfig`` field read from ``env`` (a row of the settings table)."""
     row = Setting(env, doc, minimum, maximum, parse, check, default_from)
-    made: V = field(default=default, repr=not secret, metadata={"setting": row})
+    made: V = field(default=default, repr=not secret, metadata={_ROW: row})
     return made
 
 
 def setting_of(item: Field[Any]) -> Setting:
-    row: Setting = item.metadata["setting"]
+    """The row of a ``ProxyConfig`` field."""
+    row: Setting = item.metadata[_ROW]
     return row
 
 
@@ -201,7 +207,7 @@ class ProxyConfig:
     api_keys: tuple[str, ...] = field(
         repr=False,
         metadata={
-            "setting": Setting(
+            _ROW: Setting(
                 "VOXTRAL_API_KEY",
                 "one key, or several separated by commas",
                 parse=_api_keys,

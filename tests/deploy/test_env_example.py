@@ -114,12 +114,15 @@ def source(item: Field[Any]) -> Field[Any]:
     return BY_NAME[origin] if origin else item
 
 
+def section(heading: str) -> str:
+    return ADVANCED.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def advanced_defaults() -> dict[str, str]:
     """Variable -> the default column of ADVANCED's configuration table: the backticked value
     (several variables in one row, several values), else the cell's text."""
-    section = ADVANCED.read_text().split("\n## 10. Configuration\n", 1)[1].split("\n## ", 1)[0]
     found = {}
-    for line in section.splitlines():
+    for line in section("10. Configuration").splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         names = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
         if not names:
@@ -153,6 +156,27 @@ def test_advanced_shows_each_settings_default(item: Field[Any]) -> None:
     assert advanced_defaults().get(row.env) == expected, (
         f"in ADVANCED §10: | `{row.env}` | {cell} | {row.doc} |"
     )
+
+
+def test_advanced_limits_show_the_settings_defaults() -> None:
+    """§7's "variable (default)" cells: `WS_IDLE_TIMEOUT_S` (150), `A` / `B` (5000 / 60),
+    `MAX_OPEN_SOCKETS` (0: automatic), `ALLOWED_ORIGINS` (empty: any)."""
+    defaults = {setting_of(item).env: shown(item.default) or "empty" for item in SETTINGS}
+    checked = 0
+    for line in section("7. Limits").splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        shown_values = (
+            re.fullmatch(r"(`[A-Z].*`) \(([^)]*)\)", cells[1]) if len(cells) > 1 else None
+        )
+        if not shown_values:
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_]*)`", shown_values[1])
+        values = [value.split(":")[0].strip() for value in shown_values[2].split(" / ")]
+        assert {name: defaults.get(name) for name in names} == dict(
+            zip(names, values, strict=True)
+        ), line
+        checked += len(names)
+    assert checked >= 20
 
 
 def test_advanced_lists_only_settings() -> None:
