@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 
+from proxy.config import ProxyConfig
 from proxy.limits import SessionLimits
 from proxy.session import Session
 from proxy.session.actions import Action, SendClient, SendUpstream
@@ -36,6 +37,7 @@ from proxy.vllm_wire import COMMIT_FINAL, COMMIT_OPEN, decode_event
 OPENS_ON_AUDIO = SessionRules(open_on_audio=True, utterance_id_prefix="item-")
 FROZEN = SessionRules(open_on_audio=True, settings_frozen_at_audio=True)
 PCM = bytes(640)
+LIMITS = SessionLimits.from_config(ProxyConfig(api_keys=("k",)))
 
 
 class Harness:
@@ -43,7 +45,7 @@ class Harness:
         self.session = Session(
             session_id="s",
             served_model="m",
-            limits=SessionLimits(),
+            limits=LIMITS,
             transcription_delay_ms=480,
             rules=rules,
         )
@@ -144,5 +146,5 @@ def test_session_created_carries_the_full_settings() -> None:
     created = session.created()
     assert created.id.startswith("sess_")
     assert created.settings == session.settings()
-    assert created.settings.limits.inbound_queue_max == SessionLimits().inbound_queue_max
+    assert created.settings.limits.inbound_queue_max == LIMITS.inbound_queue_max
     assert session.created().id != created.id
