@@ -10,8 +10,9 @@ what telemetry and metrics record.
 The session dispatches each input: its own checks (rate limits, the inbound bound, which
 utterance a message names), then the lifecycle's steps (``Lifecycle``), which alone change the
 utterances; turn detection, vLLM's events and settings updates are concerns that call those
-steps or return a decision applied here. After every input the lifecycle settles (the next
-utterance goes upstream, a session winding down closes), then the actions are handed out.
+steps or return a decision applied here. After every input the lifecycle takes the steps that
+follow from its state (the next utterance goes upstream, a session winding down closes), then
+the actions are handed out.
 """
 
 from __future__ import annotations
@@ -480,7 +481,7 @@ class Session:
     # ------------------------------------------------------------------ output
 
     def _flush(self) -> list[Action]:
-        self._lifecycle.settle()
+        self._lifecycle.after_input()
         out = self._out.copy()
         self._out.clear()
         return out
