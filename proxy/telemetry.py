@@ -1,5 +1,5 @@
 """Per-utterance records for one connection: counters, latency histograms and one summary log
-line each, all from the lifecycle facts the session emits (``proxy.actions``)."""
+line each, all from the lifecycle facts the session emits (``proxy.session.actions``)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ fresh generation (a *segment*).
 Each step is a public method; the session and its concerns (turn detection, vLLM's events,
 settings updates) call them and never change an utterance themselves. Two steps are triggered
 by state rather than by an input: starting the next utterance upstream, and closing a session
-that winds down once its last utterance has ended. ``settle`` runs both, and the session calls
-it once at the end of every input, so no input path can forget them (h11 re-runs its
+that winds down once its last utterance has ended. ``after_input`` runs both, and the session
+calls it once at the end of every input, so no input path can forget them (h11 re-runs its
 state-triggered transitions after every event the same way).
 """
 
@@ -128,7 +128,7 @@ class Lifecycle:
     # ------------------------------------------------------------------ steps
 
     def open_utterance(self, request_id: str, audio: UtteranceAudio) -> Utterance:
-        """Opens ``request_id`` at the end of the line (it goes upstream at the next ``settle``
+        """Opens ``request_id`` at the end of the line (it goes upstream at the end of the input
         when the line is empty)."""
         utterance = Utterance(
             request_id, opened_at=self.now, previous_request_id=self._last_opened, audio=audio
@@ -218,7 +218,7 @@ class Lifecycle:
 
     def wind_down(self, reason: WindDown) -> None:
         """No new utterance from now on; the open one is finalized; the session closes once
-        every one has ended (see ``settle``)."""
+        every one has ended (see ``after_input``)."""
         if not self.closed and self.winding_down is None:
             self.winding_down = reason
             if self.open is not None:
@@ -234,7 +234,7 @@ class Lifecycle:
         self.send(SessionError(code, None, closes=True))
         self._close(code)
 
-    def settle(self) -> None:
+    def after_input(self) -> None:
         """The state-triggered steps, run after every input: the next utterance goes upstream
         when nothing runs there, and a session winding down closes once none is left."""
         if self.closed:

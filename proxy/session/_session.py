@@ -10,8 +10,9 @@ what telemetry and metrics record.
 The session dispatches each input: its own checks (rate limits, the inbound bound, which
 utterance a message names), then the lifecycle's steps (``Lifecycle``), which alone change the
 utterances; turn detection, vLLM's events and settings updates are concerns that call those
-steps or return a decision applied here. After every input the lifecycle settles (the next
-utterance goes upstream, a session winding down closes), then the actions are handed out.
+steps or return a decision applied here. After every input the lifecycle takes the steps that
+follow from its state (the next utterance goes upstream, a session winding down closes), then
+the actions are handed out.
 """
 
 from __future__ import annotations
@@ -155,13 +156,13 @@ class Session:
 
     def settings(self) -> SessionSettings:
         """The full effective settings."""
-        turns = self.turn_detection
+        detection = self.turn_detection
         return SessionSettings(
             self.served_model,
             self.transcription_delay_ms,
             self.segment_pause_ms,
             self.audio_format,
-            turns.options if turns is not None else None,
+            detection.options if detection is not None else None,
             self.client_limits,
         )
 
@@ -247,9 +248,9 @@ class Session:
     def on_vad(self, windows: list[Window], now: float) -> list[Action]:
         """Scored windows of the turn stream (``StartVad``'s results), in order."""
         self._lifecycle.now = now
-        turns = self.turn_detection
-        if turns is not None and not self.closed:
-            turns.scored(windows)
+        detection = self.turn_detection
+        if detection is not None and not self.closed:
+            detection.scored(windows)
         return self._flush()
 
     def on_vad_failed(self, now: float) -> list[Action]:
@@ -370,25 +371,32 @@ class Session:
         self._lifecycle.send(AudioCleared())
 
     def _cancel(self, utterance: Utterance, reason: str) -> None:
-        turns = self.turn_detection
-        if turns is not None and utterance is self._lifecycle.open:
-            turns.turn_cancelled()
+        detection = self.turn_detection
+        if detection is not None and utterance is self._lifecycle.open:
+            detection.turn_cancelled()
         self._lifecycle.cancel(utterance, reason)
 
     def _on_update(self, message: UpdateSettings) -> None:
         lifecycle = self._lifecycle
+        # Where audio opens utterances by itself, the open one is only audio not yet
+        # committed: turning turn detection on drops it rather than being refused (clients
+        # stream audio from the start, before their session.update arrives).
+        buffered = lifecycle.open if self.rules.open_on_audio else None
         refusal = _update.refusal(
             message,
             served_model=self.served_model,
             audio_format=self.audio_format,
             frozen=self.rules.settings_frozen_at_audio and self._audio_seen,
             in_flight=bool(lifecycle.in_flight),
-            utterance_open=lifecycle.open is not None,
+            utterance_open=lifecycle.open is not None and buffered is None,
             turns_on=self.turn_detection is not None,
         )
         if refusal is not None:
             lifecycle.send(refusal)
             return
+        turning_on = message.turn_detection is not None and self.turn_detection is None
+        if buffered is not None and turning_on:
+            self._cancel(buffered, "superseded")
         format_changed = message.audio is not None and message.audio != self.audio_format
         if message.audio is not None:
             self.audio_format = message.audio
@@ -488,7 +496,7 @@ class Session:
     # ------------------------------------------------------------------ output
 
     def _flush(self) -> list[Action]:
-        self._lifecycle.settle()
+        self._lifecycle.after_input()
         out = self._out.copy()
         self._out.clear()
         return out

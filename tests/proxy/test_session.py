@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import NATIVE, AudioFormat
+from proxy.config import ProxyConfig
 from proxy.limits import SessionLimits
 from proxy.protocols.envelope import CASE_MESSAGES, CLOSE_CODES, EnvelopeCodec
 from proxy.session import Session, WindDown
@@ -80,7 +81,7 @@ class Harness:
         self.session = Session(
             session_id=SERVER_SID,
             served_model=MODEL,
-            limits=SessionLimits(**limits),
+            limits=SessionLimits.from_config(ProxyConfig(api_keys=("k",), **limits)),
             transcription_delay_ms=DELAY_MS,
             segment_max_bytes=segment_max_bytes,
             audio_format=audio_format,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from proxy.audio_format import make_format
+from proxy.config import ProxyConfig
 from proxy.limits import SessionLimits
 from proxy.protocols.envelope import EnvelopeCodec
 from proxy.session import Session
@@ -54,7 +55,7 @@ class Harness:
         self.session = Session(
             session_id=SID,
             served_model=MODEL,
-            limits=SessionLimits(),
+            limits=SessionLimits.from_config(ProxyConfig(api_keys=("k",))),
             transcription_delay_ms=480,
             turn_options=options,
         )

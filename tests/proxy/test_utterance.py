@@ -1,5 +1,5 @@
-"""proxy.utterance: each phase answers the three questions the session asks of it; held audio
-keeps its order and its size in bytes."""
+"""proxy.session._utterance: each phase answers the three questions the session asks of it;
+held audio keeps its order and its size in bytes."""
 
 from __future__ import annotations
 

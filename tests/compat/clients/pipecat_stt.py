@@ -56,17 +56,20 @@ async def main(audio: bytes) -> None:
         turn_detection=turn_detection,
         settings=OpenAIRealtimeSTTService.Settings(model=model),
     )
-    audio_frames = [
-        InputAudioRawFrame(audio=audio[i : i + FRAME_BYTES], sample_rate=RATE, num_channels=1)
-        for i in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES)
-    ]
-    # The service configures the session once session.created has arrived; audio waits for
-    # that, as a pipeline's first speech does.
-    frames: list[Any] = [SleepFrame(sleep=0.5)]
+    # Audio flows from the pipeline's start at real-time pace, as a live transport's does: its
+    # first frames reach the server before the service's session.update.
+    audio_frames: list[Any] = []
+    for i in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
+        chunk = audio[i : i + FRAME_BYTES]
+        audio_frames += [
+            InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1),
+            SleepFrame(sleep=FRAME_BYTES / 2 / RATE),
+        ]
+    frames: list[Any]
     if mode == "server_vad":
-        frames += [*audio_frames, SleepFrame(sleep=3.0)]
+        frames = [*audio_frames, SleepFrame(sleep=3.0)]
     else:
-        frames += [
+        frames = [
             VADUserStartedSpeakingFrame(),
             *audio_frames,
             VADUserStoppedSpeakingFrame(),
