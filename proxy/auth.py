@@ -23,10 +23,10 @@ OPENAI_AUTH_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 # Where a credential can show up in a log line: a query string (uvicorn's access log prints
 # it), the auth headers and the subprotocol offer (the WebSocket layer's debug log prints
-# request headers).
+# request headers; Mistral's browsers offer the bare credential right after ``realtime``).
 _KEY_IN_TEXT = re.compile(
     r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?|voxtral-stt\.auth\.|"
-    r"openai-insecure-api-key\.)"
+    r"openai-insecure-api-key\.|realtime,\s*)"
     r"[^&\s\"',]*"
 )
 
