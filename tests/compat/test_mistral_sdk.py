@@ -181,6 +181,7 @@ async def test_a_wrong_model_is_refused_naming_the_accepted_ones(
 ) -> None:
     result = await run(client_env, stack, tmp_path, "refused", speech_16k(), "whisper-1")
     assert result["raised"] == "RealtimeTranscriptionWSError"
+    assert (result["payload"], result["code"]) == ("RealtimeTranscriptionError", 4103)
     assert "'whisper-1' is not served here" in result["message"]
     for name in (stack.proxy.config.served_model_name, *MISTRAL_MODELS):
         assert name in result["message"]
@@ -189,6 +190,7 @@ async def test_a_wrong_model_is_refused_naming_the_accepted_ones(
 async def test_a_wrong_key_is_refused(client_env: Path, stack: CompatStack, tmp_path: Path) -> None:
     result = await run(client_env, stack, tmp_path, "refused", speech_16k(), key="not-the-key-0000")
     assert result["raised"] == "RealtimeTranscriptionWSError"
+    assert (result["payload"], result["code"]) == ("RealtimeTranscriptionError", 4001)
     assert "Authorization: Bearer" in result["message"]
     assert "not-the-key" not in "".join(stack.lines)
 

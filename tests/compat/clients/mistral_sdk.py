@@ -120,7 +120,15 @@ async def refused(client: Mistral, model: str, arg: str) -> dict[str, Any]:
                 target_streaming_delay_ms=delay,
             )
         except Exception as error:
-            return {"raised": type(error).__name__, "message": str(error), "events": []}
+            # The error frame as the SDK parsed it: its model, or None when it failed validation.
+            payload = getattr(error, "payload", None)
+            return {
+                "raised": type(error).__name__,
+                "message": str(error),
+                "payload": None if payload is None else type(payload).__name__,
+                "code": getattr(getattr(payload, "error", None), "code", None),
+                "events": [],
+            }
         async with connection:
             async for event in connection.events():
                 recorder.add(event)
