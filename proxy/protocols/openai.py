@@ -56,6 +56,8 @@ from proxy.turns import TurnOptions, TurnOptionsError
 # The rate OpenAI's PCM takes (its SDK types `rate` as exactly this), and G.711's.
 PCM_RATE: Final = 24_000
 G711_RATE: Final = 8_000
+# The longest client event_id echoed back.
+MAX_EVENT_ID_CHARS: Final = 128
 # OpenAI refuses a commit of less audio than this (`input_audio_buffer_commit_empty`).
 MIN_COMMIT_MS: Final = 100
 
@@ -253,12 +255,11 @@ class OpenAICodec:
         models: ModelNames,
         transcription_delay_ms: int,
         max_message_bytes: int,
-        model: str | None = None,
     ) -> None:
         self._models = models
         self._delay_ms = transcription_delay_ms
         self._max_message_bytes = max_message_bytes
-        self._echo = _Echo(model=model or models.served)
+        self._echo = _Echo(model=models.served)
         self._audio = DEFAULT_FORMAT
         # Ids: a random part per connection and a count, unique and cheap.
         self._id_base = secrets.token_hex(6)
@@ -323,7 +324,12 @@ class OpenAICodec:
                 ErrorCode.INVALID_MESSAGE, "The event must be a JSON object with a type.", None
             )
         raw_event_id = data.get("event_id")
-        event_id = raw_event_id if isinstance(raw_event_id, str) and raw_event_id else None
+        # Echoed in an error about this event, so only an id of a sensible size.
+        event_id = (
+            raw_event_id
+            if isinstance(raw_event_id, str) and 0 < len(raw_event_id) <= MAX_EVENT_ID_CHARS
+            else None
+        )
         kind = data.get("type")
         try:
             if kind == APPEND:
@@ -481,6 +487,7 @@ class OpenAICodec:
             self._uncommitted_bytes = 0
             return (self._frame("input_audio_buffer.cleared"),)
         if isinstance(event, SessionCreated):
+            self._audio = event.settings.audio
             return (
                 self._frame("session.created", session=self.describe(event.settings, event.id)),
             )

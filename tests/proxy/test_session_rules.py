@@ -34,6 +34,7 @@ from proxy.session.inputs import (
     SessionRules,
     UpdateSettings,
 )
+from proxy.turns import TurnOptions
 from proxy.vllm_wire import COMMIT_FINAL, COMMIT_OPEN, decode_event
 
 OPENS_ON_AUDIO = SessionRules(open_on_audio=True, utterance_id_prefix="item-")
@@ -185,3 +186,24 @@ def test_session_created_carries_the_full_settings() -> None:
     assert created.settings == session.settings()
     assert created.settings.limits.inbound_queue_max == LIMITS.inbound_queue_max
     assert session.created().id != created.id
+
+
+def test_turning_turns_on_drops_audio_that_opened_an_utterance_by_itself() -> None:
+    harness = Harness(OPENS_ON_AUDIO)
+    harness.audio()
+    events = harness.send(
+        UpdateSettings("u1", turn_detection_given=True, turn_detection=TurnOptions())
+    )
+    assert events[0] == Cancelled("item-1", "superseded")
+    assert isinstance(events[-1], SessionUpdated)
+    assert events[-1].settings.turn_detection == TurnOptions()
+
+
+def test_a_client_opened_utterance_still_refuses_turns() -> None:
+    harness = Harness(SessionRules())
+    harness.send(OpenUtterance("r1"))
+    (refusal,) = harness.send(
+        UpdateSettings("u1", turn_detection_given=True, turn_detection=TurnOptions())
+    )
+    assert isinstance(refusal, SessionError)
+    assert refusal.case is ErrorCase.TURNS_NEED_NO_OPEN_UTTERANCE

@@ -476,12 +476,9 @@ def test_session_created_shows_the_whole_default_session() -> None:
 
 
 def test_a_query_model_is_the_echoed_model() -> None:
-    c = OpenAICodec(
-        models=ModelNames.of(SERVED, (), strict=False),
-        transcription_delay_ms=480,
-        max_message_bytes=1_048_576,
-        model="gpt-realtime-whisper",
-    )
+    c = codec()
+    assert not c.name_model("gpt-9")
+    assert c.name_model("gpt-realtime-whisper")
     created = one(c, SessionCreated("sess_1", settings()))
     assert created["session"]["audio"]["input"]["transcription"]["model"] == "gpt-realtime-whisper"
 
@@ -509,3 +506,11 @@ def test_session_ending_errors_and_their_close_codes(
         assert error["error"]["code"] == code.value
         assert error["error"]["message"]
         assert "envelope" not in error["error"]["message"]
+
+
+def test_only_a_sensible_client_event_id_is_echoed() -> None:
+    c = codec()
+    for event_id, echoed in (("e" * 128, "e" * 128), ("e" * 129, None), (7, None)):
+        parsed = send(c, {"type": "nope", "event_id": event_id})
+        error = one(c, SessionError(parsed.code, parsed.request_id, details=parsed.details))
+        assert error["error"]["event_id"] == echoed
