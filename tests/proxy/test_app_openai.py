@@ -371,3 +371,20 @@ async def test_metrics_count_openai_sessions_and_events_apart() -> None:
     assert (
         'voxtral_proxy_client_messages_total{protocol="openai",type="session.update"} 1.0' in text
     )
+
+
+async def test_events_over_the_rate_limit_are_refused_and_the_session_goes_on() -> None:
+    async with (
+        fake_and_proxy(max_messages_per_window=5, message_window_s=60.0) as (_, proxy),
+        opened(proxy) as ws,
+    ):
+        await recv(ws)
+        audio = base64.b64encode(bytes(4800)).decode()
+        for number in range(8):
+            await send(ws, type="input_audio_buffer.append", audio=audio, event_id=f"a{number}")
+        refused = [await recv(ws) for _ in range(3)]
+        assert ws.close_code is None
+    for event, number in zip(refused, (5, 6, 7), strict=True):
+        error = error_of(event, "rate_limited")
+        assert error["event_id"] == f"a{number}"
+        assert "Retry in" in error["message"]
