@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from proxy import openai_route
 from proxy.admission import Door, admit, envelope_door, refuse
-from proxy.client_secrets import mint_client_secret
+from proxy.client_secrets import mint_client_secret, mint_transcription_session
 from proxy.config import ProxyConfig
 from proxy.metrics import STARTED
 from proxy.protocols.codec import Codec
@@ -223,6 +223,11 @@ def create_app(config: ProxyConfig) -> Starlette:
         ),
         WebSocketRoute(openai_route.PATH, ClientEndpoint(state, openai_route.door(config))),
         Route(f"{openai_route.PATH}/client_secrets", mint_client_secret, methods=["POST"]),
+        Route(
+            f"{openai_route.PATH}/transcription_sessions",
+            mint_transcription_session,
+            methods=["POST"],
+        ),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
