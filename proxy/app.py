@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 
 from proxy import mistral_route, openai_route
 from proxy.admission import Door, admit, envelope_door, refuse
-from proxy.client_secrets import mint_client_secret
+from proxy.client_secrets import mint_client_secret, mint_transcription_session
 from proxy.config import ProxyConfig
 from proxy.metrics import STARTED
 from proxy.protocols.codec import Codec
@@ -224,6 +224,11 @@ def create_app(config: ProxyConfig) -> Starlette:
         ),
         WebSocketRoute(openai_route.PATH, ClientEndpoint(state, openai_route.door(config))),
         Route(f"{openai_route.PATH}/client_secrets", mint_client_secret, methods=["POST"]),
+        Route(
+            f"{openai_route.PATH}/transcription_sessions",
+            mint_transcription_session,
+            methods=["POST"],
+        ),
         WebSocketRoute(mistral_route.PATH, ClientEndpoint(state, mistral_route.door(config))),
         Route(mistral_route.SESSIONS_PATH, mistral_route.mint_session, methods=["POST"]),
         Route("/healthz", healthz),

@@ -1,6 +1,7 @@
-"""``POST /v1/realtime/client_secrets``, in OpenAI's shape: an API key buys a short-lived client
-secret (``ek_...``) for the OpenAI Realtime route, the credential a browser or an app holds
-instead of the key.
+"""``POST /v1/realtime/client_secrets``, in OpenAI's shape (and the beta
+``POST /v1/realtime/transcription_sessions``): an API key buys a short-lived client secret
+(``ek_...``) for the OpenAI Realtime route, the credential a browser or an app holds instead of
+the key.
 
 Like OpenAI's, a secret opens any number of sessions until it expires (LiveKit pools sockets and
 reconnects with the same one); the connection cap and the rate limits still apply to each. It is
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.datastructures import QueryParams
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from proxy.auth import key_is_valid, presented_key
 from proxy.limits import auth_failure_details
 from proxy.protocols.openai import DEFAULT_FORMAT, codec_for
-from proxy.session.events import SessionSettings
+from proxy.session.events import SessionSettings, SessionUpdated
 from proxy.session.inputs import InvalidInput, UpdateSettings
 from proxy.tokens import TokenError, TokenIssuer
 
@@ -72,28 +73,39 @@ def _error(status: int, message: str, code: str, param: str | None = None) -> JS
     )
 
 
-def _ttl(body: dict[str, Any], max_ttl_s: int) -> int:
-    expires_after = body.get("expires_after")
+def _ttl(expires_after: object, max_ttl_s: int, param: str) -> int:
+    """The lifetime asked for in ``{"anchor": "created_at", "seconds": N}`` (None: 600 s, or
+    TOKEN_MAX_TTL_S if lower); raises ``ValueError(message, param)``."""
     if expires_after is None:
         return min(DEFAULT_SECRET_TTL_S, max_ttl_s)
     seconds = expires_after.get("seconds") if isinstance(expires_after, dict) else None
     anchor = expires_after.get("anchor", "created_at") if isinstance(expires_after, dict) else None
     if anchor != "created_at" or type(seconds) is not int:
-        raise ValueError(
-            'expires_after must be {"anchor": "created_at", "seconds": N}.', "expires_after"
-        )
+        raise ValueError(f'{param} must be {{"anchor": "created_at", "seconds": N}}.', param)
     if not MIN_SECRET_TTL_S <= seconds <= max_ttl_s:
         raise ValueError(
-            f"expires_after.seconds must be {MIN_SECRET_TTL_S}..{max_ttl_s} on this server "
+            f"{param}.seconds must be {MIN_SECRET_TTL_S}..{max_ttl_s} on this server "
             "(TOKEN_MAX_TTL_S).",
-            "expires_after.seconds",
+            f"{param}.seconds",
         )
     return seconds
 
 
 async def mint_client_secret(request: Request) -> Response:
-    """An API key (``Authorization: Bearer``) buys a client secret; the body, optional, is
-    OpenAI's: ``expires_after{anchor, seconds}`` and ``session{...}``."""
+    """``POST /v1/realtime/client_secrets`` (GA): an API key (``Authorization: Bearer``) buys a
+    client secret; the body, optional, is ``expires_after{anchor, seconds}`` and
+    ``session{...}``; the answer ``{value, expires_at, session}``."""
+    return await _mint(request, beta=False)
+
+
+async def mint_transcription_session(request: Request) -> Response:
+    """``POST /v1/realtime/transcription_sessions`` (OpenAI's beta, which NVIDIA's speech NIMs
+    serve too): the body is the beta session with ``client_secret{expires_at{anchor,
+    seconds}}``; the answer is the beta session with ``client_secret{value, expires_at}``."""
+    return await _mint(request, beta=True)
+
+
+async def _mint(request: Request, *, beta: bool) -> Response:
     state: ProxyState = request.app.state.proxy
     address = request.client.host if request.client else "unknown"
     key = presented_key(QueryParams(""), request.headers)
@@ -123,25 +135,37 @@ async def mint_client_secret(request: Request) -> Response:
         return _error(400, "The body is not valid JSON.", "invalid_json")
     if not isinstance(body, dict):
         return _error(400, "The body must be a JSON object.", "invalid_value")
+    max_ttl_s = state.config.token_max_ttl_s
     try:
-        ttl_s = _ttl(body, state.config.token_max_ttl_s)
+        if beta:
+            secret = body.pop("client_secret", None) or {}
+            expires = secret.get("expires_at") if isinstance(secret, dict) else secret
+            ttl_s = _ttl(expires, max_ttl_s, "client_secret.expires_at")
+        else:
+            ttl_s = _ttl(body.get("expires_after"), max_ttl_s, "expires_after")
     except ValueError as error:
         message, param = error.args
         return _error(400, message, "invalid_value", param)
 
     codec = codec_for(state.config)
-    session = body.get("session", {"type": "transcription"})
-    parsed = codec.parse_text(orjson.dumps({"type": "session.update", "session": session}).decode())
+    if beta:
+        update = {"type": "transcription_session.update", "session": body}
+    else:
+        update = {
+            "type": "session.update",
+            "session": body.get("session", {"type": "transcription"}),
+        }
+    parsed = codec.parse_text(orjson.dumps(update).decode())
     if isinstance(parsed, InvalidInput):
+        param = parsed.details.get("param")
+        if beta and param is not None:
+            param = param.removeprefix("session.")  # the beta body is the session itself
         return _error(
-            400,
-            parsed.message,
-            str(parsed.details.get("openai_code", parsed.code.value)),
-            parsed.details.get("param"),
+            400, parsed.message, str(parsed.details.get("openai_code", parsed.code.value)), param
         )
     assert isinstance(parsed, UpdateSettings)
-    now = time.time()
-    token, claims = state.client_secrets.mint(ttl_s, None, now)
+    token, claims = state.client_secrets.mint(ttl_s, None, time.time())
+    value = CLIENT_SECRET_PREFIX + token
     settings = SessionSettings(
         model=state.config.served_model_name,
         transcription_delay_ms=state.config.transcription_delay_ms,
@@ -150,10 +174,16 @@ async def mint_client_secret(request: Request) -> Response:
         turn_detection=parsed.turn_detection,
         limits=state.client_limits,
     )
+    if beta:
+        # The session as its transcription_session.updated would show it, and the secret.
+        (frame,) = codec.render(SessionUpdated(parsed.request_id, settings))
+        shown = orjson.loads(frame)["session"]
+        shown["client_secret"] = {"value": value, "expires_at": claims.expires_at}
+        return JSONResponse(shown, headers={"Cache-Control": "no-store"})
     codec.accept_update(parsed)
-    shown = codec.describe(settings, f"sess_{uuid.uuid4().hex}")
-    shown["expires_at"] = claims.expires_at
+    session = codec.describe(settings, f"sess_{uuid.uuid4().hex}")
+    session["expires_at"] = claims.expires_at
     return JSONResponse(
-        {"value": CLIENT_SECRET_PREFIX + token, "expires_at": claims.expires_at, "session": shown},
+        {"value": value, "expires_at": claims.expires_at, "session": session},
         headers={"Cache-Control": "no-store"},
     )

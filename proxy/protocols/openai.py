@@ -12,7 +12,6 @@ clear ``ClearAudio``, and every outcome comes back from the session as an event 
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -227,7 +226,6 @@ class _Echo:
 class _PendingUpdate:
     """An update sent to the session and not yet answered."""
 
-    client_event_id: str | None
     beta: bool
     echo: _Echo
 
@@ -267,8 +265,9 @@ class OpenAICodec:
         self._items: dict[str, str] = {}
         self._last_committed: str | None = None
         self._pending: dict[str, _PendingUpdate] = {}
-        # The event_ids of commits the session has not answered yet, oldest first.
-        self._commits: deque[str | None] = deque()
+        # The event_id of the client event being answered: the session answers each frame
+        # before the next one is parsed, so an error about a message is about the last one.
+        self._answering: str | None = None
         # Bytes appended since the last commit or clear, in the session's format.
         self._uncommitted_bytes = 0
 
@@ -299,6 +298,7 @@ class OpenAICodec:
     # ------------------------------------------------------------------ client frames
 
     def parse_binary(self, data: bytes) -> ClientInput:
+        self._answering = None
         return InvalidInput(
             ErrorCode.INVALID_MESSAGE,
             "Binary frames are not part of this protocol: send input_audio_buffer.append with "
@@ -307,21 +307,21 @@ class OpenAICodec:
         )
 
     def parse_text(self, text: str) -> ClientInput:
+        self._answering = None
         if frame_too_large(text, self._max_message_bytes):
             return _invalid(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"The event is larger than this server's limit of {self._max_message_bytes} "
                 "bytes (OpenAI's is 15 MiB): send the audio in smaller appends.",
-                None,
                 code="payload_too_large",
             )
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return _invalid(ErrorCode.INVALID_JSON, MESSAGES[ErrorCode.INVALID_JSON], None)
+            return _invalid(ErrorCode.INVALID_JSON, MESSAGES[ErrorCode.INVALID_JSON])
         if not isinstance(data, dict):
             return _invalid(
-                ErrorCode.INVALID_MESSAGE, "The event must be a JSON object with a type.", None
+                ErrorCode.INVALID_MESSAGE, "The event must be a JSON object with a type."
             )
         raw_event_id = data.get("event_id")
         # Echoed in an error about this event, so only an id of a sensible size.
@@ -330,24 +330,24 @@ class OpenAICodec:
             if isinstance(raw_event_id, str) and 0 < len(raw_event_id) <= MAX_EVENT_ID_CHARS
             else None
         )
+        self._answering = event_id
         kind = data.get("type")
         try:
             if kind == APPEND:
                 return self._parse_append(data)
             if kind == COMMIT:
-                return self._parse_commit(event_id)
+                return self._parse_commit()
             if kind == CLEAR:
                 self._uncommitted_bytes = 0
                 return ClearAudio()
             if kind == SESSION_UPDATE:
-                return self._parse_update(data, event_id, beta=False)
+                return self._parse_update(data, beta=False)
             if kind == BETA_SESSION_UPDATE:
-                return self._parse_update(data, event_id, beta=True)
+                return self._parse_update(data, beta=True)
         except Refusal as refusal:
             return _invalid(
                 ErrorCode.INVALID_MESSAGE,
                 refusal.message,
-                event_id,
                 code=refusal.code,
                 param=refusal.param,
             )
@@ -358,7 +358,6 @@ class OpenAICodec:
             if shown is None
             else f"{shown!r} is not an event of a transcription session: use session.update, "
             "input_audio_buffer.append, input_audio_buffer.commit or input_audio_buffer.clear.",
-            event_id,
             code="invalid_type" if shown is None else "unknown_event",
             param="type",
         )
@@ -377,7 +376,7 @@ class OpenAICodec:
         self._uncommitted_bytes += nbytes
         return AppendAudio(None, audio, nbytes)
 
-    def _parse_commit(self, event_id: str | None) -> ClientInput:
+    def _parse_commit(self) -> ClientInput:
         held_ms = self._audio.duration_ms(self._uncommitted_bytes)
         if held_ms < MIN_COMMIT_MS:
             raise Refusal(
@@ -386,12 +385,9 @@ class OpenAICodec:
                 COMMIT_EMPTY,
             )
         self._uncommitted_bytes = 0
-        self._commits.append(event_id)
         return FinishUtterance(None)
 
-    def _parse_update(
-        self, data: Mapping[str, Any], event_id: str | None, *, beta: bool
-    ) -> ClientInput:
+    def _parse_update(self, data: Mapping[str, Any], *, beta: bool) -> ClientInput:
         session = data.get("session")
         if not isinstance(session, dict):
             raise Refusal(f"{data['type']} needs session, an object.", MISSING_PARAMETER, "session")
@@ -408,7 +404,7 @@ class OpenAICodec:
             else _read_ga(session, echo, self._models, self._delay_ms)
         )
         token = self._next_id("update")
-        self._pending[token] = _PendingUpdate(event_id, beta, echo)
+        self._pending[token] = _PendingUpdate(beta, echo)
         return UpdateSettings(
             token,
             audio=change.audio,
@@ -463,8 +459,6 @@ class OpenAICodec:
                 ),
             )
         if isinstance(event, UtteranceCommitted):
-            if self._commits:
-                self._commits.popleft()
             self._uncommitted_bytes = 0
             previous, self._last_committed = self._last_committed, self._item_id(event.request_id)
             return (
@@ -548,15 +542,13 @@ class OpenAICodec:
         return self._frame("session.updated", session=self.describe(event.settings))
 
     def _error(self, event: SessionError) -> str:
-        client_event_id: str | None = None
-        pending = self._pending.pop(event.request_id or "", None)
-        if pending is not None:
-            client_event_id = pending.client_event_id
+        # A refused update is forgotten; the error names the client event it answers.
+        self._pending.pop(event.request_id or "", None)
+        # A session-ending error is about the connection, not about one of its events.
+        client_event_id = None if event.closes else self._answering
         details = event.details
         openai_code = details.get("openai_code")
         param = details.get("param")
-        if event.case in (ErrorCase.NOTHING_TO_FINISH, ErrorCase.NO_OPEN_TURN):
-            client_event_id = self._commits.popleft() if self._commits else None
         if event.case is not None and event.case in _CASE_MESSAGES:
             message = _CASE_MESSAGES[event.case]
             openai_code = _CASE_CODES.get(event.case, INVALID_VALUE)
@@ -565,8 +557,6 @@ class OpenAICodec:
             message = event.message or MESSAGES.get(event.code, event.code.value)
         if event.code is ErrorCode.RATE_LIMITED and "retry_in" in details:
             message = f"{MESSAGES[ErrorCode.RATE_LIMITED]} Retry in {details['retry_in']} s."
-        if event.request_id is not None and pending is None and client_event_id is None:
-            client_event_id = event.request_id  # an InvalidInput's own echo
         return self._frame(
             "error",
             error={
@@ -647,7 +637,6 @@ class OpenAICodec:
 def _invalid(
     kind: ErrorCode,
     message: str,
-    event_id: str | None,
     *,
     code: str | None = None,
     param: str | None = None,
@@ -657,7 +646,7 @@ def _invalid(
         details["openai_code"] = code
     if param is not None:
         details["param"] = param
-    return InvalidInput(kind, message, event_id, details)
+    return InvalidInput(kind, message, None, details)
 
 
 # ---------------------------------------------------------------------- reading an update

@@ -1,7 +1,9 @@
 """LiveKit Agents' OpenAI STT plugin (realtime mode), unchanged, with only its base URL pointed at
-us: server VAD drives START/END_OF_SPEECH, the final transcript is what the fake vLLM makes of
-the audio, usage carries the item's duration; a changed option re-sends session.update on the
-same socket and the next utterance is transcribed as well."""
+us. With one of OpenAI's server-endpointed models (the README's) our server VAD drives
+START/END_OF_SPEECH and usage carries the item's duration; with gpt-realtime-whisper (the
+plugin's realtime default) the plugin's own VAD commits each turn. Either way the final transcript
+is what the fake vLLM makes of the audio, and a changed option re-sends session.update on the
+same socket, after which the next utterance is transcribed as well."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from tests.compat.harness import CompatStack, run_client, upstream_utterances
 pytestmark = pytest.mark.compat
 
 
-async def test_livekit_stream_with_server_vad_and_a_reconfigured_socket(
-    client_env: Path, stack: CompatStack, tmp_path: Path
+@pytest.mark.parametrize(
+    ("model", "server_vad"), [("gpt-4o-transcribe", True), ("gpt-realtime-whisper", False)]
+)
+async def test_livekit_stream_over_a_reconfigured_socket(
+    client_env: Path, stack: CompatStack, tmp_path: Path, model: str, server_vad: bool
 ) -> None:
     path = tmp_path / "speech.raw"
     path.write_bytes(speech_24k())
@@ -26,7 +31,7 @@ async def test_livekit_stream_with_server_vad_and_a_reconfigured_socket(
         "livekit_stt",
         f"{stack.http_url}/v1",
         stack.key,
-        "gpt-4o-transcribe",  # the README's
+        model,
         str(path),
         stack=stack,
     )
@@ -40,7 +45,8 @@ async def test_livekit_stream_with_server_vad_and_a_reconfigured_socket(
         finals = [event for event in events if event["type"] == "final_transcript"]
         assert [event["text"] for event in finals] == [predict_text(pcm)]
         assert finals[0]["text"].strip()
-        assert events[-1]["audio_duration"] > 0
+        # The plugin takes an item's duration from our speech_started/stopped.
+        assert (events[-1]["audio_duration"] > 0) is server_vad
     # Both utterances went over one client socket (whose ?model= was accepted).
     opened = [line for line in stack.lines if "session_opened" in line]
     assert len(opened) == 1, opened

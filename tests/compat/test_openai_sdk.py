@@ -23,6 +23,12 @@ DELTA = "conversation.item.input_audio_transcription.delta"
 async def run(
     env: Path, stack: CompatStack, tmp_path: Path, scenario: str, audio: bytes, model: str
 ) -> list[dict[str, Any]]:
+    return (await run_full(env, stack, tmp_path, scenario, audio, model))["frames"]
+
+
+async def run_full(
+    env: Path, stack: CompatStack, tmp_path: Path, scenario: str, audio: bytes, model: str
+) -> dict[str, Any]:
     path = tmp_path / "audio.raw"
     path.write_bytes(audio)
     result = await run_client(
@@ -41,7 +47,7 @@ async def run(
     event_ids = [frame["event_id"] for frame in frames]
     assert len(set(event_ids)) == len(event_ids)
     assert [f["type"] for f in frames].count("session.updated") == 1
-    return frames
+    return result
 
 
 def of_type(frames: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -134,3 +140,15 @@ async def test_clear_drops_the_buffered_audio(
         [f for f in frames if f.get("item_id") == completed["item_id"]],
         upstream_utterances(stack.fake)[-1],
     )
+
+
+async def test_a_client_secret_minted_by_the_sdk_opens_a_session(
+    client_env: Path, stack: CompatStack, tmp_path: Path
+) -> None:
+    result = await run_full(
+        client_env, stack, tmp_path, "secret", speech_24k(), "gpt-realtime-whisper"
+    )
+    assert result["secret"]["value"].startswith("ek_")
+    assert result["secret"]["session"]["audio"]["input"]["turn_detection"] is None
+    (sent,) = upstream_utterances(stack.fake)
+    check_transcript(result["frames"], sent)

@@ -371,3 +371,54 @@ async def test_metrics_count_openai_sessions_and_events_apart() -> None:
     assert (
         'voxtral_proxy_client_messages_total{protocol="openai",type="session.update"} 1.0' in text
     )
+
+
+async def test_events_over_the_rate_limit_are_refused_and_the_session_goes_on() -> None:
+    async with (
+        fake_and_proxy(max_messages_per_window=5, message_window_s=60.0) as (_, proxy),
+        opened(proxy) as ws,
+    ):
+        await recv(ws)
+        audio = base64.b64encode(bytes(4800)).decode()
+        for number in range(8):
+            await send(ws, type="input_audio_buffer.append", audio=audio, event_id=f"a{number}")
+        refused = [await recv(ws) for _ in range(3)]
+        assert ws.close_code is None
+    for event, number in zip(refused, (5, 6, 7), strict=True):
+        error = error_of(event, "rate_limited")
+        assert error["event_id"] == f"a{number}"
+        assert "Retry in" in error["message"]
+
+
+async def test_the_beta_transcription_sessions_endpoint_mints_a_secret_in_its_shape() -> None:
+    body = {
+        "input_audio_format": "g711_ulaw",
+        "input_audio_transcription": {"model": "whisper-1", "language": "en"},
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 700},
+        "client_secret": {"expires_at": {"anchor": "created_at", "seconds": 60}},
+    }
+    async with (
+        fake_and_proxy() as (_, proxy),
+        httpx.AsyncClient(base_url=proxy.http_url, timeout=5) as http,
+    ):
+        response = await http.post(
+            "/v1/realtime/transcription_sessions",
+            json=body,
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+        )
+        assert response.status_code == 200, response.text
+        session = response.json()
+        assert session["input_audio_format"] == "g711_ulaw"
+        assert session["input_audio_transcription"] == {"model": "whisper-1", "language": "en"}
+        assert session["turn_detection"]["silence_duration_ms"] == 700
+        secret = session["client_secret"]["value"]
+        assert secret.startswith(CLIENT_SECRET_PREFIX)
+        async with opened(proxy, key=secret) as ws:
+            assert (await recv(ws))["type"] == "session.created"
+        refused = await http.post(
+            "/v1/realtime/transcription_sessions",
+            json={"input_audio_format": "opus"},
+            headers={"Authorization": f"Bearer {TEST_KEY}"},
+        )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "input_audio_format"

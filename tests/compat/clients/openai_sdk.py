@@ -8,8 +8,11 @@ BASE_URL is http://HOST:PORT/v1. Scenarios:
 - pcmu_vad: audio/pcmu with server_vad; the audio (speech, then silence) and no commit.
 - empty_commit: a commit with nothing appended (refused), then the audio and a commit.
 - clear: half the audio then clear, then the audio and a commit.
+- secret: the key mints a client secret (the SDK's client_secrets.create, its answer checked
+  against the SDK's model); the session runs as in commit, with the secret as the API key.
 
-Prints {"frames": [every server frame, parsed], "invalid": [why a frame failed its model]}.
+Prints {"frames": [every server frame, parsed], "invalid": [why a frame failed its model]}, and
+for secret {"secret": the minted answer}.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from openai import AsyncOpenAI
 from openai.types.beta.realtime import TranscriptionSessionUpdatedEvent
-from openai.types.realtime import RealtimeServerEvent
+from openai.types.realtime import ClientSecretCreateResponse, RealtimeServerEvent
 from pydantic import BaseModel, ValidationError
 
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -82,9 +85,29 @@ async def append_all(connection: Any, audio: bytes, size: int) -> None:
         await connection.input_audio_buffer.append(audio=base64.b64encode(piece).decode())
 
 
+async def mint(base_url: str, key: str) -> tuple[str, dict[str, Any], list[str]]:
+    """A client secret minted by the SDK: its value, the raw answer, why it failed the model."""
+    client = AsyncOpenAI(api_key=key, base_url=base_url)
+    raw = await client.realtime.client_secrets.with_raw_response.create(
+        expires_after={"anchor": "created_at", "seconds": 60},
+        session={"type": "transcription", "audio": {"input": {"turn_detection": None}}},
+    )
+    answer: dict[str, Any] = raw.http_response.json()
+    try:
+        ClientSecretCreateResponse.model_validate(answer)
+        invalid = []
+    except ValidationError as error:
+        invalid = [f"client secret: {error}"]
+    return answer["value"], answer, invalid
+
+
 async def main(audio: bytes) -> None:
     base_url, key, scenario, _ = sys.argv[1:5]
     model = sys.argv[5] if len(sys.argv) > 5 else "gpt-realtime-whisper"
+    result: dict[str, Any] = {}
+    invalid: list[str] = []
+    if scenario == "secret":
+        key, result["secret"], invalid = await mint(base_url, key)
     client = AsyncOpenAI(api_key=key, base_url=base_url)
     pcm_100ms = 4800  # 100 ms of 24 kHz PCM16
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
@@ -132,7 +155,8 @@ async def main(audio: bytes) -> None:
             await append_all(connection, audio, pcm_100ms)
             await connection.input_audio_buffer.commit()
             await strict.until(COMPLETED)
-    print(json.dumps({"frames": strict.frames, "invalid": strict.invalid}))
+    result.update(frames=strict.frames, invalid=invalid + strict.invalid)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
