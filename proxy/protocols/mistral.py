@@ -29,6 +29,7 @@ from proxy.session.events import (
     ErrorCase,
     ErrorCode,
     Pong,
+    SegmentClosed,
     SessionCreated,
     SessionEnded,
     SessionError,
@@ -36,6 +37,7 @@ from proxy.session.events import (
     SessionUpdated,
     SpeechStarted,
     SpeechStopped,
+    TextSegment,
     UtteranceCommitted,
     UtteranceFailed,
     UtteranceOpened,
@@ -203,6 +205,8 @@ class MistralCodec:
         self._updates = 0
         # The session's id, shown as request_id in every session object.
         self._session_id = ""
+        # Segments already sent, by utterance: its done sends the rest.
+        self._segments_sent: dict[str, int] = {}
 
     def name_model(self, name: str) -> bool:
         """Takes ``name`` (the connect query's ``model``) as the session's model name if it is
@@ -307,6 +311,10 @@ class MistralCodec:
     def render(self, event: ClientEvent) -> tuple[str, ...]:
         if isinstance(event, Delta):
             return (_frame("transcription.text.delta", text=event.text),)
+        if isinstance(event, SegmentClosed):
+            sent = self._segments_sent
+            sent[event.request_id] = sent.get(event.request_id, 0) + 1
+            return (_frame("transcription.segment", **_segment(event.segment)),)
         if isinstance(event, Done):
             return self._done(event)
         if isinstance(event, SessionCreated):
@@ -319,28 +327,30 @@ class MistralCodec:
                 self._pending.pop(event.request_id, None)
             return (self._error(event.code, event.case, event.message, event.details),)
         if isinstance(event, UtteranceFailed):
+            self._segments_sent.pop(event.request_id, None)
             return (self._error(event.code, None, event.message, event.details),)
+        if isinstance(event, Cancelled):
+            # Nothing here cancels (no clear, no cancel in Mistral's protocol): no frame.
+            self._segments_sent.pop(event.request_id, None)
+            return ()
         if isinstance(
             event,
             UtteranceOpened
             | UtteranceCommitted
             | SpeechStarted
             | SpeechStopped
-            | Cancelled
             | AudioCleared
             | Pong
             | SessionEnded,
         ):
-            # No word for these in Mistral's protocol (nothing here cancels, clears or pings;
-            # an ended session is closed normally).
+            # No word for these in Mistral's protocol (nothing here clears or pings; an ended
+            # session is closed normally).
             return ()
         raise AssertionError(f"unhandled event {event!r}")
 
     def _done(self, event: Done) -> tuple[str, ...]:
-        segments = [
-            {"text": s.text, "start": s.start_ms / 1000, "end": s.end_ms / 1000}
-            for s in event.segments
-        ]
+        segments = [_segment(segment) for segment in event.segments]
+        sent = self._segments_sent.pop(event.request_id, 0)
         usage = event.usage
         done = _frame(
             "transcription.done",
@@ -357,7 +367,8 @@ class MistralCodec:
             language=None,
             segments=[segment | {"type": "transcription_segment"} for segment in segments],
         )
-        return (*(_frame("transcription.segment", **s) for s in segments), done)
+        # The segments no pause closed before the end (the last one, at least) come first.
+        return (*(_frame("transcription.segment", **s) for s in segments[sent:]), done)
 
     def _error(
         self,
@@ -398,6 +409,10 @@ class MistralCodec:
 
 def _frame(kind: str, **fields: Any) -> str:
     return orjson.dumps({"type": kind, **fields}).decode()
+
+
+def _segment(segment: TextSegment) -> dict[str, Any]:
+    return {"text": segment.text, "start": segment.start_ms / 1000, "end": segment.end_ms / 1000}
 
 
 def _append(data: Mapping[str, Any]) -> AppendAudio:

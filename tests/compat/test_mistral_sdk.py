@@ -14,6 +14,7 @@ from devtools.fake_vllm import predict_text
 from proxy.protocols.mistral import MISTRAL_MODELS
 from tests.compat.audio import speech_16k, speech_ulaw_8k
 from tests.compat.harness import CompatStack, compat_stack, run_client, upstream_utterances
+from tests.speech import spoken_recording
 
 pytestmark = pytest.mark.compat
 
@@ -66,11 +67,19 @@ def utterances(events: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def check_utterance(events: Sequence[dict[str, Any]], pcm16k: bytes, audio_s: float) -> None:
-    """Deltas, then the segments, then the done: its text is the deltas joined and what the
-    fake predicts; its segments are the segment events; its usage counts whole seconds."""
+    """Deltas and segments, then the done: each segment comes once all of its text has (when a
+    pause closes it, or at the end); the done's text is the deltas joined and what the fake
+    predicts; its segments are the segment events; its usage counts whole seconds."""
     kinds = [event["type"] for event in events]
     assert kinds[-1] == DONE
-    assert kinds == sorted(kinds, key=[DELTA, SEGMENT, DONE].index)
+    assert DONE not in kinds[:-1]
+    delivered, segmented = "", ""
+    for event in events[:-1]:
+        if event["type"] == DELTA:
+            delivered += event["text"]
+        else:
+            segmented += event["text"]
+            assert segmented == delivered
     done = events[-1]
     deltas = of_type(events, DELTA)
     assert done["text"] == "".join(d["text"] for d in deltas) == predict_text(pcm16k)
@@ -216,3 +225,16 @@ async def test_aliases_and_the_served_name_are_accepted(client_env: Path, tmp_pa
         result = await run(client_env, stack, tmp_path, "refused", speech_16k(), "my-stt", "delay")
         assert result["raised"] is None
         assert result["events"][0]["session"]["model"] == "my-stt"
+
+
+async def test_a_pause_closes_a_segment_before_the_text_after_it(
+    client_env: Path, stack: CompatStack, tmp_path: Path
+) -> None:
+    audio = spoken_recording(("short", "short"), lead_s=0.5, gap_s=1.5, trailer_s=1.0).pcm
+    result = await run(client_env, stack, tmp_path, "stream", audio)
+    (group,) = utterances(result["events"])
+    check_utterance(group, audio, len(audio) / 32_000)
+    kinds = [event["type"] for event in group]
+    assert kinds.count(SEGMENT) >= 2
+    # The first segment came while the utterance went on: text followed it.
+    assert DELTA in kinds[kinds.index(SEGMENT) :]

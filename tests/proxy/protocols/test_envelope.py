@@ -35,6 +35,7 @@ from proxy.session.events import (
     ErrorCase,
     ErrorCode,
     Pong,
+    SegmentClosed,
     SessionCreated,
     SessionEnded,
     SessionError,
@@ -769,7 +770,12 @@ def test_utterance_events() -> None:
 
 def test_events_without_an_envelope_word_send_nothing() -> None:
     codec = EnvelopeCodec("s", 1024)
-    for event in (UtteranceOpened("r", None), UtteranceCommitted("r", "q"), AudioCleared()):
+    for event in (
+        UtteranceOpened("r", None),
+        UtteranceCommitted("r", "q"),
+        AudioCleared(),
+        SegmentClosed("r", TextSegment(" hi", 0, 80)),
+    ):
         assert codec.render(event) == ()
 
 

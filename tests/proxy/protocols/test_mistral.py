@@ -31,6 +31,7 @@ from proxy.session.events import (
     ErrorCase,
     ErrorCode,
     Pong,
+    SegmentClosed,
     SessionCreated,
     SessionEnded,
     SessionError,
@@ -387,3 +388,24 @@ def test_every_encoding_name_round_trips() -> None:
         created(c)
         frame = one(c, SessionUpdated(None, settings(AudioFormat(encoding, rate))))
         assert frame["session"]["audio_format"] == {"encoding": name, "sample_rate": rate}
+
+
+def test_a_segment_closed_by_a_pause_is_sent_at_once_and_not_again_with_the_done() -> None:
+    c = codec()
+    first = TextSegment(" hello", 0, 560)
+    assert frames(c, SegmentClosed("utt-1", first)) == [
+        {"type": "transcription.segment", "text": " hello", "start": 0.0, "end": 0.56}
+    ]
+    done = Done(
+        "utt-1",
+        " hello there",
+        (first, TextSegment(" there", 1840, 2400)),
+        TokenUsage(40, 30, 70),
+        audio_ms=2_600,
+    )
+    rest, last = frames(c, done)
+    assert rest == {"type": "transcription.segment", "text": " there", "start": 1.84, "end": 2.4}
+    assert [s["text"] for s in last["segments"]] == [" hello", " there"]
+    # The next utterance starts counting afresh: its done sends all of its segments.
+    again = frames(c, dataclasses.replace(done, request_id="utt-2"))
+    assert [f["type"] for f in again] == [*["transcription.segment"] * 2, "transcription.done"]
