@@ -66,6 +66,20 @@ async def test_warmup_prints_the_predicted_text(proxy: RunningProxy) -> None:
         assert lines[label] != "-"
 
 
+async def test_the_tools_read_the_key_from_the_env_file_as_make_up_does(
+    proxy: RunningProxy, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"# the service's settings\nexport VOXTRAL_API_KEY='{proxy.api_key},old'\n")
+    args = ("--server", proxy.ws_url, "--file", str(sample("short.wav")), "--no-pace", "--json")
+    run = await run_tool("warmup", *args, env_file=env_file)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "done"
+    # The environment wins over the file, as it does for `make up`.
+    refused = await run_tool("warmup", *args, env_file=env_file, api_key="k-wrong")
+    assert "unauthorized" in refused.stderr
+
+
 async def test_warmup_json_and_default_file(proxy: RunningProxy) -> None:
     run = await run_tool(
         "warmup", "--server", proxy.ws_url, "--speed", "50", "--json", api_key=proxy.api_key
