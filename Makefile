@@ -31,8 +31,8 @@ up:  ## start the service, wait until ready, follow its log (TAIL_LOGS=0 skips)
 down:  ## stop the service: drain the connections, then vLLM
 	@scripts/stop.sh
 
-restart:  ## make down, then make up
-	@scripts/stop.sh && scripts/main.sh
+restart:  ## make down, then make up with the model the service ran
+	@scripts/main.sh --restart
 
 status:  ## pid, uptime, /healthz, /readyz, connections, vLLM state
 	@scripts/status.sh

@@ -101,6 +101,8 @@ class LauncherConfig:
     # MAX_CONCURRENT_CONNECTIONS=auto: the cap becomes the streams vLLM's KV cache holds, once
     # vLLM is ready.
     connections_auto: bool = False
+    # VOXTRAL_ALLOW_CPU_MODEL=1: the real model on CPU is what the operator means, not a slip.
+    allow_cpu_model: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
@@ -276,6 +278,7 @@ def load_config(
         hf_token=env.get("HF_TOKEN", "").strip() or None,
         max_concurrent_connections=max_connections,
         connections_auto=connections_auto,
+        allow_cpu_model=parse_flag(env, "VOXTRAL_ALLOW_CPU_MODEL", False),
         warnings=delay_warnings + connection_warnings,
     )
 
