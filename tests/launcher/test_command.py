@@ -41,6 +41,8 @@ def test_gpu_defaults() -> None:
     assert value_of(argv, "--tokenizer-mode") == "mistral"
     assert value_of(argv, "--config-format") == "mistral"
     assert value_of(argv, "--load-format") == "mistral"
+    # The supervisor's and the proxy's health polls leave no access line in the log.
+    assert value_of(argv, "--disable-access-log-for-endpoints") == "/health"
     assert json.loads(value_of(argv, "--compilation-config")) == {"cudagraph_mode": "PIECEWISE"}
     # Voxtral's causal encoder has no FlashInfer path; vLLM would pick FlashInfer on sm100.
     assert value_of(argv, "--attention-backend") == "FLASH_ATTN"
