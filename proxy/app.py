@@ -43,7 +43,7 @@ from proxy.tokens import TokenIssuer, token_secret
 from proxy.turns import TurnOptions
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
 from proxy.vad_service import VadService
-from proxy.vllm_wire import segment_audio_limit
+from proxy.vllm_wire import segment_limit
 
 log = structlog.get_logger("proxy.app")
 
@@ -216,10 +216,8 @@ async def _relay_session(
         served_model=config.served_model_name,
         limits=state.limits,
         transcription_delay_ms=config.transcription_delay_ms,
-        segment_max_bytes=(
-            segment_audio_limit(max_model_len, config.transcription_delay_ms)
-            if max_model_len
-            else None
+        segment_max_bytes=segment_limit(
+            max_model_len, config.transcription_delay_ms, config.segment_max_s
         ),
         segment_pause_ms=config.segment_pause_ms,
         audio_format=audio_format,

@@ -27,6 +27,10 @@ DELAY_MAX_MS = 2400
 DEFAULT_TRANSCRIPTION_DELAY_MS = 480
 # MAX_CONCURRENT_CONNECTIONS=auto: the launcher sets the cap from vLLM's KV cache.
 AUTO = "auto"
+# The longest audio one vLLM generation takes before the utterance carries over onto the next
+# (SEGMENT_MAX_S): the bound on what one stream holds in vLLM's KV cache.
+DEFAULT_SEGMENT_MAX_S = 300.0
+MIN_SEGMENT_MAX_S = 10.0
 
 
 class ConfigError(ValueError):
@@ -45,6 +49,7 @@ class ProxyConfig:
     transcription_delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS
     # The pause that splits a done's text into segments (a session may set its own).
     segment_pause_ms: int = DEFAULT_PAUSE_MS
+    segment_max_s: float = DEFAULT_SEGMENT_MAX_S
     max_connections: int = 100
     idle_timeout_s: float = 150.0
     max_duration_s: float = 5400.0
@@ -141,6 +146,12 @@ def _number(
     return default if value is None else value
 
 
+def parse_segment_max_s(environ: Mapping[str, str]) -> float:
+    """SEGMENT_MAX_S, read the same way by the proxy (its carry-over) and the launcher (vLLM's
+    max_model_len)."""
+    return _number(environ, "SEGMENT_MAX_S", DEFAULT_SEGMENT_MAX_S, float, MIN_SEGMENT_MAX_S)
+
+
 def parse_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     """An on/off variable (1/true/yes/on or 0/false/no/off); empty means ``default``."""
     raw = environ.get(name, "").strip().lower()
@@ -224,6 +235,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             _number(env, "VOXTRAL_TRANSCRIPTION_DELAY_MS", DEFAULT_TRANSCRIPTION_DELAY_MS, int, 0)
         ),
         segment_pause_ms=DEFAULT_PAUSE_MS if segment_pause_ms is None else segment_pause_ms,
+        segment_max_s=parse_segment_max_s(env),
         max_connections=_number(env, "MAX_CONCURRENT_CONNECTIONS", 100, int, 1),
         idle_timeout_s=_number(env, "WS_IDLE_TIMEOUT_S", 150.0, float, 0.0),
         max_duration_s=_number(env, "WS_MAX_CONNECTION_DURATION_S", 5400.0, float, 0.0),

@@ -119,6 +119,9 @@ trap - INT
 log "ready: ws://$host:$port/api/asr-streaming (pid $pid); make status, make logs, make down"
 fits="$(last_capacity)"
 [ -z "$fits" ] || log "vLLM's KV cache: $fits"
+while IFS= read -r warning; do
+  log "warning: $warning"
+done < <(startup_warnings)
 
 if [ "${TAIL_LOGS:-1}" != 0 ]; then
   log "following $LOG_FILE (Ctrl+C stops following; the service keeps running)"

@@ -48,8 +48,10 @@ def test_gpu_defaults() -> None:
     assert value_of(argv, "--attention-backend") == "FLASH_ATTN"
     assert "--enforce-eager" not in argv
     assert "--api-key" not in argv
-    for absent in ("--max-model-len", "--max-num-seqs", "--gpu-memory-utilization"):
+    for absent in ("--max-num-seqs", "--gpu-memory-utilization"):
         assert absent not in argv
+    # One generation of SEGMENT_MAX_S (300 s at 12.5 tokens/s, the prompt and the flush).
+    assert value_of(argv, "--max-model-len") == str(3750 + 33 + 6 + 11 + 1)
     assert command.env["VLLM_DISABLE_COMPILE_CACHE"] == "1"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in command.env
 
