@@ -52,8 +52,8 @@ idle: env  ## connect, send nothing, expect the idle close
 remote: env  ## warmup against a remote host (wss, longer timeouts)
 	@$(PY) -m clients.remote --server $(SERVER) $(ARGS)
 
-bench: env  ## concurrency sweep against SERVER, with table, JSON and chart
-	@$(PY) -m clients.bench --server $(SERVER) --sweep "$${CONCURRENCY:-8,32,64,100}" $(ARGS)
+bench: env  ## concurrency sweep against SERVER (CONCURRENCY=8,32; default: up to its capacity)
+	@$(PY) -m clients.bench --server $(SERVER) --sweep "$${CONCURRENCY:-auto}" $(ARGS)
 
 bench-proxy: env  ## proxy overhead: direct vs through the proxy (MODE=turns: turn detection off vs on)
 	@$(PY) -m devtools.$(if $(filter turns,$(MODE)),bench_proxy_turns,bench_proxy) $(if $(STREAMS),--streams $(STREAMS)) $(BENCH_PROXY_ARGS) $(ARGS)
