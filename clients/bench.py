@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import sys
 import time
-from urllib.parse import urlsplit
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from tqdm import tqdm

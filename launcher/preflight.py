@@ -8,6 +8,7 @@ forward-compatibility libraries, ports) are fields of ``Host``, so tests can sta
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import socket
@@ -75,7 +76,7 @@ def running_service(environ: Mapping[str, str]) -> dict[str, str] | None:
         state = (run_dir / "launcher.state").read_text()
     except (OSError, ValueError):
         return None
-    if not any(a == b"-m" and b == b"launcher" for a, b in zip(args, args[1:], strict=False)):
+    if not any(a == b"-m" and b == b"launcher" for a, b in itertools.pairwise(args)):
         return None
     values = dict(line.split("=", 1) for line in state.splitlines() if "=" in line)
     return {**values, "PID": str(pid)}

@@ -6,8 +6,9 @@ The server cannot validate raw samples (any bytes are some PCM), so only strong 
 each with its header checked: `RIFF`...`WAVE` with a parsable `fmt ` chunk, `ID3` with a valid
 version, `OggS` version 0, `fLaC` with its STREAMINFO block, an MP4 `ftyp` box, the EBML magic of
 WebM and Matroska, and bare MPEG audio only when consecutive valid frame headers (three) sit
-one computed frame length apart and agree on what a stream keeps from frame to frame. Real audio is full of `FF` bytes (μ-law silence is `FF`, PCM16 -1 is
-`FF FF`), so a bare frame sync alone proves nothing.
+one computed frame length apart and agree on what a stream keeps from frame to frame. Real audio
+is full of `FF` bytes (μ-law silence is `FF`, PCM16 -1 is `FF FF`), so a bare frame sync alone
+proves nothing.
 
 A WAV header describing exactly the session's format is not an error: it is stripped and the
 samples after it are taken.
@@ -183,9 +184,7 @@ def _mpeg(data: bytes) -> Container | None:
 
 # What a client does after a refusal, by what the audio was for.
 UTTERANCE_RESTART = "open a new utterance for new audio"
-STREAM_RESTART = (
-    "a session.update that sets turn_detection or the audio format starts a new stream"
-)
+STREAM_RESTART = "a session.update that sets turn_detection or the audio format starts a new stream"
 
 
 class FirstAudioCheck:

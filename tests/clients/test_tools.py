@@ -11,9 +11,9 @@ from typing import Any
 from clients.audio import TELEPHONY_FORMAT, load_audio, load_pcm
 from clients.bench import auto_levels
 from clients.cli import sample
-from clients.warmup import NO_WORDS_RIGHT, NO_WORDS_RIGHT_WER
 from clients.report import CSV_COLUMNS, STAT_METRICS
 from clients.stats import STAT_KEYS
+from clients.warmup import NO_WORDS_RIGHT, NO_WORDS_RIGHT_WER
 from devtools.fake_vllm import FakeVllm, predict_text
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat, Encoding
@@ -216,9 +216,7 @@ async def test_bench_sweep_writes_json_csv_png(proxy: RunningProxy, tmp_path: Pa
     assert f"wrote {tmp_path / 'tiny.png'}" in run.stdout
 
 
-async def test_bench_auto_sweeps_up_to_the_servers_capacity(
-    fake: FakeVllm, tmp_path: Path
-) -> None:
+async def test_bench_auto_sweeps_up_to_the_servers_capacity(fake: FakeVllm, tmp_path: Path) -> None:
     async with serve_proxy(fake.url, max_connections=3) as proxy:
         run = await run_tool(
             "bench",

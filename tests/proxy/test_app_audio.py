@@ -390,7 +390,7 @@ async def test_a_file_at_the_start_of_the_turn_stream_is_refused() -> None:
     mp3 = io.BytesIO()
     sf.write(mp3, tone(16000, TONE_HZ, 1.0).astype(np.float32) / 32768, 16000, format="MP3")
     async with (
-        fake_and_proxy() as (fake, proxy),
+        fake_and_proxy() as (_, proxy),
         connected(proxy, query="turn_detection=server_vad") as client,
     ):
         await client.send_raw(mp3.getvalue()[:2560])

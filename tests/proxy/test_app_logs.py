@@ -113,13 +113,16 @@ async def test_the_apps_session_id_and_the_connection_id_reach_the_log_lines() -
     the app's own id from its messages on each utterance's line and the closing one; the
     connection_id on every line is session.created's payload.id."""
     lines: list[str] = []
-    async with FakeVllm() as fake, proxy_process(fake.url, "INFO", lines) as proxy:
-        async with connected(
+    async with (
+        FakeVllm() as fake,
+        proxy_process(fake.url, "INFO", lines) as proxy,
+        connected(
             proxy, headers={"X-API-Key": KEYS[0]}, expect_created=False, session_id="app-7"
-        ) as client:
-            created = await client.recv()
-            await client.utterance("r1", load_pcm()[:32000])
-            await client.recv_until("transcription.done", "r1")
+        ) as client,
+    ):
+        created = await client.recv()
+        await client.utterance("r1", load_pcm()[:32000])
+        await client.recv_until("transcription.done", "r1")
     records = [json.loads(line) for line in lines if line.startswith("{")]
     [utterance] = [r for r in records if r.get("event") == "utterance"]
     [closed] = [r for r in records if r.get("event") == "session_closed"]

@@ -58,7 +58,18 @@ WEBM_HEAD = bytes.fromhex("1a45dfa3") + bytes.fromhex("9f4286810142f7810142f2810
         (MP4_HEAD, "MP4/M4A"),
         (WEBM_HEAD, "WebM/Matroska"),
     ],
-    ids=["wav", "wav-44k-stereo", "wav-ulaw", "wav-float", "flac", "ogg", "mp3", "id3", "mp4", "webm"],
+    ids=[
+        "wav",
+        "wav-44k-stereo",
+        "wav-ulaw",
+        "wav-float",
+        "flac",
+        "ogg",
+        "mp3",
+        "id3",
+        "mp4",
+        "webm",
+    ],
 )
 def test_each_container_is_recognised_from_its_first_bytes(data: bytes, name: str) -> None:
     container = sniff(data[:2560])
@@ -81,7 +92,9 @@ def test_a_wav_header_says_its_format_and_where_its_samples_start() -> None:
     [
         b"RIFF\x24\x00\x00\x00WAVEdata\x00\x00\x00\x00",  # no fmt chunk before the samples
         b"RIFF\x24\x00\x00\x00WAVEfmt \x04\x00\x00\x00\x01\x00\x01\x00",  # fmt chunk too short
-        encoded("WAV", "PCM_16")[:12] + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 0, 16000, 0, 2, 16),
+        encoded("WAV", "PCM_16")[:12]
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 0, 16000, 0, 2, 16),
         b"ID3\x05\x00\x00\x00\x00\x00\x0a" + bytes(20),  # no such version
         b"ID3\x04\x00\x00\x80\x00\x00\x0a" + bytes(20),  # size bytes are 7-bit
         b"OggS\x01\x02" + bytes(30),  # page version 1
@@ -128,7 +141,7 @@ def test_mpeg_needs_three_agreeing_frame_headers_each_one_frame_length_on() -> N
     for at in (second, third):
         reserved_version = mp3[:at] + b"\xff\xeb" + mp3[at + 2 :]
         assert sniff(reserved_version) is None
-        other_rate = mp3[:at + 2] + bytes([mp3[at + 2] ^ 0x04]) + mp3[at + 3 :]
+        other_rate = mp3[: at + 2] + bytes([mp3[at + 2] ^ 0x04]) + mp3[at + 3 :]
         assert sniff(other_rate) is None  # a stream keeps its sample rate
 
 

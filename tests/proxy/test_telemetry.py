@@ -91,7 +91,9 @@ def test_an_errored_utterance_names_its_code_and_has_no_finalization_latency(
 ) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=True)
-    telemetry.record(ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None), "app-s1")
+    telemetry.record(
+        ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None), "app-s1"
+    )
     [line] = logs
     assert line["outcome"] == "error:upstream_error"
     assert line["ttfw_ms"] is None

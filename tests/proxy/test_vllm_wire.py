@@ -9,15 +9,15 @@ import pytest
 from proxy import vllm_wire
 from proxy.vllm_wire import (
     FRAME_BYTES,
-    PCM_BYTES_PER_MS,
     FRAME_MS,
     LEFT_PAD_FRAMES,
+    PCM_BYTES_PER_MS,
     decode_event,
+    generation_tokens,
     max_steps,
     owed_audio_bytes,
     prompt_tokens,
     right_pad_frames,
-    generation_tokens,
     segment_audio_limit,
     segment_limit,
     steps_sent,
