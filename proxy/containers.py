@@ -222,16 +222,16 @@ class FirstAudioCheck:
 def refusal(container: Container, fmt: AudioFormat, restart: str = UTTERANCE_RESTART) -> str:
     """The `invalid_audio` message for a file sent as audio."""
     if container.wav_format is not None:
-        what = f"a WAV file of {container.wav_format.describe()}"
+        what = f"WAV of {container.wav_format.describe()}"
         fix = (
             f"send its samples without the header in the session's format ({fmt.describe()}), "
             "or first set the session's audio to the file's format (session.update or the "
             "connect query)"
         )
     else:
-        what = f"a {container.name} file"
+        what = container.name
         fix = f"decode it first (ffmpeg, libsndfile) and send raw {fmt.describe()} samples"
     return (
-        f"This audio starts with the header of {what}; the server takes raw samples, not "
-        f"files: {fix}. The rest of this audio is refused too: {restart}."
+        f"This audio is a file ({what}), not raw samples: {fix}. The rest of this audio is "
+        f"refused too: {restart}."
     )

@@ -365,7 +365,7 @@ async def test_a_wav_file_of_another_format_is_refused_naming_it_and_ends_with_d
     errors = [e for e in events if e["type"] == "error"]
     assert errors, events
     first = assert_error(errors[0], "invalid_audio")
-    assert "WAV file of pcm16 44100 Hz stereo" in first["message"]
+    assert "a file (WAV of pcm16 44100 Hz stereo)" in first["message"]
     assert "pcm16 16000 Hz mono" in first["message"]
     # Every piece of it was refused: nothing reached vLLM, nothing was billed.
     assert all(e["payload"]["message"] == first["message"] for e in errors)
@@ -395,5 +395,5 @@ async def test_a_file_at_the_start_of_the_turn_stream_is_refused() -> None:
     ):
         await client.send_raw(mp3.getvalue()[:2560])
         refused = assert_error(await client.recv(), "invalid_audio")
-    assert "MP3 file" in refused["message"]
+    assert "a file (MP3)" in refused["message"]
     assert "session.update" in refused["message"]

@@ -165,10 +165,10 @@ def test_a_header_only_first_piece_gives_no_audio_and_the_next_is_taken() -> Non
 @pytest.mark.parametrize(
     ("data", "fmt", "says"),
     [
-        (encoded("WAV", "PCM_16", 44100, 2), NATIVE, "a WAV file of pcm16 44100 Hz stereo"),
-        (encoded("WAV", "PCM_16"), ULAW_8K, "a WAV file of pcm16 16000 Hz mono"),
-        (encoded("MP3", "MPEG_LAYER_III"), NATIVE, "a MP3 file"),
-        (encoded("OGG", "VORBIS"), ULAW_8K, "a Ogg file"),
+        (encoded("WAV", "PCM_16", 44100, 2), NATIVE, "a file (WAV of pcm16 44100 Hz stereo)"),
+        (encoded("WAV", "PCM_16"), ULAW_8K, "a file (WAV of pcm16 16000 Hz mono)"),
+        (encoded("MP3", "MPEG_LAYER_III"), NATIVE, "a file (MP3)"),
+        (encoded("OGG", "VORBIS"), ULAW_8K, "a file (Ogg)"),
     ],
     ids=["wav-44k", "wav-not-ulaw", "mp3", "ogg"],
 )
