@@ -18,12 +18,15 @@ from typing import Literal
 
 from proxy.config import (
     AUTO,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MODEL_ID,
     DEFAULT_TRANSCRIPTION_DELAY_MS,
+    DEFAULT_UPSTREAM_PORT,
     ConfigError,
     parse_flag,
     parse_number,
-    parse_segment_max_s,
+    read_setting,
+    realtime_url,
     validate_transcription_delay_ms,
 )
 from proxy.vllm_wire import generation_tokens
@@ -44,14 +47,12 @@ Device = Literal["cpu", "cuda"]
 
 # Serves a tiny random-weight model with the Voxtral-Realtime architecture (no download, no GPU).
 DUMMY_MODEL_ID = "dummy"
-DEFAULT_VLLM_PORT = 8001
 # Delays the model card does not cover: they pass validation but are untested.
 UNTESTED_DELAY_MS = range(1280, 2321)
 # Room for the tiny model's KV cache on CPU; VLLM_CPU_KVCACHE_SPACE would override it, in whole GiB.
 DEFAULT_CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_STARTUP_TIMEOUT_S = {"cpu": 300.0, "cuda": 1800.0}
 CPU_VLLM_VERSION = "0.32.0"
-PROXY_MAX_CONNECTIONS = 100
 # Voxtral's causal audio encoder runs only on the FlashAttention, Triton, CPU, ROCm and AITER
 # attention backends (vLLM 0.32.0, whisper_causal.py raises NotImplementedError otherwise). vLLM
 # picks FlashAttention by itself on A100/L40S/H100, but FlashInfer on B200 (sm100) and with an FP8
@@ -113,7 +114,7 @@ class LauncherConfig:
 
     @property
     def upstream_url(self) -> str:
-        return f"ws://127.0.0.1:{self.vllm_port}/v1/realtime"
+        return realtime_url(self.vllm_port)
 
     @property
     def vllm_url(self) -> str:
@@ -228,8 +229,8 @@ def _max_connections(
     explicit = None if auto else parse_number(environ, "MAX_CONCURRENT_CONNECTIONS", int, 1)
     if explicit is None:
         if max_num_seqs is None:
-            return (PROXY_MAX_CONNECTIONS if auto else None), ()
-        return min(PROXY_MAX_CONNECTIONS, max_num_seqs), ()
+            return (DEFAULT_MAX_CONNECTIONS if auto else None), ()
+        return min(DEFAULT_MAX_CONNECTIONS, max_num_seqs), ()
     if max_num_seqs is not None and explicit > max_num_seqs:
         return explicit, (
             f"MAX_CONCURRENT_CONNECTIONS={explicit} exceeds VLLM_MAX_NUM_SEQS={max_num_seqs}: "
@@ -250,7 +251,7 @@ def load_config(
 
     delay, delay_warnings = _delay(env)
     device = _device(env, detect_gpu)
-    port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_VLLM_PORT
+    port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_UPSTREAM_PORT
     max_num_seqs = parse_number(env, "VLLM_MAX_NUM_SEQS", int, 1)
     # Under the launcher the cap follows what vLLM's KV cache holds unless a number is given
     # (`python -m proxy` alone cannot see the cache and keeps a number).
@@ -275,7 +276,7 @@ def load_config(
         # One generation of SEGMENT_MAX_S (the proxy carries longer utterances over), so vLLM
         # counts its streams at the length they can really reach.
         max_model_len=parse_number(env, "VLLM_MAX_MODEL_LEN", int, 1)
-        or generation_tokens(parse_segment_max_s(env), delay),
+        or generation_tokens(read_setting(env, "segment_max_s"), delay),
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=parse_number(env, "VLLM_MAX_NUM_BATCHED_TOKENS", int, 1),
         enforce_eager=parse_flag(env, "VLLM_ENFORCE_EAGER", False),
