@@ -18,7 +18,13 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
-from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
+from proxy.auth import (
+    SUBPROTOCOL,
+    WRONG_API_KEY,
+    AmbiguousCredential,
+    key_is_valid,
+    presented_key,
+)
 from proxy.client_secrets import is_client_secret, verify_client_secret
 from proxy.limits import auth_failure_details
 from proxy.protocols.codec import Codec
@@ -97,14 +103,16 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
     ``Unauthorized``."""
     if key_is_valid(credential, state.config.api_keys):
         return None
-    if credential is not None and is_client_secret(credential):
+    if credential is None:
+        raise Unauthorized  # the protocol's default message for unauthorized: where to send one
+    if is_client_secret(credential):
         try:
             verify_client_secret(state.client_secrets, credential, time.time())
         except TokenError as exc:
             raise Unauthorized(str(exc)) from None
         return None
-    if credential is None or not looks_like_token(credential):
-        raise Unauthorized  # the protocol's default message for unauthorized
+    if not looks_like_token(credential):
+        raise Unauthorized(WRONG_API_KEY)
     try:
         return state.tokens.verify(credential, time.time())
     except TokenError as exc:

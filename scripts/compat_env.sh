@@ -5,8 +5,9 @@
 #
 # It is its own environment because those clients cannot live in the project's: openai's realtime
 # extra caps websockets below 16, the project needs 17.4 or later. The packages come from
-# tests/compat/env/uv.lock; the env's directory is named after that file's hash, so a changed lock
-# builds a new env and never patches an old one. A build happens in a temporary sibling directory
+# tests/compat/env/requirements.txt (compiled with hashes from requirements.in, exact versions of
+# everything); the env's directory is named after that file's hash, so a changed file builds a new
+# env and never patches an old one. A build happens in a temporary sibling directory
 # that is renamed into place once every step has worked, and the env only counts as complete once
 # its marker file exists, so an interrupted build is never reused.
 set -euo pipefail
@@ -14,8 +15,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-project=tests/compat/env
-lock_hash="$(sha256sum "$project/uv.lock" | cut -c1-12)"
+requirements=tests/compat/env/requirements.txt
+lock_hash="$(sha256sum "$requirements" | cut -c1-12)"
 env_dir="$YAP_CACHE_DIR/compat-clients-$lock_hash"
 marker="$env_dir/.yap-complete"
 
@@ -45,9 +46,10 @@ tmp="$YAP_CACHE_DIR/.compat-clients-$lock_hash.tmp.$$"
 trap 'rm -rf "$tmp"' EXIT
 SECONDS=0
 log "building the compat client env (about 100 packages) in $tmp"
-UV_PROJECT_ENVIRONMENT="$tmp" UV_PYTHON_DOWNLOADS=never \
-  "$uv" sync --project "$project" --frozen --no-install-project --quiet >&2 \
-  || die "uv sync of $project/uv.lock failed"
+UV_PYTHON_DOWNLOADS=never "$uv" venv --quiet --python 3.11 "$tmp" >&2 \
+  || die "could not create a Python 3.11 venv in $tmp"
+"$uv" pip sync --quiet --require-hashes --python "$tmp/bin/python" "$requirements" >&2 \
+  || die "uv pip sync of $requirements failed"
 
 # The venv's scripts and activate files name the temporary path; point them at the final one.
 while IFS= read -r -d '' f; do
@@ -60,6 +62,6 @@ trap - EXIT
 
 "$env_dir/bin/python" -c 'import openai, livekit.plugins.openai, pipecat, mistralai.extra.realtime' \
   || die "the compat client env in $env_dir cannot import its clients"
-printf 'uv.lock %s\n' "$lock_hash" >"$marker"
+printf 'requirements.txt %s\n' "$lock_hash" >"$marker"
 log "compat client env ready in ${SECONDS}s: $env_dir ($(du -sh "$env_dir" | cut -f1))"
 printf '%s\n' "$env_dir"

@@ -21,6 +21,12 @@ class Codec(Protocol):
     # The protocol's name in metrics and logs.
     protocol: str
 
+    @property
+    def app_session_id(self) -> str | None:
+        """The app's own name for its session, as its latest message gave it, where the
+        protocol carries one (for log lines); None otherwise."""
+        ...
+
     def parse_text(self, text: str) -> ClientInput:
         """One text frame: its input, or ``InvalidInput`` saying why it was refused (a frame
         over the connection's size bound included)."""

@@ -75,8 +75,10 @@ class CloseCode:
 
 # The one sentence each refusal carries by default: what happened and what to do about it.
 DEFAULT_MESSAGES: dict[ErrorCode, str] = {
-    ErrorCode.UNAUTHORIZED: "Missing or wrong API key: send it as ?api_key=, X-API-Key or "
-    "Authorization: Bearer.",
+    ErrorCode.UNAUTHORIZED: "No API key or client token was sent: send the key in the "
+    "X-API-Key header (or Authorization: Bearer), or from a browser a client token as the "
+    "subprotocol voxtral-stt.auth.<token>; ?api_key= works too, but puts the key in URLs and "
+    "logs.",
     ErrorCode.SERVER_AT_CAPACITY: "The server is at its connection limit: retry shortly or use "
     "another instance.",
     ErrorCode.IDLE_TIMEOUT: "No message arrived within the idle timeout: reconnect, and send a "
@@ -536,6 +538,10 @@ class EnvelopeCodec:
         # before the client has spoken.
         self.session_id = session_id
         self.max_message_bytes = max_message_bytes
+
+    @property
+    def app_session_id(self) -> str | None:
+        return self.session_id
 
     def parse_text(self, text: str) -> ClientInput:
         session_id, message = parse_text_frame(text, self.max_message_bytes)

@@ -192,6 +192,8 @@ class MistralCodec:
     # Audio opens an utterance; the settings are fixed from the first audio chunk.
     rules = SessionRules(open_on_audio=True, settings_frozen_at_audio=True)
     protocol = "mistral"
+    # Mistral's events name no session of the app's.
+    app_session_id = None
 
     def __init__(
         self, *, models: ModelNames, transcription_delay_ms: int, max_message_bytes: int

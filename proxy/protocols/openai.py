@@ -247,6 +247,8 @@ class OpenAICodec:
 
     rules = SessionRules(open_on_audio=True, utterance_id_prefix="item-")
     protocol = "openai"
+    # OpenAI's events name no session.
+    app_session_id = None
 
     def __init__(
         self,

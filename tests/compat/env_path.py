@@ -1,5 +1,5 @@
-"""The environment of the third-party clients (tests/compat/env/uv.lock), built by
-scripts/compat_env.sh.
+"""The environment of the third-party clients (tests/compat/env/requirements.txt), built
+by scripts/compat_env.sh.
 
 It comes from ``VOXTRAL_COMPAT_ENV`` (``make test`` always sets it, building the env first when
 needed). Without it the compat tests fail, except outside CI, where they are skipped so a quick

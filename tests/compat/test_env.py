@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,16 @@ from tests.compat.harness import run_client
 
 pytestmark = pytest.mark.compat
 
-PROJECT = Path(__file__).resolve().parent / "env" / "pyproject.toml"
+REQUIREMENTS = Path(__file__).resolve().parent / "env" / "requirements.in"
 
 
 def pins() -> dict[str, str]:
-    requirements = tomllib.loads(PROJECT.read_text())["project"]["dependencies"]
+    """The clients requirements.in pins (each exactly)."""
     found: dict[str, str] = {}
-    for requirement in requirements:
+    for line in REQUIREMENTS.read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if not requirement:
+            continue
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]+\])?==([^\s;]+)", requirement)
         assert match, f"{requirement!r} is not an exact pin"
         found[match.group(1)] = match.group(2)

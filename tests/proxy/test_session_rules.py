@@ -181,11 +181,10 @@ def test_settings_freeze_at_the_first_audio() -> None:
 
 def test_session_created_carries_the_full_settings() -> None:
     session = Harness(OPENS_ON_AUDIO).session
-    created = session.created()
-    assert created.id.startswith("sess_")
+    created = session.created("c0ffee123456")
+    assert created.id == "c0ffee123456"  # the connection's id, as its log lines carry it
     assert created.settings == session.settings()
     assert created.settings.limits.inbound_queue_max == LIMITS.inbound_queue_max
-    assert session.created().id != created.id
 
 
 def test_turning_turns_on_drops_audio_that_opened_an_utterance_by_itself() -> None:

@@ -65,15 +65,17 @@ async def main(audio: bytes) -> None:
             InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1),
             SleepFrame(sleep=FRAME_BYTES / 2 / RATE),
         ]
+    # Then time for the last transcript before run_test ends the pipeline (a hang guard: the
+    # fake answers within milliseconds).
     frames: list[Any]
     if mode == "server_vad":
-        frames = [*audio_frames, SleepFrame(sleep=3.0)]
+        frames = [*audio_frames, SleepFrame(sleep=5.0)]
     else:
         frames = [
             VADUserStartedSpeakingFrame(),
             *audio_frames,
             VADUserStoppedSpeakingFrame(),
-            SleepFrame(sleep=3.0),
+            SleepFrame(sleep=5.0),
         ]
     down, up = await run_test(
         service,
