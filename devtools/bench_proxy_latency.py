@@ -106,9 +106,7 @@ async def run_direct(url: str, pieces: list[bytes], frame_s: float) -> Run:
         return Run(words, done - committed)
 
 
-async def run_proxied(
-    url: str, api_key: str, shape: Shape, pieces: list[bytes], index: int
-) -> Run:
+async def run_proxied(url: str, api_key: str, shape: Shape, pieces: list[bytes], index: int) -> Run:
     query = "&".join(f"{k}={v}" for k, v in shape.fmt.query_params().items())
     if shape.server_vad:
         query += "&turn_detection=server_vad"
@@ -140,7 +138,11 @@ async def run_proxied(
                 await ws.send(piece)
             else:
                 audio = base64.b64encode(piece).decode()
-                append = {"type": "input_audio_buffer.append", **envelope, "payload": {"audio": audio}}
+                append = {
+                    "type": "input_audio_buffer.append",
+                    **envelope,
+                    "payload": {"audio": audio},
+                }
                 await ws.send(json_text(append))
         ended = start[0] + len(pieces) * frame_s
         await sleep_until(ended)

@@ -71,9 +71,7 @@ def _read_line(stream: IO[bytes], timeout_s: float) -> str:
     return stream.readline().decode().strip() if ready else ""
 
 
-def start_fake(
-    log_path: Path, delay_ms: int, options: Sequence[str] = ()
-) -> tuple[Child, str]:
+def start_fake(log_path: Path, delay_ms: int, options: Sequence[str] = ()) -> tuple[Child, str]:
     """``python -m devtools.fake_vllm`` (with ``options``) on a free loopback port; returns it
     and its WebSocket URL."""
     args = ["-m", "devtools.fake_vllm", "--host", HOST, "--port", "0", "--delay-ms", str(delay_ms)]

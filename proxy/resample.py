@@ -9,9 +9,10 @@ as long as its input.
 
 The filter is a Kaiser-windowed sinc designed once per rate (and cached): passband to 7 kHz
 from higher rates, to 0.425 of the input rate from lower ones (3.4 kHz for 8 kHz telephony), and
-everything that would fold or image into the passband attenuated by at least 65 dB. It runs only where the rate's ratio to 16 kHz
-needs few phases (`MAX_PHASES`; every common rate from 8 to 48 kHz does); `make_resampler` gives
-soxr's stream for the rest, whose block processing holds back tens of milliseconds.
+everything that would fold or image into the passband attenuated by at least 65 dB. It runs only
+where the rate's ratio to 16 kHz needs few phases (`MAX_PHASES`; every common rate from 8 to
+48 kHz does); `make_resampler` gives soxr's stream for the rest, whose block processing holds
+back tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class _Design:
 
     @property
     def block(self) -> int:
-        return self.coefficients.shape[0] - self.up
+        return int(self.coefficients.shape[0]) - self.up
 
 
 def design_filter(rate: int) -> tuple[int, int, npt.NDArray[np.float64]]:

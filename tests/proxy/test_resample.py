@@ -31,7 +31,8 @@ def direct_form(rate: int, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64
     source = instant // up - np.arange(-(-prototype.size // up))[None, :]
     tap = instant - source * up
     inside = (source >= 0) & (source < x.size) & (tap < prototype.size)
-    terms = np.where(inside, x[source.clip(0, x.size - 1)] * prototype[tap.clip(0, prototype.size - 1)], 0.0)
+    values = x[source.clip(0, x.size - 1)] * prototype[tap.clip(0, prototype.size - 1)]
+    terms = np.where(inside, values, 0.0)
     return terms.sum(axis=1)
 
 
@@ -63,9 +64,7 @@ def level_db(rate: int, hz: float, seconds: float = 1.0) -> tuple[float, float]:
     freqs = np.fft.rfftfreq(y.size, 1 / OUTPUT_RATE)
     folded = abs(hz - OUTPUT_RATE * round(hz / OUTPUT_RATE))
     near = np.abs(freqs - folded) <= 30
-    return float(20 * np.log10(spectrum[near].max())), float(
-        20 * np.log10(spectrum[~near].max())
-    )
+    return float(20 * np.log10(spectrum[near].max())), float(20 * np.log10(spectrum[~near].max()))
 
 
 def passband_top(rate: int) -> float:
