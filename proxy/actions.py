@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from proxy.audio_format import NATIVE, AudioFormat
 from proxy.envelope import ErrorCode
 
 
@@ -113,6 +114,9 @@ class UtteranceEnded:
     first_delta_at: float | None
     final_at: float | None
     ended_at: float
+    # The format the client sent its audio in, and whether server VAD opened the utterance.
+    audio_format: AudioFormat = NATIVE
+    server_vad: bool = False
 
 
 Action = (
