@@ -1,18 +1,19 @@
 """Streaming resampling to 16 kHz with under 2 ms of delay: a polyphase FIR with carried state.
 
-`Resampler(rate)` converts one stream of mono float32 samples. `feed(samples)` returns every
-output sample whose input has arrived, so a 20 ms piece goes out whole apart from the filter's
-half-length (1 ms from 22.05 to 48 kHz, 1.7 ms at 8 kHz: ADVANCED.md, audio formats); `flush()`
-drains the rest at the end. Output n depends only on the input and its own position, so feeding
-a signal in any pieces gives what feeding it at once gives, and the whole stream lasts exactly
-as long as its input.
+`make_resampler(rate)` gives the stream for one rate, of mono float32 samples. `feed(samples)`
+returns every output sample whose input has arrived, so a 20 ms piece goes out whole apart from
+the filter's half-length (1 ms from 22.05 to 48 kHz, 1.7 ms at 8 kHz: ADVANCED.md, audio
+formats); `flush()` drains the rest at the end. Output n depends only on the input and its own
+position, so feeding a signal in any pieces gives what feeding it at once gives, and the whole
+stream lasts exactly as long as its input.
 
 The filter is a Kaiser-windowed sinc designed once per rate (and cached): passband to 7 kHz
 from higher rates, to 0.425 of the input rate from lower ones (3.4 kHz for 8 kHz telephony), and
-everything that would fold or image into the passband attenuated by at least 65 dB. It runs only
-where the rate's ratio to 16 kHz needs few phases (`MAX_PHASES`; every common rate from 8 to
-48 kHz does); `make_resampler` gives soxr's stream for the rest, whose block processing holds
-back tens of milliseconds.
+everything that would fold or image into the passband attenuated by at least 65 dB. It runs as
+`CycleResampler` where the rate's ratio to 16 kHz needs few phases (8, 12, 24, 32, 48 kHz: one
+matrix product per piece), as `Resampler` where it needs up to `MAX_PHASES` (44.1 kHz and its
+family: a gather of each output's window); soxr's stream takes the rest (8001 Hz ...), whose
+block processing holds back tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ PASSBAND_SHARE = 0.425
 # needs 160, 11.025 kHz 640. Rates needing more (8001 Hz: 16000) would need a filter bank of
 # megabytes, designed per rate; soxr takes those.
 MAX_PHASES = 640
+# Ratios with at most this many phases run as CycleResampler (one matrix product per piece).
+CYCLE_PHASES = 4
 # Outputs computed in one step (the coefficient table holds this many rows, rounded up to whole
 # periods of the phase pattern).
 _BLOCK = 512
@@ -109,6 +112,79 @@ def _design(rate: int) -> _Design:
 def phases_for(rate: int) -> int:
     """How many phases the polyphase filter needs for `rate` (see MAX_PHASES)."""
     return OUTPUT_RATE // math.gcd(rate, OUTPUT_RATE)
+
+
+@lru_cache(maxsize=8)
+def _cycle(rate: int) -> tuple[int, int, int, Samples]:
+    """The filter as one matrix per cycle (M inputs in, L outputs out): (L, M, first input of
+    cycle 0's window, matrix of window length x L)."""
+    up, down, prototype = design_filter(rate)
+    last = prototype.size - 1
+    instants = np.arange(up) * down + last // 2  # each output of cycle 0, at up * rate
+    first = int(((instants - last + up - 1) // up).min())
+    span = int((instants // up).max()) - first + 1
+    tap = instants[None, :] - (np.arange(span)[:, None] + first) * up
+    matrix = np.where((tap >= 0) & (tap <= last), prototype[tap.clip(0, last)], 0.0)
+    return up, down, first, np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+class CycleResampler:
+    """One stream from `rate` to 16 kHz whose ratio needs at most CYCLE_PHASES phases (8, 12,
+    24, 32, 48 kHz): each piece is one product of its overlapping windows, M samples apart,
+    with the cycle's matrix. Outputs go in whole cycles, so up to L - 1 of them (0.2 ms) wait
+    for the next piece."""
+
+    __slots__ = ("_buffer", "_cycle", "_first", "_matrix", "_next", "_received", "_single")
+
+    def __init__(self, rate: int) -> None:
+        up, down, first, matrix = _cycle(rate)
+        self._cycle = (up, down, first, matrix.shape[0])
+        self._matrix = matrix
+        self._single = np.ascontiguousarray(matrix[:, 0]) if up == 1 else None
+        # Input from absolute index `_first` on; the stream starts with silence before 0.
+        self._buffer: Samples = np.zeros(-first, dtype=np.float32)
+        self._first = first
+        self._next = 0  # the next cycle
+        self._received = 0
+
+    def feed(self, samples: Samples) -> Samples:
+        self._received += samples.size
+        self._buffer = np.concatenate((self._buffer, samples))
+        return self._emit(None)
+
+    def flush(self) -> Samples:
+        up, down, _, span = self._cycle
+        total = -(-self._received * up // down)
+        self._buffer = np.concatenate((self._buffer, np.zeros(span + down, dtype=np.float32)))
+        return self._emit(total)
+
+    def _emit(self, limit: int | None) -> Samples:
+        up, down, first, span = self._cycle
+        buffer, start = self._buffer, self._next
+        end = (self._first + buffer.size - first - span) // down + 1  # cycles with all input
+        if limit is not None:
+            end = min(end, -(-limit // up))
+        if end <= start:
+            return _EMPTY
+        offset = start * down + first - self._first
+        windows: Samples = np.ndarray(
+            (end - start, span),
+            dtype=np.float32,
+            buffer=buffer,
+            offset=offset * buffer.itemsize,
+            strides=(down * buffer.itemsize, buffer.itemsize),
+        )
+        if self._single is not None:
+            out: Samples = np.dot(windows, self._single)
+        else:
+            out = np.dot(windows, self._matrix).ravel()
+        self._next = end
+        keep = end * down + first
+        self._buffer = buffer[keep - self._first :]
+        self._first = keep
+        if limit is not None:
+            out = out[: limit - start * up]
+        return out
 
 
 class Resampler:
@@ -187,4 +263,7 @@ def make_resampler(rate: int) -> StreamResampler:
     """The resampler for a stream at `rate` (not 16 kHz): the FIR where its phases are few."""
     if rate == OUTPUT_RATE:
         raise ValueError("16 kHz needs no resampling")
-    return Resampler(rate) if phases_for(rate) <= MAX_PHASES else _Soxr(rate)
+    phases = phases_for(rate)
+    if phases <= CYCLE_PHASES:
+        return CycleResampler(rate)
+    return Resampler(rate) if phases <= MAX_PHASES else _Soxr(rate)
