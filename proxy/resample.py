@@ -32,7 +32,13 @@ from proxy.audio_format import NATIVE
 Samples = npt.NDArray[np.float32]
 
 OUTPUT_RATE = NATIVE.sample_rate
-ATTENUATION_DB = 65.0
+# What folds or images into the passband is this far down: 90 dB keeps a 16-bit tone's SNR
+# where soxr had it (ADVANCED.md), but at telephony rates (below TELEPHONY_TOP_HZ) its filter
+# would hold back 2.4 ms, so there 65 dB (far below G.711's own noise; PCM16 still measures
+# 92 dB).
+ATTENUATION_DB = 90.0
+TELEPHONY_ATTENUATION_DB = 65.0
+TELEPHONY_TOP_HZ = 10_000
 PASSBAND_TOP_HZ = 7_000.0
 # Below 16 kHz the passband ends at this share of the input rate (3.4 kHz at 8 kHz).
 PASSBAND_SHARE = 0.425
@@ -81,9 +87,10 @@ def design_filter(rate: int) -> tuple[int, int, npt.NDArray[np.float64]]:
     # Whatever lies above `low - passband` folds (or images) to above the passband.
     stopband = low - passband
     high = rate * up
-    length = math.ceil((ATTENUATION_DB - 7.95) / (14.36 * (stopband - passband) / high)) + 1
+    attenuation = ATTENUATION_DB if rate >= TELEPHONY_TOP_HZ else TELEPHONY_ATTENUATION_DB
+    length = math.ceil((attenuation - 7.95) / (14.36 * (stopband - passband) / high)) + 1
     length += 1 - length % 2  # odd: the delay is a whole number of samples
-    beta = 0.1102 * (ATTENUATION_DB - 8.7)
+    beta = 0.1102 * (attenuation - 8.7)
     cutoff = (passband + stopband) / 2 / high
     n = np.arange(length) - (length - 1) / 2
     return up, down, 2 * cutoff * up * np.sinc(2 * cutoff * n) * np.kaiser(length, beta)
