@@ -3,6 +3,8 @@ its rejection of what would fold into the passband, and how little it holds back
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -162,3 +164,18 @@ def test_a_20_ms_piece_goes_out_but_for_at_most_2_ms(rate: int) -> None:
         out += resampler.feed(x[start : start + step]).size
         owed = (start + step) * OUTPUT_RATE // rate
         assert owed - out <= OUTPUT_RATE * 2 // 1000, (start, owed - out)
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+def test_a_frame_of_the_largest_size_takes_memory_in_proportion(rate: int) -> None:
+    # 1 MiB of PCM16 (the default frame limit) in one piece: the work goes in blocks, so no
+    # temporary grows with the piece beyond a few times the output itself.
+    x = np.zeros(2**19, dtype=np.float32)
+    resampler = make_resampler(rate)
+    tracemalloc.start()
+    try:
+        out = resampler.feed(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 3 * out.nbytes + x.nbytes + 2**20, peak
