@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
+from proxy.guard import HEADER_COUNT_CEILING
 from proxy.limits import INBOUND_QUEUE_MAX_BYTES, OUTBOUND_QUEUE_MAX_BYTES
 
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
@@ -81,6 +82,10 @@ class ProxyConfig:
     max_open_sockets: int = 0
     max_header_count: int = 64
     max_header_bytes: int = 16_384
+    # Below the app, where WebSocket frames are parsed: frames per message (clients send one)
+    # and ping/pong frames per second; beyond either the connection is closed.
+    ws_max_fragments: int = 64
+    ws_max_control_frames_per_s: int = 20
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -210,6 +215,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             f"WS_MAX_MESSAGE_BYTES ({max_message_bytes})"
         )
     segment_pause_ms = parse_number(env, "SEGMENT_PAUSE_MS", int, MIN_PAUSE_MS, MAX_PAUSE_MS)
+    # The WebSocket layer counts headers again, up to its own ceiling.
+    max_header_count = parse_number(env, "HTTP_MAX_HEADERS", int, 8, HEADER_COUNT_CEILING)
     if port > 65535:
         raise ConfigError(f"SERVER_PORT={port} is invalid: use a port number 0..65535")
 
@@ -256,6 +263,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
         http_head_timeout_s=_number(env, "HTTP_HEAD_TIMEOUT_S", 10.0, float, 0.1),
         max_pending_sockets=_number(env, "MAX_PENDING_SOCKETS", 256, int, 1),
         max_open_sockets=_number(env, "MAX_OPEN_SOCKETS", 0, int, 0),
-        max_header_count=_number(env, "HTTP_MAX_HEADERS", 64, int, 8),
+        max_header_count=64 if max_header_count is None else max_header_count,
         max_header_bytes=_number(env, "HTTP_MAX_HEADER_BYTES", 16_384, int, 1024),
+        ws_max_fragments=_number(env, "WS_MAX_FRAGMENTS", 64, int, 1),
+        ws_max_control_frames_per_s=_number(env, "WS_MAX_CONTROL_FRAMES_PER_S", 20, int, 1),
     )
