@@ -70,9 +70,7 @@ class ProxyState:
         self.auth_failures = AuthFailureLimiter(
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
-        self.tokens = TokenIssuer(
-            token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
-        )
+        self.tokens = TokenIssuer(token_secret(config.token_secret), config.token_max_ttl_s)
         self.limits = SessionLimits(
             inbound_queue_max=config.inbound_queue_max,
             inbound_queue_max_bytes=config.inbound_queue_max_bytes,

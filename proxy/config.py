@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
 from proxy.guard import HEADER_COUNT_CEILING
 from proxy.limits import INBOUND_QUEUE_MAX_BYTES, OUTBOUND_QUEUE_MAX_BYTES
+from proxy.tokens import TOKEN_SECRET_MIN_CHARS
 
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_UPSTREAM_URL = "ws://127.0.0.1:8001/v1/realtime"
@@ -70,8 +71,8 @@ class ProxyConfig:
     # Addresses or networks of the front ends (HAProxy, ingress) whose X-Forwarded-For names
     # the real client; empty trusts nobody, so a client cannot choose its own address.
     trusted_proxies: tuple[str, ...] = ()
-    # Signs client tokens; empty derives the secret from the API keys (same keys, same secret
-    # on every replica).
+    # Signs client tokens; empty: a random secret per process (tokens survive neither a
+    # restart nor another replica).
     token_secret: str = field(default="", repr=False)
     token_max_ttl_s: int = 900
     # Before a request head has arrived a socket costs a file handle and nothing else proves
@@ -203,6 +204,12 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             "MAX_CONCURRENT_CONNECTIONS=auto needs the launcher (python -m launcher, make up), "
             "which reads vLLM's KV cache; give python -m proxy a whole number"
         )
+    token_secret = env.get("VOXTRAL_TOKEN_SECRET", "").strip()
+    if token_secret and len(token_secret) < TOKEN_SECRET_MIN_CHARS:
+        raise ConfigError(
+            f"VOXTRAL_TOKEN_SECRET is too short ({len(token_secret)} characters): use at least "
+            f"{TOKEN_SECRET_MIN_CHARS} random characters, e.g. from `openssl rand -hex 32`"
+        )
     port = _number(env, "SERVER_PORT", 8000, int, 0)
     max_message_bytes = _number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024)
     inbound_queue_max_bytes = _number(
@@ -258,7 +265,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
             if origin.strip()
         ),
         trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
-        token_secret=env.get("VOXTRAL_TOKEN_SECRET", "").strip(),
+        token_secret=token_secret,
         token_max_ttl_s=_number(env, "TOKEN_MAX_TTL_S", 900, int, 1),
         http_head_timeout_s=_number(env, "HTTP_HEAD_TIMEOUT_S", 10.0, float, 0.1),
         max_pending_sockets=_number(env, "MAX_PENDING_SOCKETS", 256, int, 1),

@@ -13,6 +13,7 @@ import structlog
 import uvicorn
 
 from proxy.app import ProxyState, create_app
+from proxy.auth import API_KEY_MIN_CHARS
 from proxy.config import ProxyConfig
 from proxy.guard import GuardedConfig, SocketLimits
 from proxy.ws_protocol import FRAME_SIZE_FACTOR, EdgeWebSocketProtocol, WebSocketLimits
@@ -95,6 +96,14 @@ class _Server(uvicorn.Server):
 class ProxyServer:
     def __init__(self, config: ProxyConfig, *, handle_signals: bool = True) -> None:
         self.config = config
+        weak_keys = sum(1 for key in config.api_keys if len(key) < API_KEY_MIN_CHARS)
+        if weak_keys:
+            log.warning(
+                "api_key_weak",
+                keys=weak_keys,
+                advice=f"use API keys of at least {API_KEY_MIN_CHARS} random characters, "
+                "e.g. from `openssl rand -hex 32`",
+            )
         self.app = create_app(config)
         self.state: ProxyState = self.app.state.proxy
         nofile, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
