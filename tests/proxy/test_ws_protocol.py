@@ -56,7 +56,7 @@ async def raw_websocket(
         writer.write(UPGRADE.format(query="", extra=f"X-API-Key: {KEY}\r\n").encode())
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
-        opcode, payload = await read_frame(reader)
+        _, payload = await read_frame(reader)
         assert orjson.loads(payload)["type"] == "session.created"
         if rcvbuf is not None:
             import socket
@@ -94,7 +94,8 @@ async def frames_until_closed(reader: asyncio.StreamReader) -> list[tuple[Opcode
 
 
 def close_code(frames: list[tuple[Opcode, bytes]]) -> int:
-    assert frames and frames[-1][0] is Opcode.CLOSE, frames[-3:]
+    assert frames, "the server sent nothing"
+    assert frames[-1][0] is Opcode.CLOSE, frames[-3:]
     code: int = struct.unpack("!H", frames[-1][1][:2])[0]
     return code
 
@@ -102,7 +103,8 @@ def close_code(frames: list[tuple[Opcode, bytes]]) -> int:
 def no_tracebacks(lines: list[str]) -> None:
     """Client misbehaviour is logged, never as an ERROR with a traceback."""
     for line in lines:
-        assert "Traceback" not in line and '"level": "error"' not in line, line
+        assert "Traceback" not in line, line
+        assert '"level": "error"' not in line, line
 
 
 async def service_still_works(proxy: RunningProxy) -> None:
@@ -226,7 +228,7 @@ async def test_frames_past_twice_the_message_limit_close_1009() -> None:
         raw_websocket(proxy) as (reader, writer),
     ):
         writer.write(frame(Opcode.TEXT, b"x" * (2 * 65536)))
-        opcode, payload = await read_frame(reader)
+        _, payload = await read_frame(reader)
         assert orjson.loads(payload)["payload"]["code"] == "payload_too_large"
         writer.write(frame(Opcode.TEXT, b"x" * (2 * 65536 + 1)))
         assert close_code(await frames_until_closed(reader)) == 1009
