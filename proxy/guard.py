@@ -31,6 +31,9 @@ _TOO_LARGE = (
 # them first, the same way for every route.
 HEADER_LINE_MAX_BYTES = MAX_LINE_LENGTH
 HEADER_COUNT_CEILING = MAX_NUM_HEADERS
+# How long a closed socket may take to flush what we wrote before it is aborted (uvicorn's
+# WebSocket close timeout has the same value).
+CLOSE_TIMEOUT_S = 10.0
 # " HTTP/1.1\r\n" and the space after the method, as uvicorn rebuilds the request line.
 _REQUEST_LINE_EXTRA = len(b"  HTTP/1.1\r\n")
 
@@ -112,9 +115,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._limits = guarded.socket_limits
         self._pending = guarded.pending
         self._head_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         self._head_deadline = 0.0
-        # Bytes of our responses the client had not taken when the head timer was armed.
-        self._unsent = 0
+        self._kept_alive = False  # a response has been sent: the next head is awaited idle
         self._header_count = 0
         self._head_bytes = 0
         self._refused = False
@@ -130,6 +133,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         super().connection_lost(exc)
 
     def evict(self) -> None:
@@ -141,10 +147,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._pending.add(self)
         self._head_deadline = self.loop.time() + self._limits.head_timeout_s
-        self._arm_head_timer()
-
-    def _arm_head_timer(self) -> None:
-        self._unsent = self.transport.get_write_buffer_size()
         self._head_timer = self.loop.call_at(self._head_deadline, self._head_overdue)
 
     def _head_arrived(self) -> None:
@@ -155,25 +157,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _head_overdue(self) -> None:
         self._head_timer = None
-        unsent = self.transport.get_write_buffer_size()
-        if 0 < unsent < self._unsent:
-            # The client is still taking our last responses: it is reading, not idle.
-            self._head_deadline = self.loop.time() + self._limits.head_timeout_s
-            self._arm_head_timer()
-            return
         self._pending.discard(self)
-        if unsent:
-            # Nothing taken for a whole deadline: a 408 would only queue behind the rest.
+        if self._kept_alive and not self._head_bytes:
+            # Idle after its responses: closed without a word, as keep-alive sockets are; a
+            # 408 would land behind responses a slow reader is still taking.
             self._refused = True
-            self.transport.abort()
-            return
-        self._refuse(_TIMEOUT)
+            self._close()
+        else:
+            self._refuse(_TIMEOUT)
 
     def _refuse(self, response: bytes) -> None:
         self._refused = True
         if not self.transport.is_closing():
             self.transport.write(response)
-            self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Closes once the client has taken what we wrote; a client that takes nothing is
+        aborted when the close timer fires."""
+        self.transport.close()
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(CLOSE_TIMEOUT_S, self.transport.abort)
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:  # a refused head has been answered already
@@ -227,4 +231,5 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Idle on keep-alive (nothing queued, nothing in flight): the next head gets the same
         # deadline as the first.
         if self.timeout_keep_alive_task is not None and not self.pipeline and not self._refused:
+            self._kept_alive = True
             self._await_head()

@@ -29,7 +29,7 @@ from uvicorn.server import ServerState
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 
-from proxy.guard import GuardedConfig
+from proxy.guard import CLOSE_TIMEOUT_S, GuardedConfig
 
 log = structlog.get_logger("proxy.ws_protocol")
 
@@ -72,6 +72,7 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         self._control_window_start = 0.0
         self._control_frames = 0
         self._pong_owed: bytes | None = None
+        self.close_timeout = CLOSE_TIMEOUT_S
 
     # The guard's deadline, handed over at the upgrade.
 
