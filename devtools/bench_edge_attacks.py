@@ -45,6 +45,8 @@ from devtools.processes import stop_process
 HOST = "127.0.0.1"
 ATTACKS = ("idle", "h1", "h2", "h3")
 CLIP_SECONDS = 1.0
+# The victim's pause between utterances: a normal client, well inside the message rate limit.
+PAUSE_S = 0.2
 PCM_BYTES_PER_S = 32_000
 CHUNK_BYTES = 2560  # 80 ms
 UPGRADE = (
@@ -53,7 +55,7 @@ UPGRADE = (
 )
 
 
-def start_proxy_in(root: Path, upstream_url: str, api_key: str) -> tuple[Child, int]:
+def start_proxy_in(root: Path, upstream_url: str, api_key: str, logs: Path) -> tuple[Child, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXTRAL_", "WS_"))}
     env.update(
@@ -64,7 +66,7 @@ def start_proxy_in(root: Path, upstream_url: str, api_key: str) -> tuple[Child, 
         MAX_OPEN_SOCKETS="40",
         LOG_LEVEL="WARNING",
     )
-    log_path = Path("/tmp") / f"bench_edge_proxy_{port}.log"
+    log_path = logs / f"proxy-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proxy"],
@@ -174,6 +176,7 @@ async def victim(port: int, key: str, pcm: bytes, stop_at: float) -> dict[str, A
                             if event["type"] == "transcription.done" and event["request_id"] == rid:
                                 latencies.append((time.monotonic() - committed) * 1000)
                                 break
+                        await asyncio.sleep(PAUSE_S)
         except Exception:
             if time.monotonic() < stop_at:
                 refused += 1
@@ -234,13 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--proxy-root", type=Path, default=ROOT)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "edge-logs")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     pcm = load_clip()
     for name in args.attacks:
-        fake, upstream = start_fake(Path("/tmp/bench_edge_fake.log"), 480)
+        fake, upstream = start_fake(args.out / f"fake-{name}.log", 480)
         key = secrets.token_urlsafe(32)
         try:
-            proxy, port = start_proxy_in(args.proxy_root, upstream, key)
+            proxy, port = start_proxy_in(args.proxy_root, upstream, key, args.out)
             try:
                 result = asyncio.run(run_one(name, port, proxy.pid, key, pcm, args.seconds))
             finally:
