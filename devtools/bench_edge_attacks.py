@@ -55,7 +55,9 @@ UPGRADE = (
 )
 
 
-def start_proxy_in(root: Path, upstream_url: str, api_key: str, logs: Path) -> tuple[Child, int]:
+def start_proxy_in(
+    root: Path, upstream_url: str, api_key: str, logs: Path, settings: Sequence[str]
+) -> tuple[Child, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOXTRAL_", "WS_"))}
     env.update(
@@ -66,6 +68,7 @@ def start_proxy_in(root: Path, upstream_url: str, api_key: str, logs: Path) -> t
         MAX_OPEN_SOCKETS="40",
         LOG_LEVEL="WARNING",
     )
+    env.update(dict(setting.split("=", 1) for setting in settings))
     log_path = logs / f"proxy-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -237,6 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--proxy-root", type=Path, default=ROOT)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a proxy setting for the run (e.g. WS_MAX_CONTROL_FRAMES_PER_S=1000000)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "edge-logs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fake, upstream = start_fake(args.out / f"fake-{name}.log", 480)
         key = secrets.token_urlsafe(32)
         try:
-            proxy, port = start_proxy_in(args.proxy_root, upstream, key, args.out)
+            proxy, port = start_proxy_in(args.proxy_root, upstream, key, args.out, args.set)
             try:
                 result = asyncio.run(run_one(name, port, proxy.pid, key, pcm, args.seconds))
             finally:

@@ -47,6 +47,14 @@ class SocketLimits:
     max_header_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketLimits:
+    """Bounds of the WebSocket layer under the app (``proxy.ws_protocol``)."""
+
+    max_fragments: int
+    max_control_frames_per_s: int
+
+
 class Evictable(Protocol):
     def evict(self) -> None:
         """Closes the socket at once: it waited longest while another one needs the room."""
@@ -89,12 +97,14 @@ class PendingSockets:
 
 class GuardedConfig(uvicorn.Config):
     """uvicorn's config plus the limits and the waiting sockets (one set per server, shared by
-    its protocol instances); ``extras`` carries settings for the WebSocket protocol class."""
+    its protocol instances)."""
 
-    def __init__(self, app: Any, limits: SocketLimits, extras: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any, limits: SocketLimits, ws_limits: WebSocketLimits, **kwargs: Any
+    ) -> None:
         super().__init__(app, http=GuardedHttpProtocol, **kwargs)
         self.socket_limits = limits
-        self.extras = extras
+        self.ws_limits = ws_limits
         self.pending = PendingSockets(limits.max_pending)
 
 

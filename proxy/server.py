@@ -15,8 +15,8 @@ import uvicorn
 from proxy.app import ProxyState, create_app
 from proxy.auth import API_KEY_MIN_CHARS
 from proxy.config import ProxyConfig
-from proxy.guard import GuardedConfig, SocketLimits
-from proxy.ws_protocol import FRAME_SIZE_FACTOR, EdgeWebSocketProtocol, WebSocketLimits
+from proxy.guard import GuardedConfig, SocketLimits, WebSocketLimits
+from proxy.ws_protocol import FRAME_SIZE_FACTOR, EdgeWebSocketProtocol
 
 log = structlog.get_logger("proxy.server")
 

@@ -16,7 +16,6 @@ Client misbehaviour is logged at INFO, without a traceback.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -46,12 +45,6 @@ CONTROL_WINDOW_S = 1.0
 _PONG = bytes((0x80 | Opcode.PONG.value,))
 
 
-@dataclass(frozen=True, slots=True)
-class WebSocketLimits:
-    max_fragments: int
-    max_control_frames_per_s: int
-
-
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(
         self,
@@ -62,7 +55,7 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         guarded = cast(GuardedConfig, config)
-        self._limits = cast(WebSocketLimits, guarded.extras)
+        self._limits = guarded.ws_limits
         self._pending = guarded.pending
         self._head_timer: asyncio.TimerHandle | None = None
         self._unparsed = bytearray()
