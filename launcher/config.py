@@ -18,11 +18,14 @@ from typing import Literal
 
 from proxy.config import (
     AUTO,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MODEL_ID,
     DEFAULT_TRANSCRIPTION_DELAY_MS,
+    DEFAULT_UPSTREAM_PORT,
     ConfigError,
     parse_flag,
     parse_number,
+    realtime_url,
     validate_transcription_delay_ms,
 )
 
@@ -42,14 +45,12 @@ Device = Literal["cpu", "cuda"]
 
 # Serves a tiny random-weight model with the Voxtral-Realtime architecture (no download, no GPU).
 DUMMY_MODEL_ID = "dummy"
-DEFAULT_VLLM_PORT = 8001
 # Delays the model card does not cover: they pass validation but are untested.
 UNTESTED_DELAY_MS = range(1280, 2321)
 # Room for the tiny model's KV cache on CPU; VLLM_CPU_KVCACHE_SPACE would override it, in whole GiB.
 DEFAULT_CPU_KV_CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_STARTUP_TIMEOUT_S = {"cpu": 300.0, "cuda": 1800.0}
 CPU_VLLM_VERSION = "0.32.0"
-PROXY_MAX_CONNECTIONS = 100
 # Voxtral's causal audio encoder runs only on the FlashAttention, Triton, CPU, ROCm and AITER
 # attention backends (vLLM 0.32.0, whisper_causal.py raises NotImplementedError otherwise). vLLM
 # picks FlashAttention by itself on A100/L40S/H100, but FlashInfer on B200 (sm100) and with an FP8
@@ -109,7 +110,7 @@ class LauncherConfig:
 
     @property
     def upstream_url(self) -> str:
-        return f"ws://127.0.0.1:{self.vllm_port}/v1/realtime"
+        return realtime_url(self.vllm_port)
 
     @property
     def vllm_url(self) -> str:
@@ -224,8 +225,8 @@ def _max_connections(
     explicit = None if auto else parse_number(environ, "MAX_CONCURRENT_CONNECTIONS", int, 1)
     if explicit is None:
         if max_num_seqs is None:
-            return (PROXY_MAX_CONNECTIONS if auto else None), ()
-        return min(PROXY_MAX_CONNECTIONS, max_num_seqs), ()
+            return (DEFAULT_MAX_CONNECTIONS if auto else None), ()
+        return min(DEFAULT_MAX_CONNECTIONS, max_num_seqs), ()
     if max_num_seqs is not None and explicit > max_num_seqs:
         return explicit, (
             f"MAX_CONCURRENT_CONNECTIONS={explicit} exceeds VLLM_MAX_NUM_SEQS={max_num_seqs}: "
@@ -246,7 +247,7 @@ def load_config(
 
     delay, delay_warnings = _delay(env)
     device = _device(env, detect_gpu)
-    port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_VLLM_PORT
+    port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_UPSTREAM_PORT
     max_num_seqs = parse_number(env, "VLLM_MAX_NUM_SEQS", int, 1)
     connections_auto = env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO
     max_connections, connection_warnings = _max_connections(env, max_num_seqs, connections_auto)

@@ -71,16 +71,7 @@ class ProxyState:
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
         self.tokens = TokenIssuer(token_secret(config.token_secret), config.token_max_ttl_s)
-        self.limits = SessionLimits(
-            inbound_queue_max=config.inbound_queue_max,
-            inbound_queue_max_bytes=config.inbound_queue_max_bytes,
-            outbound_queue_max=config.outbound_queue_max,
-            outbound_queue_max_bytes=config.outbound_queue_max_bytes,
-            max_messages_per_window=config.max_messages_per_window,
-            message_window_s=config.message_window_s,
-            max_cancels_per_window=config.max_cancels_per_window,
-            cancel_window_s=config.cancel_window_s,
-        )
+        self.limits = SessionLimits.from_config(config)
         self.memory = MemoryReleaser()
         # Slots are taken before the upstream is dialled, so admission cannot overshoot.
         self.slots_taken = 0

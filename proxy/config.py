@@ -2,7 +2,8 @@
 
 Every variable name here is part of the public interface (documented in ADVANCED.md and
 .env.example). A bad value raises ``ConfigError`` whose message names the variable and what is
-allowed, so ``python -m proxy`` can exit with one clear line.
+allowed, so ``python -m proxy`` can exit with one clear line. ``ProxyConfig`` is the settings table:
+each field carries its variable, default and rule, and ``load_config`` reads them from it.
 """
 
 from __future__ import annotations
@@ -10,95 +11,38 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
 from proxy.guard import HEADER_COUNT_CEILING
-from proxy.limits import INBOUND_QUEUE_MAX_BYTES, OUTBOUND_QUEUE_MAX_BYTES
 from proxy.tokens import TOKEN_SECRET_MIN_CHARS
 
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
-DEFAULT_UPSTREAM_URL = "ws://127.0.0.1:8001/v1/realtime"
+# vLLM's loopback port under the launcher (VLLM_PORT), and so the proxy's default upstream.
+DEFAULT_UPSTREAM_PORT = 8001
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # One Voxtral step consumes 80 ms of audio; the delay must be a whole number of steps.
 DELAY_STEP_MS = 80
 DELAY_MIN_MS = 80
 DELAY_MAX_MS = 2400
 DEFAULT_TRANSCRIPTION_DELAY_MS = 480
+DEFAULT_MAX_CONNECTIONS = 100
 # MAX_CONCURRENT_CONNECTIONS=auto: the launcher sets the cap from vLLM's KV cache.
 AUTO = "auto"
 
 
+def realtime_url(port: int) -> str:
+    """vLLM's realtime WebSocket on this host."""
+    return f"ws://127.0.0.1:{port}/v1/realtime"
+
+
+DEFAULT_UPSTREAM_URL = realtime_url(DEFAULT_UPSTREAM_PORT)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyConfig:
-    # Kept out of repr so a logged or printed config never shows a key.
-    api_keys: tuple[str, ...] = field(repr=False)
-    upstream_url: str = DEFAULT_UPSTREAM_URL
-    bind_host: str = "0.0.0.0"
-    port: int = 8000
-    model_id: str = DEFAULT_MODEL_ID
-    served_model_name: str = DEFAULT_MODEL_ID
-    transcription_delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS
-    # The pause that splits a done's text into segments (a session may set its own).
-    segment_pause_ms: int = DEFAULT_PAUSE_MS
-    max_connections: int = 100
-    idle_timeout_s: float = 150.0
-    max_duration_s: float = 5400.0
-    inbound_queue_max: int = 256
-    inbound_queue_max_bytes: int = INBOUND_QUEUE_MAX_BYTES
-    max_messages_per_window: int = 5000
-    message_window_s: float = 60.0
-    max_cancels_per_window: int = 50
-    cancel_window_s: float = 60.0
-    max_auth_failures_per_window: int = 20
-    auth_failure_window_s: float = 60.0
-    max_message_bytes: int = 1_048_576
-    drain_timeout_s: float = 30.0
-    outbound_queue_max: int = 1024
-    outbound_queue_max_bytes: int = OUTBOUND_QUEUE_MAX_BYTES
-    upstream_timeout_s: float = 30.0
-    log_level: str = "INFO"
-    demo_page: bool = True
-    log_transcripts: bool = False
-    # Browser Origins allowed to connect; empty allows any (clients without Origin always pass).
-    allowed_origins: tuple[str, ...] = ()
-    # Addresses or networks of the front ends (HAProxy, ingress) whose X-Forwarded-For names
-    # the real client; empty trusts nobody, so a client cannot choose its own address.
-    trusted_proxies: tuple[str, ...] = ()
-    # Signs client tokens; empty: a random secret per process (tokens survive neither a
-    # restart nor another replica).
-    token_secret: str = field(default="", repr=False)
-    token_max_ttl_s: int = 900
-    # Before a request head has arrived a socket costs a file handle and nothing else proves
-    # it is a client: a deadline, and a bound on how many may wait at once.
-    http_head_timeout_s: float = 10.0
-    max_pending_sockets: int = 256
-    # 0: as many as the file-handle limit allows after vLLM's sockets and a reserve.
-    max_open_sockets: int = 0
-    max_header_count: int = 64
-    max_header_bytes: int = 16_384
-    # Below the app, where WebSocket frames are parsed: frames per message (clients send one)
-    # and ping/pong frames per second; beyond either the connection is closed.
-    ws_max_fragments: int = 64
-    ws_max_control_frames_per_s: int = 20
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """Every configured secret, for scrubbing log lines."""
-        return (*self.api_keys, self.token_secret) if self.token_secret else self.api_keys
-
-    @property
-    def upstream_health_url(self) -> str:
-        """vLLM's ``/health`` on the same host and port as the realtime WebSocket."""
-        parts = urlsplit(self.upstream_url)
-        scheme = "https" if parts.scheme == "wss" else "http"
-        return f"{scheme}://{parts.netloc}/health"
 
 
 def validate_transcription_delay_ms(value: int) -> int:
@@ -140,13 +84,6 @@ def parse_number(
     return value
 
 
-def _number(
-    environ: Mapping[str, str], name: str, default: T, kind: Callable[[str], T], minimum: T
-) -> T:
-    value = parse_number(environ, name, kind, minimum)
-    return default if value is None else value
-
-
 def parse_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     """An on/off variable (1/true/yes/on or 0/false/no/off); empty means ``default``."""
     raw = environ.get(name, "").strip().lower()
@@ -179,99 +116,307 @@ def parse_trusted_proxies(raw: str) -> tuple[str, ...]:
     return entries
 
 
-def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
-    env = os.environ if environ is None else environ
-    keys = parse_api_keys(env.get("VOXTRAL_API_KEY", ""))
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """How one ``ProxyConfig`` field is read: its variable and the rule its text must follow.
+    The field's type comes from its default: a bool is a flag (1/true/yes/on, 0/false/no/off),
+    an int or a float a number within ``minimum``..``maximum``, a str the text itself; ``parse``
+    replaces that rule. An unset or blank variable means the default."""
+
+    env: str
+    # What it is, in a few words (the line a docs test suggests when the docs lack it).
+    doc: str
+    # Numbers only: no number setting takes a negative value unless it says so.
+    minimum: float = 0
+    maximum: float | None = None
+    parse: Callable[[str], object] | None = None
+    # Runs on the parsed value and raises ConfigError (a rule bounds cannot say).
+    check: Callable[[Any], object] | None = None
+    # Unset means the value of this earlier field instead of the default.
+    default_from: str | None = None
+
+
+V = TypeVar("V")
+# The key of a field's row in its metadata.
+_ROW = "setting"
+
+
+def setting(
+    env: str,
+    default: V,
+    doc: str,
+    *,
+    minimum: float = 0,
+    maximum: float | None = None,
+    parse: Callable[[str], object] | None = None,
+    check: Callable[[Any], object] | None = None,
+    default_from: str | None = None,
+    secret: bool = False,
+) -> V:
+    """A ``ProxyConfig`` field read from ``env`` (a row of the settings table)."""
+    row = Setting(env, doc, minimum, maximum, parse, check, default_from)
+    made: V = field(default=default, repr=not secret, metadata={_ROW: row})
+    return made
+
+
+def setting_of(item: Field[Any]) -> Setting:
+    """The row of a ``ProxyConfig`` field."""
+    row: Setting = item.metadata[_ROW]
+    return row
+
+
+def _port(value: int) -> None:
+    if value > 65535:
+        raise ConfigError(f"SERVER_PORT={value} is invalid: use a port number 0..65535")
+
+
+def _api_keys(raw: str) -> tuple[str, ...]:
+    keys = parse_api_keys(raw)
     if not keys:
         raise ConfigError(
             "VOXTRAL_API_KEY is not set: set it to one key, or several separated by commas"
         )
+    return keys
 
-    upstream_url = env.get("VOXTRAL_UPSTREAM_URL", "").strip() or DEFAULT_UPSTREAM_URL
-    parts = urlsplit(upstream_url)
+
+def _upstream_url(raw: str) -> str:
+    parts = urlsplit(raw)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ConfigError(
-            f"VOXTRAL_UPSTREAM_URL={upstream_url!r} is invalid: use ws://HOST:PORT/v1/realtime"
+            f"VOXTRAL_UPSTREAM_URL={raw!r} is invalid: use ws://HOST:PORT/v1/realtime"
+        )
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL={level!r} is invalid: use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _token_secret(value: str) -> None:
+    if value and len(value) < TOKEN_SECRET_MIN_CHARS:
+        raise ConfigError(
+            f"VOXTRAL_TOKEN_SECRET is too short ({len(value)} characters): use at least "
+            f"{TOKEN_SECRET_MIN_CHARS} random characters, e.g. from `openssl rand -hex 32`"
         )
 
-    model_id = env.get("VOXTRAL_MODEL_ID", "").strip() or DEFAULT_MODEL_ID
-    log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"LOG_LEVEL={log_level!r} is invalid: use one of {', '.join(LOG_LEVELS)}")
 
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+
+
+# The settings table: one row per variable, its default written here and nowhere else.
+# To add a setting: add a row (name: type = setting(VARIABLE, default, doc, bounds...)) and a
+# line in .env.example (#VARIABLE=default) and in ADVANCED.md §10 (tests/deploy/test_env_example.py
+# compares the three). A session bound also gets a field of the same name in limits.SessionLimits.
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    # Kept out of repr so a logged or printed config never shows a key.
+    api_keys: tuple[str, ...] = field(
+        repr=False,
+        metadata={
+            _ROW: Setting(
+                "VOXTRAL_API_KEY",
+                "one key, or several separated by commas",
+                parse=_api_keys,
+            )
+        },
+    )
+    upstream_url: str = setting(
+        "VOXTRAL_UPSTREAM_URL",
+        DEFAULT_UPSTREAM_URL,
+        "vLLM's realtime WebSocket",
+        parse=_upstream_url,
+    )
+    bind_host: str = setting("SERVER_BIND_HOST", "0.0.0.0", "address the proxy listens on")
+    port: int = setting("SERVER_PORT", 8000, "port the proxy listens on", minimum=0, check=_port)
+    model_id: str = setting("VOXTRAL_MODEL_ID", DEFAULT_MODEL_ID, "the model")
+    served_model_name: str = setting(
+        "VOXTRAL_SERVED_MODEL_NAME",
+        DEFAULT_MODEL_ID,
+        "the name vLLM serves the model under",
+        default_from="model_id",
+    )
+    transcription_delay_ms: int = setting(
+        "VOXTRAL_TRANSCRIPTION_DELAY_MS",
+        DEFAULT_TRANSCRIPTION_DELAY_MS,
+        "the model's delay; a multiple of 80 within 80-2400",
+        minimum=0,
+        check=validate_transcription_delay_ms,
+    )
+    # The pause that splits a done's text into segments (a session may set its own).
+    segment_pause_ms: int = setting(
+        "SEGMENT_PAUSE_MS",
+        DEFAULT_PAUSE_MS,
+        "a silence at least this long splits done's segments",
+        minimum=MIN_PAUSE_MS,
+        maximum=MAX_PAUSE_MS,
+    )
+    max_connections: int = setting(
+        "MAX_CONCURRENT_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, "connection cap", minimum=1
+    )
+    idle_timeout_s: float = setting(
+        "WS_IDLE_TIMEOUT_S", 150.0, "idle timeout, 0 disables", minimum=0.0
+    )
+    max_duration_s: float = setting(
+        "WS_MAX_CONNECTION_DURATION_S", 5400.0, "maximum connection age, 0 disables", minimum=0.0
+    )
+    inbound_queue_max: int = setting(
+        "WS_INBOUND_QUEUE_MAX", 256, "messages waiting for vLLM per connection", minimum=1
+    )
+    # Audio held for vLLM. 8 MiB is over three minutes of real-time audio as base64 (42.7 KB/s),
+    # far more than waits behind a finalizing utterance, and 100 connections hold 800 MiB at most.
+    inbound_queue_max_bytes: int = setting(
+        "WS_INBOUND_QUEUE_MAX_BYTES",
+        8 * 1024 * 1024,
+        "bytes of audio held for vLLM per connection",
+        minimum=1024,
+    )
+    max_messages_per_window: int = setting(
+        "WS_MAX_MESSAGES_PER_WINDOW", 5000, "message rate limit", minimum=1
+    )
+    message_window_s: float = setting(
+        "WS_MESSAGE_WINDOW_SECONDS", 60.0, "message rate window", minimum=0.001
+    )
+    max_cancels_per_window: int = setting(
+        "WS_MAX_CANCELS_PER_WINDOW", 50, "cancel rate limit", minimum=1
+    )
+    cancel_window_s: float = setting(
+        "WS_CANCEL_WINDOW_SECONDS", 60.0, "cancel rate window", minimum=0.001
+    )
+    max_auth_failures_per_window: int = setting(
+        "WS_MAX_AUTH_FAILURES_PER_WINDOW", 20, "failed keys per client address", minimum=1
+    )
+    auth_failure_window_s: float = setting(
+        "WS_AUTH_FAILURE_WINDOW_SECONDS", 60.0, "failed-key window", minimum=0.001
+    )
+    max_message_bytes: int = setting(
+        "WS_MAX_MESSAGE_BYTES", 1_048_576, "largest frame", minimum=1024
+    )
+    drain_timeout_s: float = setting(
+        "WS_DRAIN_TIMEOUT_S", 30.0, "drain deadline on SIGTERM", minimum=0.0
+    )
+    outbound_queue_max: int = setting(
+        "WS_OUTBOUND_QUEUE_MAX", 1024, "events buffered for a client", minimum=16
+    )
+    # Events a reader has not taken yet; a reading client has a few KiB waiting.
+    outbound_queue_max_bytes: int = setting(
+        "WS_OUTBOUND_QUEUE_MAX_BYTES",
+        2 * 1024 * 1024,
+        "bytes of events buffered for a client",
+        minimum=65_536,
+    )
+    upstream_timeout_s: float = setting(
+        "WS_UPSTREAM_TIMEOUT_S", 30.0, "vLLM silence while it owes text, 0 disables", minimum=0.0
+    )
+    log_level: str = setting("LOG_LEVEL", "INFO", "log level", parse=_log_level)
+    demo_page: bool = setting("DEMO_PAGE", True, "serve the browser demo at /")
+    log_transcripts: bool = setting("LOG_TRANSCRIPTS", False, "log each utterance's text")
+    # Browser Origins allowed to connect; empty allows any (clients without Origin always pass).
+    allowed_origins: tuple[str, ...] = setting(
+        "ALLOWED_ORIGINS", (), "browser origins allowed to connect", parse=_origins
+    )
+    # Addresses or networks of the front ends (HAProxy, ingress) whose X-Forwarded-For names
+    # the real client; empty trusts nobody, so a client cannot choose its own address.
+    trusted_proxies: tuple[str, ...] = setting(
+        "TRUSTED_PROXIES",
+        (),
+        "front ends whose X-Forwarded-For names the client",
+        parse=parse_trusted_proxies,
+    )
+    # Signs client tokens; empty: a random secret per process (tokens survive neither a
+    # restart nor another replica).
+    token_secret: str = setting(
+        "VOXTRAL_TOKEN_SECRET",
+        "",
+        "signs client tokens, at least 32 characters",
+        check=_token_secret,
+        secret=True,
+    )
+    token_max_ttl_s: int = setting("TOKEN_MAX_TTL_S", 900, "longest token lifetime", minimum=1)
+    # Before a request head has arrived a socket costs a file handle and nothing else proves
+    # it is a client: a deadline, and a bound on how many may wait at once.
+    http_head_timeout_s: float = setting(
+        "HTTP_HEAD_TIMEOUT_S", 10.0, "deadline for a request head", minimum=0.1
+    )
+    max_pending_sockets: int = setting(
+        "MAX_PENDING_SOCKETS", 256, "sockets waiting for their head", minimum=1
+    )
+    # 0: as many as the file-handle limit allows after vLLM's sockets and a reserve.
+    max_open_sockets: int = setting(
+        "MAX_OPEN_SOCKETS", 0, "client sockets open at once (0: automatic)", minimum=0
+    )
+    # The WebSocket layer counts an upgrade's headers again, up to its own ceiling.
+    max_header_count: int = setting(
+        "HTTP_MAX_HEADERS",
+        64,
+        "headers in one request",
+        minimum=8,
+        maximum=HEADER_COUNT_CEILING,
+    )
+    max_header_bytes: int = setting(
+        "HTTP_MAX_HEADER_BYTES", 16_384, "bytes of a request head", minimum=1024
+    )
+    # Below the app, where WebSocket frames are parsed: frames per message (clients send one)
+    # and ping/pong frames per second; beyond either the connection is closed.
+    ws_max_fragments: int = setting(
+        "WS_MAX_FRAGMENTS", 64, "frames in one WebSocket message", minimum=1
+    )
+    ws_max_control_frames_per_s: int = setting(
+        "WS_MAX_CONTROL_FRAMES_PER_S", 20, "ping and pong frames per second", minimum=1
+    )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret, for scrubbing log lines."""
+        return (*self.api_keys, self.token_secret) if self.token_secret else self.api_keys
+
+    @property
+    def upstream_health_url(self) -> str:
+        """vLLM's ``/health`` on the same host and port as the realtime WebSocket."""
+        parts = urlsplit(self.upstream_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return f"{scheme}://{parts.netloc}/health"
+
+
+SETTINGS: tuple[Field[Any], ...] = fields(ProxyConfig)
+
+
+def _read(environ: Mapping[str, str], item: Field[Any], read: Mapping[str, Any]) -> Any:
+    """One field's value from its variable (``read``: the fields before it)."""
+    row = setting_of(item)
+    raw = environ.get(row.env, "").strip()
+    if not raw and item.default is not MISSING:
+        return read[row.default_from] if row.default_from else item.default
+    if row.parse is not None:
+        value: Any = row.parse(raw)
+    elif isinstance(item.default, bool):
+        value = parse_flag(environ, row.env, item.default)
+    elif isinstance(item.default, int | float):
+        value = parse_number(environ, row.env, type(item.default), row.minimum, row.maximum)
+    else:
+        value = raw
+    if row.check is not None:
+        row.check(value)
+    return value
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:
+    env = os.environ if environ is None else environ
     if env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO:
         raise ConfigError(
             "MAX_CONCURRENT_CONNECTIONS=auto needs the launcher (python -m launcher, make up), "
             "which reads vLLM's KV cache; give python -m proxy a whole number"
         )
-    token_secret = env.get("VOXTRAL_TOKEN_SECRET", "").strip()
-    if token_secret and len(token_secret) < TOKEN_SECRET_MIN_CHARS:
-        raise ConfigError(
-            f"VOXTRAL_TOKEN_SECRET is too short ({len(token_secret)} characters): use at least "
-            f"{TOKEN_SECRET_MIN_CHARS} random characters, e.g. from `openssl rand -hex 32`"
-        )
-    port = _number(env, "SERVER_PORT", 8000, int, 0)
-    max_message_bytes = _number(env, "WS_MAX_MESSAGE_BYTES", 1_048_576, int, 1024)
-    inbound_queue_max_bytes = _number(
-        env, "WS_INBOUND_QUEUE_MAX_BYTES", INBOUND_QUEUE_MAX_BYTES, int, 1024
-    )
-    if inbound_queue_max_bytes < max_message_bytes:
+    values: dict[str, Any] = {}
+    for item in SETTINGS:
+        values[item.name] = _read(env, item, values)
+    if values["inbound_queue_max_bytes"] < values["max_message_bytes"]:
         # One message of the largest size allowed must fit, or it could never be held.
         raise ConfigError(
-            f"WS_INBOUND_QUEUE_MAX_BYTES={inbound_queue_max_bytes} is invalid: use at least "
-            f"WS_MAX_MESSAGE_BYTES ({max_message_bytes})"
+            f"WS_INBOUND_QUEUE_MAX_BYTES={values['inbound_queue_max_bytes']} is invalid: use at "
+            f"least WS_MAX_MESSAGE_BYTES ({values['max_message_bytes']})"
         )
-    segment_pause_ms = parse_number(env, "SEGMENT_PAUSE_MS", int, MIN_PAUSE_MS, MAX_PAUSE_MS)
-    # The WebSocket layer counts headers again, up to its own ceiling.
-    max_header_count = parse_number(env, "HTTP_MAX_HEADERS", int, 8, HEADER_COUNT_CEILING)
-    if port > 65535:
-        raise ConfigError(f"SERVER_PORT={port} is invalid: use a port number 0..65535")
-
-    return ProxyConfig(
-        api_keys=keys,
-        upstream_url=upstream_url,
-        bind_host=env.get("SERVER_BIND_HOST", "").strip() or "0.0.0.0",
-        port=port,
-        model_id=model_id,
-        served_model_name=env.get("VOXTRAL_SERVED_MODEL_NAME", "").strip() or model_id,
-        transcription_delay_ms=validate_transcription_delay_ms(
-            _number(env, "VOXTRAL_TRANSCRIPTION_DELAY_MS", DEFAULT_TRANSCRIPTION_DELAY_MS, int, 0)
-        ),
-        segment_pause_ms=DEFAULT_PAUSE_MS if segment_pause_ms is None else segment_pause_ms,
-        max_connections=_number(env, "MAX_CONCURRENT_CONNECTIONS", 100, int, 1),
-        idle_timeout_s=_number(env, "WS_IDLE_TIMEOUT_S", 150.0, float, 0.0),
-        max_duration_s=_number(env, "WS_MAX_CONNECTION_DURATION_S", 5400.0, float, 0.0),
-        inbound_queue_max=_number(env, "WS_INBOUND_QUEUE_MAX", 256, int, 1),
-        inbound_queue_max_bytes=inbound_queue_max_bytes,
-        max_messages_per_window=_number(env, "WS_MAX_MESSAGES_PER_WINDOW", 5000, int, 1),
-        message_window_s=_number(env, "WS_MESSAGE_WINDOW_SECONDS", 60.0, float, 0.001),
-        max_cancels_per_window=_number(env, "WS_MAX_CANCELS_PER_WINDOW", 50, int, 1),
-        cancel_window_s=_number(env, "WS_CANCEL_WINDOW_SECONDS", 60.0, float, 0.001),
-        max_auth_failures_per_window=_number(env, "WS_MAX_AUTH_FAILURES_PER_WINDOW", 20, int, 1),
-        auth_failure_window_s=_number(env, "WS_AUTH_FAILURE_WINDOW_SECONDS", 60.0, float, 0.001),
-        max_message_bytes=max_message_bytes,
-        drain_timeout_s=_number(env, "WS_DRAIN_TIMEOUT_S", 30.0, float, 0.0),
-        outbound_queue_max=_number(env, "WS_OUTBOUND_QUEUE_MAX", 1024, int, 16),
-        outbound_queue_max_bytes=_number(
-            env, "WS_OUTBOUND_QUEUE_MAX_BYTES", OUTBOUND_QUEUE_MAX_BYTES, int, 65_536
-        ),
-        upstream_timeout_s=_number(env, "WS_UPSTREAM_TIMEOUT_S", 30.0, float, 0.0),
-        log_level=log_level,
-        demo_page=parse_flag(env, "DEMO_PAGE", True),
-        log_transcripts=parse_flag(env, "LOG_TRANSCRIPTS", False),
-        allowed_origins=tuple(
-            origin.strip().rstrip("/")
-            for origin in env.get("ALLOWED_ORIGINS", "").split(",")
-            if origin.strip()
-        ),
-        trusted_proxies=parse_trusted_proxies(env.get("TRUSTED_PROXIES", "")),
-        token_secret=token_secret,
-        token_max_ttl_s=_number(env, "TOKEN_MAX_TTL_S", 900, int, 1),
-        http_head_timeout_s=_number(env, "HTTP_HEAD_TIMEOUT_S", 10.0, float, 0.1),
-        max_pending_sockets=_number(env, "MAX_PENDING_SOCKETS", 256, int, 1),
-        max_open_sockets=_number(env, "MAX_OPEN_SOCKETS", 0, int, 0),
-        max_header_count=64 if max_header_count is None else max_header_count,
-        max_header_bytes=_number(env, "HTTP_MAX_HEADER_BYTES", 16_384, int, 1024),
-        ws_max_fragments=_number(env, "WS_MAX_FRAGMENTS", 64, int, 1),
-        ws_max_control_frames_per_s=_number(env, "WS_MAX_CONTROL_FRAMES_PER_S", 20, int, 1),
-    )
+    return ProxyConfig(**values)

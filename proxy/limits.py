@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+from proxy.config import ProxyConfig
 
 # After this many refused messages within the message window the connection is closed.
 RATE_REFUSALS_BEFORE_CLOSE = 32
 
-# Byte budgets of one connection (WS_INBOUND_QUEUE_MAX_BYTES, WS_OUTBOUND_QUEUE_MAX_BYTES).
-# Inbound: audio held for vLLM. 8 MiB is over three minutes of real-time audio as base64 (42.7
-# KB/s), far more than waits behind a finalizing utterance, and 100 connections hold 800 MiB
-# at most. Outbound: events a reader has not taken yet; a reading client has a few KiB waiting.
-INBOUND_QUEUE_MAX_BYTES = 8 * 1024 * 1024
-OUTBOUND_QUEUE_MAX_BYTES = 2 * 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    inbound_queue_max: int = 256
-    inbound_queue_max_bytes: int = INBOUND_QUEUE_MAX_BYTES
-    outbound_queue_max: int = 1024
-    outbound_queue_max_bytes: int = OUTBOUND_QUEUE_MAX_BYTES
-    max_messages_per_window: int = 5000
-    message_window_s: float = 60.0
-    max_cancels_per_window: int = 50
-    cancel_window_s: float = 60.0
+    """One connection's bounds: the ``ProxyConfig`` fields of the same names."""
+
+    inbound_queue_max: int
+    inbound_queue_max_bytes: int
+    outbound_queue_max: int
+    outbound_queue_max_bytes: int
+    max_messages_per_window: int
+    message_window_s: float
+    max_cancels_per_window: int
+    cancel_window_s: float
+
+    @classmethod
+    def from_config(cls, config: ProxyConfig) -> SessionLimits:
+        return cls(**{item.name: getattr(config, item.name) for item in fields(cls)})
 
     def inbound_full(self, waiting: int, waiting_bytes: int, incoming: int) -> bool:
         """Whether a message of ``incoming`` bytes of audio comes on top of too many messages,

@@ -79,10 +79,26 @@ class VadStream:
     """One session's audio into the engine. Feed 16 kHz mono PCM16 little-endian bytes in any
     sizes; the engine calls ``on_windows`` on the event loop after each step that scored some."""
 
-    __slots__ = ("_engine", "_on_windows", "_pending", "_windows_done", "closed", "row")
+    __slots__ = (
+        "_on_closed",
+        "_on_ready",
+        "_on_windows",
+        "_pending",
+        "_windows_done",
+        "closed",
+        "row",
+    )
 
-    def __init__(self, engine: VadEngine, row: int, on_windows: OnWindows) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        row: int,
+        on_windows: OnWindows,
+        on_ready: Callable[[], None],
+        on_closed: Callable[[VadStream], None],
+    ) -> None:
+        # The engine's hooks: a whole window is pending (wake its loop), the stream left.
+        self._on_ready = on_ready
+        self._on_closed = on_closed
         self._on_windows = on_windows
         self._pending = bytearray()
         self.row = row
@@ -94,7 +110,7 @@ class VadStream:
             raise RuntimeError("feed() on a closed VAD stream")
         self._pending += pcm16
         if len(self._pending) >= _WINDOW_BYTES:
-            self._engine._wake.set()
+            self._on_ready()
 
     @property
     def pending_windows(self) -> int:
@@ -104,15 +120,21 @@ class VadStream:
         """Leaves the engine; results of a step in flight are dropped. Idempotent."""
         if not self.closed:
             self.closed = True
-            self._engine._release(self)
+            self._on_closed(self)
 
-    def _take(self, count: int) -> bytes:
+    def take(self, count: int) -> bytes:
+        """The engine's: removes and returns the next ``count`` whole windows of audio."""
         size = count * _WINDOW_BYTES
         taken = bytes(self._pending[:size])
         del self._pending[:size]
         return taken
 
-    def _deliver(self, windows: list[Window]) -> None:
+    def deliver(self, probabilities: list[float]) -> None:
+        """The engine's: the scores of the next windows, in order, handed on with their end
+        times (ms from the stream's first sample)."""
+        first = self._windows_done
+        self._windows_done += len(probabilities)
+        windows = [((first + k + 1) * WINDOW_MS, p) for k, p in enumerate(probabilities)]
         try:
             self._on_windows(windows)
         except Exception:
@@ -144,7 +166,7 @@ class VadEngine:
         row = self._free_rows.pop()
         self._state[:, row] = 0.0
         self._context[row] = 0.0
-        stream = VadStream(self, row, on_windows)
+        stream = VadStream(row, on_windows, self._wake.set, self._release)
         self._streams[row] = stream
         return stream
 
@@ -175,9 +197,7 @@ class VadEngine:
             return 0
         rows = np.fromiter((s.row for s, _ in batch), dtype=np.intp, count=len(batch))
         counts = np.fromiter((n for _, n in batch), dtype=np.intp, count=len(batch))
-        audio = [
-            np.frombuffer(s._take(n), dtype="<i2").reshape(n, WINDOW_SAMPLES) for s, n in batch
-        ]
+        audio = [np.frombuffer(s.take(n), dtype="<i2").reshape(n, WINDOW_SAMPLES) for s, n in batch]
         state = self._state[:, rows]
         context = self._context[rows]
         probs, state, context = await asyncio.get_running_loop().run_in_executor(
@@ -192,11 +212,7 @@ class VadEngine:
                 continue
             self._state[:, stream.row] = state[:, i]
             self._context[stream.row] = context[i]
-            first = stream._windows_done
-            stream._windows_done += count
-            stream._deliver(
-                [((first + k + 1) * WINDOW_MS, float(probs[k, i])) for k in range(count)]
-            )
+            stream.deliver([float(probs[k, i]) for k in range(count)])
             scored += count
         return scored
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.config import ProxyConfig
 from proxy.limits import AuthFailureLimiter, Refusal, RollingWindow, SessionLimits
 
 
@@ -186,7 +187,9 @@ def test_memory_never_exceeds_max_addresses(max_addresses: int, failures: list[i
     ],
 )
 def test_outbound_full_on_either_bound(events: int, nbytes: int, incoming: int, full: bool) -> None:
-    limits = SessionLimits(outbound_queue_max=3, outbound_queue_max_bytes=2000)
+    limits = SessionLimits.from_config(
+        ProxyConfig(api_keys=("k",), outbound_queue_max=3, outbound_queue_max_bytes=2000)
+    )
     assert limits.outbound_full(events, nbytes, incoming) is full
 
 
@@ -203,5 +206,7 @@ def test_outbound_full_on_either_bound(events: int, nbytes: int, incoming: int, 
 def test_inbound_full_on_either_bound(
     waiting: int, waiting_bytes: int, incoming: int, full: bool
 ) -> None:
-    limits = SessionLimits(inbound_queue_max=3, inbound_queue_max_bytes=2000)
+    limits = SessionLimits.from_config(
+        ProxyConfig(api_keys=("k",), inbound_queue_max=3, inbound_queue_max_bytes=2000)
+    )
     assert limits.inbound_full(waiting, waiting_bytes, incoming) is full

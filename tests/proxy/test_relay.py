@@ -89,7 +89,7 @@ class FakeClient:
 
 
 class Rig:
-    def __init__(self, limits: SessionLimits | None = None, **config: Any) -> None:
+    def __init__(self, **config: Any) -> None:
         self.config = ProxyConfig(api_keys=("k",), served_model_name=MODEL, **config)
         self.client = FakeClient()
         self.upstream = FakeUpstream()
@@ -97,7 +97,7 @@ class Rig:
         session = Session(
             session_id=SID,
             served_model=MODEL,
-            limits=limits or SessionLimits(),
+            limits=SessionLimits.from_config(self.config),
             transcription_delay_ms=self.config.transcription_delay_ms,
         )
         self.relay = Relay(
@@ -190,7 +190,7 @@ async def test_text_waiting_for_vllms_socket_counts_toward_the_inbound_byte_budg
     """What waits in pending_upstream is held audio too: its bytes, reported to the session,
     end the connection with inbound_queue_full before they pass the budget."""
     budget = 16_384
-    rig = Rig(SessionLimits(inbound_queue_max_bytes=budget))
+    rig = Rig(inbound_queue_max_bytes=budget)
     rig.start()
     upstream = rig.upstream
     rig.client.text("input_audio_buffer.commit", "r1", final=False)
@@ -215,7 +215,7 @@ async def test_events_a_client_does_not_read_are_bounded_in_bytes() -> None:
     """Pongs pile up for a client that reads nothing: past WS_OUTBOUND_QUEUE_MAX_BYTES they
     are dropped and the client gets slow_consumer, long before the event bound."""
     budget = 65_536
-    rig = Rig(SessionLimits(outbound_queue_max_bytes=budget))
+    rig = Rig(outbound_queue_max_bytes=budget)
     rig.client.reading.clear()
     rig.start()
     pad = "x" * 4000

@@ -31,6 +31,7 @@ from proxy.actions import (
 )
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import NATIVE, AudioFormat
+from proxy.config import ProxyConfig
 from proxy.envelope import (
     FORMAT_CHANGE_IN_UTTERANCE,
     NO_OPEN_UTTERANCE,
@@ -82,7 +83,7 @@ class Harness:
         self.session = Session(
             session_id=SERVER_SID,
             served_model=MODEL,
-            limits=SessionLimits(**limits),
+            limits=SessionLimits.from_config(ProxyConfig(api_keys=("k",), **limits)),
             transcription_delay_ms=DELAY_MS,
             segment_max_bytes=segment_max_bytes,
             audio_format=audio_format,

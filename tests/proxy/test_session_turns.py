@@ -21,6 +21,7 @@ from proxy.actions import (
     UtteranceStarted,
 )
 from proxy.audio_format import make_format
+from proxy.config import ProxyConfig
 from proxy.envelope import Append, Cancel, Commit, ErrorCode, SessionUpdate
 from proxy.limits import SessionLimits
 from proxy.session import Session
@@ -45,7 +46,7 @@ class Harness:
         self.session = Session(
             session_id=SID,
             served_model=MODEL,
-            limits=SessionLimits(),
+            limits=SessionLimits.from_config(ProxyConfig(api_keys=("k",))),
             transcription_delay_ms=480,
             turn_options=options,
         )
