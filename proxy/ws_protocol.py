@@ -32,9 +32,9 @@ from proxy.guard import CLOSE_TIMEOUT_S, GuardedConfig
 
 log = structlog.get_logger("proxy.ws_protocol")
 
-# Frames are fed to the parser in slices this large: a slice holds at most ~340 (empty, masked)
+# Frames are fed to the parser in slices this large: a slice holds at most ~680 (empty, masked)
 # frames, so a turn stays short whatever one read brought.
-SLICE_BYTES = 2048
+SLICE_BYTES = 4096
 FRAMES_PER_TURN = 64
 # The WebSocket layer admits frames up to this many times the app's message limit, so the app
 # can answer a message slightly too large in-band (payload_too_large); beyond, close 1009.
@@ -305,7 +305,8 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             self._close_transport()
         if self.handshake_complete and not answered:
             self._app_answered()
-        self._parse()
+        if message["type"] != "websocket.send":
+            self._parse()  # accepted or closed: reading may start, or resume for the close
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self.queue.get()
