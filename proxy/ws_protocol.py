@@ -114,8 +114,11 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         self._parse()
 
     def data_received(self, data: bytes) -> None:
-        self._unparsed += data
-        self._parse()
+        if self._unparsed or len(data) > SLICE_BYTES:
+            self._unparsed += data
+            self._parse()
+        else:
+            self._parse(data)  # the usual read: one message, parsed without a copy
 
     # Parsing, a bounded amount per turn.
 
@@ -129,11 +132,17 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             or (self.handshake_initiated and not self.handshake_complete)  # app not answered
         )
 
-    def _parse(self) -> None:
+    def _parse(self, data: bytes = b"") -> None:
+        """Parses ``data`` (at most a slice), then what is left unparsed, while allowed."""
         frames = 0
-        while self._unparsed and self._may_parse():
-            chunk = bytes(self._unparsed[:SLICE_BYTES])
-            del self._unparsed[:SLICE_BYTES]
+        while self._may_parse():
+            if data:
+                chunk, data = data, b""
+            elif self._unparsed:
+                chunk = bytes(self._unparsed[:SLICE_BYTES])
+                del self._unparsed[:SLICE_BYTES]
+            else:
+                break
             self.conn.receive_data(chunk)
             frames += self.handle_events()
             if self.transport.is_closing():
@@ -147,6 +156,8 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             if frames >= FRAMES_PER_TURN and self._unparsed and self._may_parse():
                 self._turn_scheduled = True
                 self.loop.call_soon(self._next_turn)
+        if data:
+            self._unparsed += data
         self._update_reading()
 
     def _next_turn(self) -> None:
@@ -225,6 +236,8 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
     def _flush(self) -> None:
         """Writes what websockets queued, minus the pongs it queued for every ping: only the
         latest ping is answered, once the client takes what we write."""
+        if not self.conn.writes and self._pong_owed is None:
+            return
         writes = self._outgoing()
         if (
             self._pong_owed is not None
