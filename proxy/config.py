@@ -31,6 +31,10 @@ DEFAULT_TRANSCRIPTION_DELAY_MS = 480
 DEFAULT_MAX_CONNECTIONS = 100
 # MAX_CONCURRENT_CONNECTIONS=auto: the launcher sets the cap from vLLM's KV cache.
 AUTO = "auto"
+# The longest audio one vLLM generation takes before the utterance carries over onto the next
+# (SEGMENT_MAX_S): the bound on what one stream holds in vLLM's KV cache.
+DEFAULT_SEGMENT_MAX_S = 300.0
+MIN_SEGMENT_MAX_S = 10.0
 
 
 def realtime_url(port: int) -> str:
@@ -254,6 +258,13 @@ class ProxyConfig:
         minimum=MIN_PAUSE_MS,
         maximum=MAX_PAUSE_MS,
     )
+    # The launcher also sizes vLLM's max_model_len to one such generation (launcher.config).
+    segment_max_s: float = setting(
+        "SEGMENT_MAX_S",
+        DEFAULT_SEGMENT_MAX_S,
+        "most audio (s) one vLLM generation takes before the utterance carries over",
+        minimum=MIN_SEGMENT_MAX_S,
+    )
     max_connections: int = setting(
         "MAX_CONCURRENT_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, "connection cap", minimum=1
     )
@@ -401,6 +412,13 @@ def _read(environ: Mapping[str, str], item: Field[Any], read: Mapping[str, Any])
     if row.check is not None:
         row.check(value)
     return value
+
+
+def read_setting(environ: Mapping[str, str], name: str) -> Any:
+    """One setting read alone, by its field's name (the launcher reads the few it needs before
+    it builds the proxy's environment)."""
+    item = next(item for item in SETTINGS if item.name == name)
+    return _read(environ, item, {})
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:

@@ -115,6 +115,7 @@ class ProxyServer:
                 max_open_sockets=limits.max_open,
                 max_connections=config.max_connections,
                 advice=advice,
+                startup=True,
             )
         uvicorn_config = GuardedConfig(
             self.app,

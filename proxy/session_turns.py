@@ -89,7 +89,7 @@ def _open_turn(session: Session, turns: TurnStream, event: SpeechStarted) -> Non
     while any(u.request_id == request_id for u in session.in_flight):
         request_id = turns.next_request_id()  # a client utterance from before has its name
     # The turn's audio comes from the stream, already at 16 kHz.
-    utterance = Utterance(request_id, opened_at=now, audio=UtteranceAudio(NATIVE))
+    utterance = Utterance(request_id, opened_at=now, audio=UtteranceAudio(NATIVE, client=False))
     session._out.append(UtteranceStarted(request_id, now))
     session.line.append(utterance)
     session.open = utterance
