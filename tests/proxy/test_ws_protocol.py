@@ -180,6 +180,36 @@ async def test_only_the_latest_of_many_pings_is_answered() -> None:
     no_tracebacks(lines)
 
 
+def rss_mib(pid: int | None) -> float:
+    assert pid is not None
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_pings_from_a_peer_that_never_reads_do_not_grow_memory() -> None:
+    """64 MiB of pings, nothing read back (the issue measured RSS 93 -> 1,088 MiB): pongs are
+    written only while the client takes them, so the proxy's memory stays put."""
+    lines: list[str] = []
+    async with (
+        edge_proxy(lines, WS_MAX_CONTROL_FRAMES_PER_S="1000000") as proxy,
+        raw_websocket(proxy, rcvbuf=4096) as (_, writer),
+    ):
+        before = rss_mib(proxy.pid)
+        blob = frame(Opcode.PING, b"x" * 125) * 8000  # 1 MiB
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GUARD_S):
+                for _ in range(64):
+                    writer.write(blob)
+                    await writer.drain()
+        assert rss_mib(proxy.pid) - before < 32
+        async with httpx.AsyncClient(base_url=proxy.http_url, timeout=GUARD_S) as http:
+            assert (await http.get("/healthz")).status_code == 200
+    no_tracebacks(lines)
+
+
 async def test_a_ping_flood_is_closed_1008() -> None:
     lines: list[str] = []
     async with edge_proxy(lines) as proxy, raw_websocket(proxy) as (reader, writer):
