@@ -3,9 +3,10 @@ under an ``asyncio.Protocol``) with bounds of its own, below the app, where fram
 
 - the upgrade keeps the guard's head deadline, and counts as a waiting socket, until the app
   has accepted or refused it; a head websockets refuses is answered (431) and closed;
-- bytes are parsed a slice at a time, at most ``FRAMES_PER_TURN`` frames before the loop gets
-  a turn, and not at all while a message waits for the app, while our own writes are paused,
-  or while the app has not answered the upgrade: one socket cannot hold the loop or fill memory;
+- bytes are parsed a slice (``SLICE_BYTES``) at a time; once a turn has parsed
+  ``FRAMES_PER_TURN`` frames the loop gets a turn; nothing is parsed while a message waits for
+  the app, while our own writes are paused, or while the app has not answered the upgrade: one
+  socket cannot hold the loop or fill memory;
 - a message of more than ``max_fragments`` frames closes 1009; control frames beyond
   ``max_control_frames_per_s`` close 1008; only the latest ping is answered (RFC 6455 5.5.3),
   and only while the client takes what we write;
