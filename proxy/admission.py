@@ -14,7 +14,14 @@ from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
-from proxy.envelope import ID_MAX_CHARS, CloseCode, ErrorCode, encode_event, error_event
+from proxy.envelope import (
+    ID_MAX_CHARS,
+    WRONG_API_KEY,
+    CloseCode,
+    ErrorCode,
+    encode_event,
+    error_event,
+)
 from proxy.limits import auth_failure_details
 from proxy.tokens import Claims, TokenError, looks_like_token
 from proxy.turns import TurnOptions
@@ -74,8 +81,10 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
     for a key). Raises ``Unauthorized``."""
     if key_is_valid(credential, state.config.api_keys):
         return None
-    if credential is None or not looks_like_token(credential):
-        raise Unauthorized  # the protocol's default message for unauthorized
+    if credential is None:
+        raise Unauthorized  # the protocol's default message for unauthorized: where to send one
+    if not looks_like_token(credential):
+        raise Unauthorized(WRONG_API_KEY)
     try:
         return state.tokens.verify(credential, time.time())
     except TokenError as exc:

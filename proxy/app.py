@@ -38,12 +38,12 @@ from proxy.metrics import STARTED, Metrics
 from proxy.relay import Relay
 from proxy.security_headers import SecurityHeaders
 from proxy.session import Session
-from proxy.token_endpoint import mint_token
+from proxy.token_endpoint import TOKEN_ROUTE_METHODS, mint_token
 from proxy.tokens import TokenIssuer, token_secret
 from proxy.turns import TurnOptions
 from proxy.upstream import UpstreamMonitor, UpstreamUnavailable, open_upstream
 from proxy.vad_service import VadService
-from proxy.vllm_wire import segment_audio_limit
+from proxy.vllm_wire import segment_limit
 
 log = structlog.get_logger("proxy.app")
 
@@ -70,9 +70,7 @@ class ProxyState:
         self.auth_failures = AuthFailureLimiter(
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
-        self.tokens = TokenIssuer(
-            token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
-        )
+        self.tokens = TokenIssuer(token_secret(config.token_secret), config.token_max_ttl_s)
         self.limits = SessionLimits.from_config(config)
         self.memory = MemoryReleaser()
         # Slots are taken before the upstream is dialled, so admission cannot overshoot.
@@ -101,11 +99,12 @@ class ProxyState:
         return blocked
 
     def session_created_payload(
-        self, audio_format: AudioFormat, turns: TurnOptions | None
+        self, audio_format: AudioFormat, turns: TurnOptions | None, connection_id: str
     ) -> dict[str, Any]:
         config = self.config
         return {
-            "id": f"sess_{uuid.uuid4().hex}",
+            # The connection's own id: its log lines carry it as connection_id.
+            "id": connection_id,
             "model": config.served_model_name,
             "transcription_delay_ms": config.transcription_delay_ms,
             "segment_pause_ms": config.segment_pause_ms,
@@ -167,17 +166,21 @@ async def _serve_session(
 ) -> None:
     # Bound before vLLM's socket opens: its callbacks (and their log lines) run in the context
     # current at that moment.
-    structlog.contextvars.bind_contextvars(
-        session_id=session_id, connection_id=uuid.uuid4().hex[:12]
-    )
+    connection_id = uuid.uuid4().hex[:12]
+    structlog.contextvars.bind_contextvars(session_id=session_id, connection_id=connection_id)
     try:
-        await _relay_session(websocket, state, session_id, receive, send)
+        await _relay_session(websocket, state, session_id, connection_id, receive, send)
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
 
 async def _relay_session(
-    websocket: WebSocket, state: ProxyState, session_id: str, receive: Receive, send: Send
+    websocket: WebSocket,
+    state: ProxyState,
+    session_id: str,
+    connection_id: str,
+    receive: Receive,
+    send: Send,
 ) -> None:
     config = state.config
     options = await connect_options(websocket, state, session_id)
@@ -202,10 +205,8 @@ async def _relay_session(
         served_model=config.served_model_name,
         limits=state.limits,
         transcription_delay_ms=config.transcription_delay_ms,
-        segment_max_bytes=(
-            segment_audio_limit(max_model_len, config.transcription_delay_ms)
-            if max_model_len
-            else None
+        segment_max_bytes=segment_limit(
+            max_model_len, config.transcription_delay_ms, config.segment_max_s
         ),
         segment_pause_ms=config.segment_pause_ms,
         audio_format=audio_format,
@@ -223,7 +224,10 @@ async def _relay_session(
         state.vad,
     )
     created = server_event(
-        "session.created", session_id, None, state.session_created_payload(audio_format, turns)
+        "session.created",
+        session_id,
+        None,
+        state.session_created_payload(audio_format, turns, connection_id),
     )
     try:
         await websocket.send_text(encode_event(created))
@@ -243,6 +247,8 @@ async def _relay_session(
         counts = relay.telemetry.counts
         log.info(
             "session_closed",
+            # The app's own id, as its latest message gave it (the bound one is the connect's).
+            session_id=relay.session.session_id,
             utterances=counts[STARTED],
             done=counts[Outcome.DONE],
             cancelled=counts[Outcome.CANCELLED],
@@ -310,7 +316,8 @@ def create_app(config: ProxyConfig) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
-        Route("/api/tokens", mint_token, methods=["POST"]),
+        # Every method reaches it, so that a wrong one gets a JSON error like every refusal.
+        Route("/api/tokens", mint_token, methods=TOKEN_ROUTE_METHODS),
     ]
     if config.demo_page:
         routes += [

@@ -63,8 +63,10 @@ class CloseCode:
 
 # The one sentence each refusal carries by default: what happened and what to do about it.
 DEFAULT_MESSAGES: dict[ErrorCode, str] = {
-    ErrorCode.UNAUTHORIZED: "Missing or wrong API key: send it as ?api_key=, X-API-Key or "
-    "Authorization: Bearer.",
+    ErrorCode.UNAUTHORIZED: "No API key or client token was sent: send the key in the "
+    "X-API-Key header (or Authorization: Bearer), or from a browser a client token as the "
+    "subprotocol voxtral-stt.auth.<token>; ?api_key= works too, but puts the key in URLs and "
+    "logs.",
     ErrorCode.SERVER_AT_CAPACITY: "The server is at its connection limit: retry shortly or use "
     "another instance.",
     ErrorCode.IDLE_TIMEOUT: "No message arrived within the idle timeout: reconnect, and send a "
@@ -193,6 +195,7 @@ class EnvelopeError:
 
 
 # Sentences for refusals whose default message would not say enough.
+WRONG_API_KEY = "Wrong API key: the key sent is none of the server's keys; check it."
 REQUEST_ID_IN_USE = (
     "This request_id is still being transcribed: give each new utterance a new request_id."
 )

@@ -210,7 +210,7 @@ class Relay:
                 self.metrics.closes.labels(str(action.code)).inc()
                 self.outbound.put_nowait(action)
             else:
-                self.telemetry.record(action)
+                self.telemetry.record(action, self.session.session_id)
 
     # ------------------------------------------------------------------ turn detection
 

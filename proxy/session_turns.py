@@ -92,7 +92,7 @@ def _open_turn(session: Session, turns: TurnStream, event: SpeechStarted) -> Non
     utterance = Utterance(
         request_id,
         opened_at=now,
-        audio=UtteranceAudio(NATIVE),
+        audio=UtteranceAudio(NATIVE, client=False),
         turn_format=turns.converter.format,
     )
     session._out.append(UtteranceStarted(request_id, now))

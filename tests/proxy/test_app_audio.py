@@ -5,10 +5,13 @@ both kinds in order, every refusal, and format changes."""
 from __future__ import annotations
 
 import asyncio
+import io
+import wave
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from devtools.fake_vllm import predict_text
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
@@ -365,3 +368,61 @@ async def test_binary_frames_keep_the_session_from_idling() -> None:
         await client.final("r1")
         events = await client.recv_until("transcription.done", "r1")
     assert [e for e in events if e["type"] == "error"] == []
+
+
+# ---------------------------------------------------------------- files sent as audio
+
+
+def wav_file(fmt: AudioFormat, seconds: float) -> bytes:
+    """A WAV file (header and samples) of a tone in `fmt`."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(fmt.channels)
+        wav.setsampwidth(2)
+        wav.setframerate(fmt.sample_rate)
+        wav.writeframes(encode(fmt, tone(fmt.sample_rate, TONE_HZ, seconds)))
+    return out.getvalue()
+
+
+async def test_a_wav_file_of_another_format_is_refused_naming_it_and_ends_with_done() -> None:
+    data = wav_file(AudioFormat(Encoding.PCM16, 44100, 2), 1.0)
+    async with fake_and_proxy() as (fake, proxy), connected(proxy) as client:
+        await client.open("r1")
+        await send_binary(client, [data[i : i + 2560] for i in range(0, len(data), 2560)])
+        await client.final("r1")
+        events = await client.recv_until("transcription.done", "r1")
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors, events
+    first = assert_error(errors[0], "invalid_audio")
+    assert "a file (WAV of pcm16 44100 Hz stereo)" in first["message"]
+    assert "pcm16 16000 Hz mono" in first["message"]
+    # Every piece of it was refused: nothing reached vLLM, nothing was billed.
+    assert all(e["payload"]["message"] == first["message"] for e in errors)
+    assert events[-1]["payload"]["usage"]["audio_seconds"] == 0
+    assert upstream_audio(fake) == b""
+
+
+async def test_a_wav_file_of_the_sessions_format_is_taken_without_its_header() -> None:
+    data = wav_file(NATIVE, 1.0)
+    async with fake_and_proxy() as (fake, proxy), connected(proxy) as client:
+        await client.open("r1")
+        await client.append("r1", data[:2604])
+        await send_binary(client, [data[i : i + 2560] for i in range(2604, len(data), 2560)])
+        await client.final("r1")
+        events = await client.recv_until("transcription.done", "r1")
+    assert [e for e in events if e["type"] == "error"] == []
+    assert events[-1]["payload"]["audio_ms"] == 1000
+    assert upstream_audio(fake) == data[44:]
+
+
+async def test_a_file_at_the_start_of_the_turn_stream_is_refused() -> None:
+    mp3 = io.BytesIO()
+    sf.write(mp3, tone(16000, TONE_HZ, 1.0).astype(np.float32) / 32768, 16000, format="MP3")
+    async with (
+        fake_and_proxy() as (_, proxy),
+        connected(proxy, query="turn_detection=server_vad") as client,
+    ):
+        await client.send_raw(mp3.getvalue()[:2560])
+        refused = assert_error(await client.recv(), "invalid_audio")
+    assert "a file (MP3)" in refused["message"]
+    assert "session.update" in refused["message"]

@@ -367,7 +367,8 @@ async def test_one_summary_line_per_utterance_and_no_transcript_by_default(
 ) -> None:
     async with (
         fake_and_proxy() as (fake, proxy),
-        connected(proxy, query="session_id=logs-1") as c,
+        # The app names its session on every message, as at connect.
+        connected(proxy, query="session_id=logs-1", session_id="logs-1") as c,
     ):
         await served(c, "r1", SHORT)
         await served(c, "r2", MID)
@@ -422,7 +423,7 @@ async def test_json_log_lines_of_a_connection_carry_its_session_id(
 ) -> None:
     async with (
         fake_and_proxy(upstream_timeout_s=1.0) as (fake, proxy),
-        connected(proxy, query="session_id=json-a") as a,
+        connected(proxy, query="session_id=json-a", session_id="json-a") as a,
     ):
         await served(a, "r1", SHORT[: 20 * FRAME_BYTES])
         fake.hang()  # makes the relay log a warning of its own (upstream_silent)

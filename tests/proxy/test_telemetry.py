@@ -46,10 +46,10 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 def test_facts_are_counted_by_outcome(logs: list[dict[str, Any]]) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=False)
-    telemetry.record(UtteranceStarted("r1", 10.0))
-    telemetry.record(UtteranceRolledOver("r1"))
-    telemetry.record(ended(Outcome.DONE))
-    telemetry.record(ended(Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT))
+    telemetry.record(UtteranceStarted("r1", 10.0), "app-s1")
+    telemetry.record(UtteranceRolledOver("r1"), "app-s1")
+    telemetry.record(ended(Outcome.DONE), "app-s1")
+    telemetry.record(ended(Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT), "app-s1")
     assert len(logs) == 2
     name = "voxtral_proxy_utterances_total"
     assert sample(metrics, name, outcome="started") == 1
@@ -66,11 +66,12 @@ def test_a_done_utterance_logs_its_summary(
 ) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=log_transcripts)
-    telemetry.record(ended(Outcome.DONE))
+    telemetry.record(ended(Outcome.DONE), "app-s1")
     [line] = logs
     expected = {
         "event": "utterance",
         "log_level": "info",
+        "session_id": "app-s1",
         "request_id": "r1",
         "outcome": "done",
         "audio_ms": 1000,
@@ -92,7 +93,9 @@ def test_an_errored_utterance_names_its_code_and_has_no_finalization_latency(
 ) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=True)
-    telemetry.record(ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None))
+    telemetry.record(
+        ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None), "app-s1"
+    )
     [line] = logs
     assert line["outcome"] == "error:upstream_error"
     assert line["ttfw_ms"] is None
