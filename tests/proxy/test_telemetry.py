@@ -117,7 +117,7 @@ def test_time_to_first_word_is_by_audio_format_and_turn_mode(
 ) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=False)
-    telemetry.record(ended(Outcome.DONE, audio_format=fmt, server_vad=server_vad))
+    telemetry.record(ended(Outcome.DONE, audio_format=fmt, server_vad=server_vad), "app-s1")
     mode = "server_vad" if server_vad else "client"
     name = "voxtral_proxy_time_to_first_word_seconds_sum"
     assert sample(metrics, name, audio_format=label, turn_detection=mode) == pytest.approx(0.3)
