@@ -55,8 +55,8 @@ remote: env  ## warmup against a remote host (wss, longer timeouts)
 bench: env  ## concurrency sweep against SERVER (CONCURRENCY=8,32; default: up to its capacity)
 	@$(PY) -m clients.bench --server $(SERVER) --sweep "$${CONCURRENCY:-auto}" $(ARGS)
 
-bench-proxy: env  ## proxy overhead: direct vs through the proxy (MODE=turns: turn detection off vs on)
-	@$(PY) -m devtools.$(if $(filter turns,$(MODE)),bench_proxy_turns,bench_proxy) $(if $(STREAMS),--streams $(STREAMS)) $(BENCH_PROXY_ARGS) $(ARGS)
+bench-proxy: env  ## proxy overhead: direct vs through the proxy (MODE=turns: turn detection off vs on; MODE=latency: first word per audio shape)
+	@$(PY) -m devtools.$(if $(filter turns,$(MODE)),bench_proxy_turns,$(if $(filter latency,$(MODE)),bench_proxy_latency,bench_proxy)) $(if $(STREAMS),--streams $(STREAMS)) $(BENCH_PROXY_ARGS) $(ARGS)
 
 bench-vad: env  ## turn detection's CPU per audio second per stream, in-process, VAD on vs off
 	@$(PY) -m devtools.bench_vad --streams "$${STREAMS:-100,300}" $(ARGS)

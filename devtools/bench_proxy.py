@@ -4,10 +4,12 @@ For each stream count N: N concurrent streams at real-time pace (one 80 ms frame
 starts staggered over `--ramp-seconds`) go first straight to a fresh fake vLLM in vLLM's own
 protocol, then through the real proxy (`python -m proxy`, its own process) in front of another
 fresh fake, in the envelope protocol, once per mode (`--modes`): base64 JSON appends, binary
-frames, 8 kHz μ-law binary frames (resampled by the proxy), and a voice-agent mix (utterances of
-`--utterance-seconds` back to back). Every mode streams the same audio on the same streams. The
-load comes from `--workers` separate processes that report their own CPU time and how late
-their sends were, so it is visible whether the generator (or the machine) kept up.
+frames, 8 kHz μ-law binary frames (resampled by the proxy), 24 kHz PCM16 binary frames (resampled
+too), and a voice-agent mix (utterances of `--utterance-seconds` back to back); and in OpenAI's
+Realtime protocol, the same 24 kHz audio as base64 appends on `/v1/realtime`. Every mode streams
+the same audio on the same streams. The load comes from `--workers` separate processes that
+report their own CPU time and how late their sends were, so it is visible whether the generator
+(or the machine) kept up.
 
 Per N and mode it reports: per-delta latency (from sending the frame that releases a token to
 receiving its delta; the fake's transcript is a pure function of the audio, so the releasing
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from clients.audio import CHUNK_BYTES, AudioError, load_pcm
 from devtools.bench_proxy_check import (
@@ -50,7 +53,8 @@ from devtools.bench_proxy_check import (
 from devtools.bench_proxy_load import (
     BINARY_MODES,
     CHUNK_S,
-    PCM24_MODES,
+    CONVERTED,
+    DEFAULT_MODES,
     PROXIED_MODES,
     Mode,
     StreamPlan,
@@ -73,23 +77,11 @@ from devtools.bench_proxy_procs import (
 )
 from devtools.bench_proxy_profile import finish_py_spy, start_py_spy, summarize
 from proxy.audio_convert import AudioConverter
-from proxy.audio_format import AudioFormat, Encoding
+from proxy.audio_format import CHUNK_MS, AudioFormat, Encoding
 from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.g711 import encode_ulaw
 
 SCHEMA_VERSION = 2
-ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
-PCM16_24K = AudioFormat(Encoding.PCM16, 24000, 1)
-
-
-def _upsampled_24k(frame: bytes) -> bytes:
-    """A 16 kHz PCM16 frame at 24 kHz (3 samples for every 2)."""
-    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
-    positions = np.arange(len(samples) * 3 // 2) * (2 / 3)
-    upsampled = np.interp(positions, np.arange(len(samples)), samples)
-    return bytes(np.round(upsampled).astype("<i2").tobytes())
-
-
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_STREAMS = "100,300,600"
 START_DELAY_S = 0.5  # between the start signal and the common start time
@@ -160,11 +152,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         type=_mode_list,
-        default=list(PROXIED_MODES),
+        default=list(DEFAULT_MODES),
         help="proxied modes to run, in this order: json (base64 appends), binary (binary "
-        "frames), ulaw (8 kHz G.711 binary frames), pcm24 (base64 appends of 24 kHz audio), "
-        "agent (binary, utterances back to back), openai (the pcm24 audio in OpenAI's Realtime "
-        f"protocol); default {','.join(PROXIED_MODES)}",
+        "frames), ulaw (8 kHz G.711 binary frames), pcm8k, pcm24k, pcm48k (binary PCM16 at "
+        "those rates), agent (binary, utterances back to back), openai (pcm24k's audio in "
+        "OpenAI's Realtime protocol); "
+        f"default {','.join(DEFAULT_MODES)}",
+    )
+    parser.add_argument(
+        "--frame-ms",
+        type=int,
+        choices=(20, 40, 80),
+        default=80,
+        help="binary modes: the frame length (an 80 ms frame goes as several, paced in real "
+        "time); default 80",
     )
     parser.add_argument(
         "--utterance-seconds",
@@ -222,10 +223,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 class Clip:
     frames_pcm: tuple[bytes, ...]
     frames_b64: tuple[str, ...]
-    # The same frames at 8 kHz in μ-law (every other sample: the fake only hashes the audio).
-    frames_ulaw: tuple[bytes, ...]
-    # The same frames at 24 kHz (OpenAI's rate), base64.
-    frames_pcm24_b64: tuple[str, ...]
+    # The same frames in each converted mode's format (at 8 kHz every other sample, at 24 and
+    # 48 kHz repeated samples: the fake only hashes the audio).
+    frames_converted: dict[Mode, tuple[bytes, ...]]
 
     @classmethod
     def load(cls, path: Path) -> Clip:
@@ -235,22 +235,19 @@ class Clip:
         )
         if not frames:
             raise AudioError(f"{path} is shorter than one 80 ms frame")
-        ulaw = tuple(encode_ulaw(np.frombuffer(f, dtype="<i2")[::2].tobytes()) for f in frames)
-        # Each frame upsampled on its own (linear interpolation is enough: the fake only hashes).
-        pcm24 = tuple(_upsampled_24k(f) for f in frames)
-        return cls(
-            frames,
-            tuple(base64.b64encode(f).decode() for f in frames),
-            ulaw,
-            tuple(base64.b64encode(f).decode() for f in pcm24),
-        )
+        converted = {
+            mode: tuple(_in_format(np.frombuffer(f, dtype="<i2"), fmt) for f in frames)
+            for mode, fmt in CONVERTED.items()
+        }
+        return cls(frames, tuple(base64.b64encode(f).decode() for f in frames), converted)
 
     def frames_for(self, mode: Mode) -> tuple[str, ...] | tuple[bytes, ...]:
         """The clip's frames as `mode` sends them."""
-        if mode == "ulaw":
-            return self.frames_ulaw
-        if mode in PCM24_MODES:
-            return self.frames_pcm24_b64
+        if mode in CONVERTED:
+            frames = self.frames_converted[mode]
+            if mode in BINARY_MODES:
+                return frames
+            return tuple(base64.b64encode(frame).decode() for frame in frames)
         return self.frames_pcm if mode in BINARY_MODES else self.frames_b64
 
     def stream_pcm(self, plan: StreamPlan, first: int = 0, chunks: int | None = None) -> bytes:
@@ -260,22 +257,27 @@ class Clip:
         start = plan.first_chunk + first
         return b"".join(self.frames_pcm[(start + j) % count] for j in range(chunks))
 
-    def stream_upstream(self, plan: StreamPlan, mode: Mode) -> bytes:
-        """What the proxy sends vLLM for the stream's frames in a mode it converts (μ-law, 24
-        kHz), converted as it does."""
-        if mode == "ulaw":
-            frames: Sequence[bytes] = self.frames_ulaw
-            converter = AudioConverter(ULAW_8K)
-        else:
-            frames = [base64.b64decode(f) for f in self.frames_pcm24_b64]
-            converter = AudioConverter(PCM16_24K)
-        count = len(frames)
+    def stream_converted_upstream(self, plan: StreamPlan, mode: Mode) -> bytes:
+        """What the proxy sends vLLM for the stream's frames in a converted mode, converted as
+        it does (the result does not depend on how the frames are cut)."""
+        frames = self.frames_converted[mode]
+        converter = AudioConverter(CONVERTED[mode])
         pcm = [
             chunk
             for j in range(plan.chunks)
-            for chunk in converter.feed(frames[(plan.first_chunk + j) % count])
+            for chunk in converter.feed(frames[(plan.first_chunk + j) % len(frames)])
         ]
         return b"".join(pcm + converter.flush())
+
+
+def _in_format(samples: npt.NDArray[np.int16], fmt: AudioFormat) -> bytes:
+    """16 kHz samples as `fmt` audio of the same length (not a faithful resampling)."""
+    if fmt.sample_rate < 16000:
+        samples = samples[:: 16000 // fmt.sample_rate]
+    elif fmt.sample_rate > 16000:
+        samples = np.repeat(samples, fmt.sample_rate * 2 // 16000)[::2]
+    pcm = samples.astype("<i2").tobytes()
+    return encode_ulaw(pcm) if fmt.encoding is Encoding.G711_ULAW else pcm
 
 
 @dataclass
@@ -319,8 +321,8 @@ class Bench:
     def expected(self, mode: Mode, stream: StreamPlan) -> Expected:
         """What `stream` must receive in `mode` (vLLM's transcript of what reaches it)."""
         delay_ms = self.args.delay_ms
-        if mode == "ulaw" or mode in PCM24_MODES:
-            return expected_for(self.clip.stream_upstream(stream, mode), delay_ms)
+        if mode in CONVERTED:
+            return expected_for(self.clip.stream_converted_upstream(stream, mode), delay_ms)
         if mode == "agent":
             utterances = [
                 (first, self.clip.stream_pcm(stream, first, length))
@@ -391,6 +393,7 @@ class Bench:
                 clip=self.clip.frames_for(mode),
                 streams=tuple(streams[w::workers]),
                 utterance_chunks=self.utterance_chunks if mode == "agent" else None,
+                frame_parts=CHUNK_MS // args.frame_ms if mode in BINARY_MODES else 1,
                 # Straight to the fake, deflate would be accepted and cost the fake CPU that it
                 # does not spend behind the proxy, skewing the baseline.
                 compression=(
@@ -906,6 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "transcription_delay_ms": args.delay_ms,
             "compression_offered": args.compression,
             "modes": args.modes,
+            "binary_frame_ms": args.frame_ms,
             "utterance_seconds": round(bench.utterance_chunks * CHUNK_S, 3),
             "profiled": bool(args.py_spy),
         },

@@ -1,17 +1,17 @@
 """The load generator of ``devtools.bench_proxy``: one OS process drives a share of the streams.
 
 Each stream is one WebSocket carrying audio at real-time pace (one 80 ms frame per message),
-either straight to vLLM's realtime protocol (``direct``) or through the proxy, in one of the
-proxied modes: in the envelope protocol ``json`` (base64 appends of 16 kHz PCM16), ``binary``
-(binary frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the
-proxy), ``pcm24`` (base64 appends of 24 kHz PCM16, resampled by the proxy) and ``agent`` (binary
-16 kHz PCM16 cut into utterances of a few seconds, spoken back to back as a voice agent's caller
-does: each final commit is followed at once by the next utterance's opening commit); and in
-OpenAI's Realtime protocol ``openai`` (the same 24 kHz audio as ``pcm24`` in
+either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol through the
+proxy, in one of the proxied modes: ``json`` (base64 appends of 16 kHz PCM16), ``binary`` (binary
+frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the proxy),
+``pcm8k``, ``pcm24k`` and ``pcm48k`` (binary PCM16 at those rates, resampled too) and
+``agent`` (binary 16 kHz PCM16 cut into utterances of a few seconds, spoken back to back as a
+voice agent's caller does: each final commit is followed at once by the next utterance's
+opening commit); or in OpenAI's Realtime protocol, ``openai`` (``pcm24k``'s audio in base64
 ``input_audio_buffer.append`` events on ``/v1/realtime``, one commit at the end). A worker
-connects all its streams first, tells the parent, waits for the common start time, streams, and
-sends back every send and receive timestamp together with its own CPU time, so the parent can
-tell whether the generator kept up.
+connects all its streams first, tells the parent, waits
+for the common start time, streams, and sends back every send and receive timestamp together
+with its own CPU time, so the parent can tell whether the generator kept up.
 """
 
 from __future__ import annotations
@@ -31,16 +31,24 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-Mode = Literal["direct", "json", "binary", "ulaw", "pcm24", "agent", "openai"]
-PROXIED_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "pcm24", "agent", "openai")
-# Modes whose audio goes as binary frames (the others send base64 text).
-BINARY_MODES: frozenset[Mode] = frozenset({"binary", "ulaw", "agent"})
-# Modes that send 24 kHz PCM16 (OpenAI's rate), for the proxy to resample.
-PCM24_MODES: frozenset[Mode] = frozenset({"pcm24", "openai"})
-FORMAT_QUERIES: dict[Mode, str] = {
-    "ulaw": "&audio_format=g711_ulaw&sample_rate=8000",
-    "pcm24": "&audio_format=pcm16&sample_rate=24000",
+from proxy.audio_format import AudioFormat, Encoding
+
+Mode = Literal["direct", "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent", "openai"]
+PROXIED_MODES: tuple[Mode, ...] = (
+    "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent", "openai"
+)  # fmt: skip
+# The OpenAI protocol beside the envelope carrying the same 24 kHz audio.
+DEFAULT_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "pcm24k", "agent", "openai")
+# The modes whose audio the proxy converts, and the format each sends.
+CONVERTED: dict[Mode, AudioFormat] = {
+    "ulaw": AudioFormat(Encoding.G711_ULAW, 8000, 1),
+    "pcm8k": AudioFormat(Encoding.PCM16, 8000, 1),
+    "pcm24k": AudioFormat(Encoding.PCM16, 24000, 1),
+    "pcm48k": AudioFormat(Encoding.PCM16, 48000, 1),
+    "openai": AudioFormat(Encoding.PCM16, 24000, 1),
 }
+# Modes whose audio goes as binary frames (the others send base64 text).
+BINARY_MODES: frozenset[Mode] = frozenset({"binary", "agent", *CONVERTED} - {"openai"})
 OPENAI_PATH = "/v1/realtime?intent=transcription"
 # The OpenAI session: commit mode, OpenAI's audio format.
 OPENAI_UPDATE = {
@@ -93,6 +101,10 @@ class WorkerPlan:
     go_timeout_s: float
     connect_parallelism: int = 32
     utterance_chunks: int | None = None  # the agent mode's utterance length
+    # Binary modes: each 80 ms frame goes as this many equal frames, paced in real time (a
+    # phone bridge's 20 ms frames: 4). The first one's send time is the frame's: it carries the
+    # look-ahead that releases a token (``bench_proxy_check.trigger_index``).
+    frame_parts: int = 1
 
 
 @dataclass(slots=True)
@@ -180,7 +192,9 @@ class _Stream:
             if plan.api_key:
                 headers["Authorization"] = f"Bearer {plan.api_key}"
         elif plan.mode != "direct":
-            url = f"{url}?session_id={self.session_id}{FORMAT_QUERIES.get(plan.mode, '')}"
+            url = f"{url}?session_id={self.session_id}"
+            if plan.mode in CONVERTED:
+                url += "".join(f"&{k}={v}" for k, v in CONVERTED[plan.mode].query_params().items())
             if plan.api_key:
                 headers["X-API-Key"] = plan.api_key
         async with gate:
@@ -220,16 +234,27 @@ class _Stream:
             await sleep_until(start)
             for text in self.opening:
                 await ws.send(text)
+            parts = self.plan.frame_parts
+            part_s = CHUNK_S / parts
             for index in range(chunks + 1):
                 # The final commit follows the last frame at once, as a live client's would.
                 due = start + CHUNK_S * min(index, chunks - 1)
+                if index == chunks:
+                    due += part_s * (parts - 1)
                 await sleep_until(due)
                 result.scheduled[index] = due
                 result.send_times[index] = time.monotonic()
                 if index == chunks:
                     await ws.send(self.final)
                     break
-                await ws.send(self.message(index, utterance))
+                message = self.message(index, utterance)
+                if isinstance(message, bytes) and parts > 1:
+                    size = len(message) // parts
+                    for part in range(parts):
+                        await sleep_until(due + part_s * part)
+                        await ws.send(message[part * size : (part + 1) * size])
+                else:
+                    await ws.send(message)
                 if self.turns.get(index) == utterance and utterance + 1 < len(self.utterances):
                     # Back to back: the next utterance opens right after this one's final.
                     await ws.send(self._commit(utterance, final=True))
@@ -290,7 +315,7 @@ class _Stream:
 
 
 def _as_envelope(kind: object, event: dict[str, Any]) -> tuple[object, dict[str, Any]]:
-    """An OpenAI server event as the envelope event the counting below reads."""
+    """An OpenAI server event as the envelope event the counting above reads."""
     if kind == OPENAI_DELTA:
         return "transcription.delta", {"payload": {"delta": event.get("delta")}}
     if kind == OPENAI_COMPLETED:

@@ -3,9 +3,10 @@ binary frame's bytes) becomes the appends vLLM takes (base64 PCM16 16 kHz mono).
 
 vLLM's own format costs nothing: a JSON append's base64 goes up as it came and a binary frame is
 only base64-encoded, each as one append. Any other format goes through the utterance's
-`AudioConverter` (whatever kind of frame carried it, so mixed frames stay in order) and up in
-80 ms chunks; `flush()` at the final commit drains it. The first piece is checked for a file
-header (`proxy.containers`): a file is refused, a WAV header of the session's format stripped.
+`AudioConverter` (whatever kind of frame carried it, so mixed frames stay in order) and up as
+soon as it is converted, one append per piece; `flush()` at the final commit drains it. The first
+piece is checked for a file header (`proxy.containers`): a file is refused, a WAV header of the
+session's format stripped.
 """
 
 from __future__ import annotations

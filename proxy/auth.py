@@ -19,6 +19,8 @@ AUTH_SUBPROTOCOL_PREFIX = f"{SUBPROTOCOL}.auth."
 # Mistral's offers ``realtime`` plus the credential itself.
 OPENAI_SUBPROTOCOL = "realtime"
 OPENAI_AUTH_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+# Keys shorter than this get a warning at start: a short key can be guessed.
+API_KEY_MIN_CHARS = 32
 
 # Why a credential that is neither a configured key nor a token was refused (any route).
 WRONG_API_KEY = "Wrong API key: the key sent is none of the server's keys; check it."

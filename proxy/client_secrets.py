@@ -5,8 +5,9 @@ the key.
 
 Like OpenAI's, a secret opens any number of sessions until it expires (LiveKit pools sockets and
 reconnects with the same one); the connection cap and the rate limits still apply to each. It is
-a client token (``proxy.tokens``) signed with a key of its own, so it is verified by any replica
-with the same keys or ``VOXTRAL_TOKEN_SECRET``, and an envelope token cannot pass for it.
+a client token (``proxy.tokens``) signed with a key of its own derived from the token secret, so
+it is verified by any replica with the same ``VOXTRAL_TOKEN_SECRET``, and an envelope token cannot
+pass for it.
 
 The request's ``session`` is checked as a ``session.update`` would be (a bad one is refused
 here, not at connect time) and shown back; the connecting client configures its session with its

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
+from proxy.guard import HEADER_COUNT_CEILING
+from proxy.tokens import TOKEN_SECRET_MIN_CHARS
 
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 # vLLM's loopback port under the launcher (VLLM_PORT), and so the proxy's default upstream.
@@ -201,6 +203,14 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
+def _token_secret(value: str) -> None:
+    if value and len(value) < TOKEN_SECRET_MIN_CHARS:
+        raise ConfigError(
+            f"VOXTRAL_TOKEN_SECRET is too short ({len(value)} characters): use at least "
+            f"{TOKEN_SECRET_MIN_CHARS} random characters, e.g. from `openssl rand -hex 32`"
+        )
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
 
@@ -331,9 +341,15 @@ class ProxyConfig:
         "front ends whose X-Forwarded-For names the client",
         parse=parse_trusted_proxies,
     )
-    # Signs client tokens; empty derives the secret from the API keys (same keys, same secret
-    # on every replica).
-    token_secret: str = setting("VOXTRAL_TOKEN_SECRET", "", "signs client tokens", secret=True)
+    # Signs client tokens; empty: a random secret per process (tokens survive neither a
+    # restart nor another replica).
+    token_secret: str = setting(
+        "VOXTRAL_TOKEN_SECRET",
+        "",
+        "signs client tokens, at least 32 characters",
+        check=_token_secret,
+        secret=True,
+    )
     token_max_ttl_s: int = setting("TOKEN_MAX_TTL_S", 900, "longest token lifetime", minimum=1)
     # Other names a client may give the model on the OpenAI and Mistral routes, besides the
     # served name; unless strict, each provider's own model names are accepted too.
@@ -360,9 +376,24 @@ class ProxyConfig:
     max_open_sockets: int = setting(
         "MAX_OPEN_SOCKETS", 0, "client sockets open at once (0: automatic)", minimum=0
     )
-    max_header_count: int = setting("HTTP_MAX_HEADERS", 64, "headers in one request", minimum=8)
+    # The WebSocket layer counts an upgrade's headers again, up to its own ceiling.
+    max_header_count: int = setting(
+        "HTTP_MAX_HEADERS",
+        64,
+        "headers in one request",
+        minimum=8,
+        maximum=HEADER_COUNT_CEILING,
+    )
     max_header_bytes: int = setting(
         "HTTP_MAX_HEADER_BYTES", 16_384, "bytes of a request head", minimum=1024
+    )
+    # Below the app, where WebSocket frames are parsed: frames per message (clients send one)
+    # and ping/pong frames per second; beyond either the connection is closed.
+    ws_max_fragments: int = setting(
+        "WS_MAX_FRAGMENTS", 64, "frames in one WebSocket message", minimum=1
+    )
+    ws_max_control_frames_per_s: int = setting(
+        "WS_MAX_CONTROL_FRAMES_PER_S", 20, "ping and pong frames per second", minimum=1
     )
 
     @property

@@ -16,7 +16,7 @@ from proxy.memory import MemoryReleaser
 from proxy.metrics import Metrics
 from proxy.relay import Relay
 from proxy.session.events import ClientLimits
-from proxy.tokens import CLIENT_SECRET_LABEL, TokenIssuer, token_secret
+from proxy.tokens import CLIENT_SECRET_LABEL, TokenIssuer, kind_secret, token_secret
 from proxy.upstream import UpstreamMonitor
 from proxy.vad_service import VadService
 
@@ -37,13 +37,11 @@ class ProxyState:
         self.auth_failures = AuthFailureLimiter(
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
-        self.tokens = TokenIssuer(
-            token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
-        )
+        token_key = token_secret(config.token_secret)
+        self.tokens = TokenIssuer(token_key, config.token_max_ttl_s)
         # OpenAI-style client secrets (proxy.client_secrets): same secret, a key of their own.
         self.client_secrets = TokenIssuer(
-            token_secret(config.token_secret, config.api_keys, CLIENT_SECRET_LABEL),
-            config.token_max_ttl_s,
+            kind_secret(token_key, CLIENT_SECRET_LABEL), config.token_max_ttl_s
         )
         self.limits = SessionLimits.from_config(config)
         # What each session tells its client of its bounds.

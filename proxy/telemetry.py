@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from proxy.metrics import ROLLED_OVER, STARTED, Metrics
+from proxy.metrics import ROLLED_OVER, STARTED, TURN_MODES, Metrics, format_label
 from proxy.session.actions import LifecycleFact, Outcome, UtteranceEnded, UtteranceStarted
 
 log = structlog.get_logger("proxy.utterance")
@@ -36,7 +36,9 @@ class UtteranceTelemetry:
         ttfw = _elapsed(fact.first_audio_at, fact.first_delta_at)
         finalization = _elapsed(fact.final_at, fact.ended_at)
         if ttfw is not None:
-            self.metrics.time_to_first_word.observe(ttfw)
+            self.metrics.time_to_first_word.labels(
+                format_label(fact.audio_format), TURN_MODES[fact.server_vad]
+            ).observe(ttfw)
         done = fact.outcome is Outcome.DONE
         if done and finalization is not None:
             self.metrics.finalization_latency.observe(finalization)

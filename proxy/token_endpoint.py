@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.auth import WRONG_API_KEY, key_is_valid, presented_key
@@ -30,6 +31,16 @@ def _http_error(status: int, code: str, message: str, **extra: Any) -> JSONRespo
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request body; None when it is larger than a token request can be."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > TOKEN_REQUEST_MAX_BYTES:
+            return None
+    return raw
 
 
 async def mint_token(request: Request) -> Response:
@@ -65,11 +76,20 @@ async def mint_token(request: Request) -> Response:
             why = WRONG_API_KEY
         return _http_error(401, ErrorCode.UNAUTHORIZED.value, why)
     try:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > TOKEN_REQUEST_MAX_BYTES:
-                raise ValueError
+        # The body has the head's deadline: a key must not buy a socket held open for ever.
+        async with asyncio.timeout(state.config.http_head_timeout_s):
+            raw = await _body(request)
+    except TimeoutError:
+        return _http_error(
+            408,
+            ErrorCode.INVALID_MESSAGE.value,
+            "The request body did not arrive in time: send it with the request.",
+        )
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody is left to read it
+    try:
+        if raw is None:
+            raise ValueError
         body = orjson.loads(raw) if raw else {}
         expires_in = body.get("expires_in", DEFAULT_TOKEN_TTL_S)
         session_id = body.get("session_id")

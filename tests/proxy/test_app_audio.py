@@ -24,6 +24,7 @@ from tests.harness import (
     fake_and_proxy,
     load_pcm,
     texts,
+    wait_for,
 )
 from tests.tones import (
     ALAW_8K,
@@ -90,7 +91,7 @@ async def test_a_1khz_tone_arrives_at_16khz_with_its_length(fmt: AudioFormat) ->
     assert [e for e in events if e["type"] == "error"] == []
     assert events[-1]["payload"]["audio_ms"] == TONE_S * 1000
     received = samples(upstream_audio(fake))
-    # soxr's tail flush gives the whole signal: the length is the input's, at 16 kHz.
+    # The resampler's tail flush gives the whole signal: the length is the input's, at 16 kHz.
     assert abs(received.size - TONE_S * UPSTREAM_RATE) <= 1
     assert abs(dominant_hz(received) - TONE_HZ) <= 2
     snr = tone_snr_db(received, TONE_HZ)
@@ -128,6 +129,34 @@ async def test_a_telephony_bridge_streaming_binary_ulaw_gets_its_done() -> None:
     assert done["text"] == predict_text(expected)
     assert done["text"]
     assert done["audio_ms"] == ULAW_8K.duration_ms(len(speech))
+
+
+SHAPES = [
+    NATIVE,
+    ULAW_8K,
+    AudioFormat(Encoding.PCM16, 8000, 1),
+    AudioFormat(Encoding.PCM16, 24000, 1),
+    AudioFormat(Encoding.PCM16, 48000, 1),
+]
+
+
+@pytest.mark.parametrize("fmt", SHAPES, ids=str)
+async def test_each_20_ms_frame_reaches_vllm_before_the_next_is_sent(fmt: AudioFormat) -> None:
+    # Nothing waits for 80 ms to gather: each frame's audio (less the resampler's 2 ms at most)
+    # is at vLLM while the client still holds the next one.
+    parts = pieces(fmt, encode(fmt, tone(fmt.sample_rate, TONE_HZ, 0.2)))
+    owed_slack = UPSTREAM_RATE * 2 * 2 // 1000
+    async with fake_and_proxy() as (fake, proxy), connected(proxy, query=query(fmt)) as client:
+        await client.open("r1")
+        sent = 0
+        for part in parts:
+            await client.send_raw(part)
+            sent += len(part)
+            owed = UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second
+            await wait_for(lambda owed=owed: len(upstream_audio(fake)) >= owed - owed_slack)
+        await client.final("r1")
+        await client.recv_until("transcription.done", "r1")
+    assert len(upstream_audio(fake)) == UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second
 
 
 # ---------------------------------------------------------------- order

@@ -89,7 +89,7 @@ async def test_a_key_as_session_or_request_id_never_reaches_the_logs() -> None:
 
 
 async def test_no_token_or_token_secret_in_any_line() -> None:
-    secret = "token-secret-c0ffee-31337"
+    secret = "token-secret-c0ffee-31337-0123456789abcdef"
     lines: list[str] = []
     async with (
         FakeVllm() as fake,

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from proxy.auth import AUTH_SUBPROTOCOL_PREFIX, SUBPROTOCOL
+from proxy.tokens import EXPIRY_LEEWAY_S
 from tests.harness import TEST_KEY, Client, RunningProxy, assert_error, fake_and_proxy
 
 # -- helpers --------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ async def test_a_bound_token_names_its_session_and_refuses_another() -> None:
 async def test_an_expired_token_is_refused() -> None:
     async with fake_and_proxy() as (_, proxy):
         token = await token_for(proxy, expires_in=1)
-        await asyncio.sleep(2.1)  # past its expiry (whole seconds)
+        # Past its expiry (rounded up to a whole second) and the leeway for clock skew.
+        await asyncio.sleep(2.1 + EXPIRY_LEEWAY_S)
         message = refused_with(await attempt(proxy, subprotocols=offer(token)), "unauthorized")
         assert "expired" in message
 

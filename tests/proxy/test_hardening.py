@@ -538,7 +538,8 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     assert value(samples, "voxtral_proxy_upstream_state", state="down") == 0
     assert value(samples, "voxtral_proxy_draining") == 0
     assert value(samples, "voxtral_proxy_upstream_reconnects_total") == 1  # the cancel
-    assert value(samples, "voxtral_proxy_time_to_first_word_seconds_count") == 2
+    ttfw = "voxtral_proxy_time_to_first_word_seconds_count"
+    assert value(samples, ttfw, audio_format="pcm16_16000", turn_detection="client") == 2
     assert value(samples, "voxtral_proxy_finalization_latency_seconds_count") == 2
     assert value(samples, "voxtral_proxy_finalization_latency_seconds_sum") > 0
     assert value(samples, "voxtral_proxy_inbound_queue_high_water") >= 0
