@@ -4,14 +4,15 @@ Each stream is one WebSocket carrying audio at real-time pace (one 80 ms frame p
 either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol through the
 proxy, in one of the proxied modes: ``json`` (base64 appends of 16 kHz PCM16), ``binary`` (binary
 frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the proxy),
-``pcm8k``, ``pcm24k`` and ``pcm48k`` (binary PCM16 at those rates, resampled too) and
+``pcm8k``, ``pcm24k`` and ``pcm48k`` (binary PCM16 at those rates, resampled too), ``json24k``
+(base64 appends of 24 kHz PCM16) and
 ``agent`` (binary 16 kHz PCM16 cut into utterances of a few seconds, spoken back to back as a
 voice agent's caller does: each final commit is followed at once by the next utterance's
-opening commit); or in OpenAI's Realtime protocol, ``openai`` (``pcm24k``'s audio in base64
+opening commit); or in OpenAI's Realtime protocol, ``openai`` (``json24k``'s audio in base64
 ``input_audio_buffer.append`` events on ``/v1/realtime``, one commit at the end). A worker
-connects all its streams first, tells the parent, waits
-for the common start time, streams, and sends back every send and receive timestamp together
-with its own CPU time, so the parent can tell whether the generator kept up.
+connects all its streams first, tells the parent, waits for the common start time, streams, and
+sends back every send and receive timestamp together with its own CPU time, so the parent can
+tell whether the generator kept up.
 """
 
 from __future__ import annotations
@@ -33,22 +34,26 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from proxy.audio_format import AudioFormat, Encoding
 
-Mode = Literal["direct", "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent", "openai"]
+Mode = Literal[
+    "direct", "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "json24k", "agent", "openai"
+]
 PROXIED_MODES: tuple[Mode, ...] = (
-    "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent", "openai"
+    "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "json24k", "agent", "openai"
 )  # fmt: skip
-# The OpenAI protocol beside the envelope carrying the same 24 kHz audio.
-DEFAULT_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "pcm24k", "agent", "openai")
+# The OpenAI protocol beside the envelope carrying the same 24 kHz audio the same way (base64
+# in JSON text frames).
+DEFAULT_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "json24k", "agent", "openai")
 # The modes whose audio the proxy converts, and the format each sends.
 CONVERTED: dict[Mode, AudioFormat] = {
     "ulaw": AudioFormat(Encoding.G711_ULAW, 8000, 1),
     "pcm8k": AudioFormat(Encoding.PCM16, 8000, 1),
     "pcm24k": AudioFormat(Encoding.PCM16, 24000, 1),
     "pcm48k": AudioFormat(Encoding.PCM16, 48000, 1),
+    "json24k": AudioFormat(Encoding.PCM16, 24000, 1),
     "openai": AudioFormat(Encoding.PCM16, 24000, 1),
 }
 # Modes whose audio goes as binary frames (the others send base64 text).
-BINARY_MODES: frozenset[Mode] = frozenset({"binary", "agent", *CONVERTED} - {"openai"})
+BINARY_MODES: frozenset[Mode] = frozenset({"binary", "agent", *CONVERTED} - {"json24k", "openai"})
 OPENAI_PATH = "/v1/realtime?intent=transcription"
 # The OpenAI session: commit mode, OpenAI's audio format.
 OPENAI_UPDATE = {

@@ -18,17 +18,11 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
-from proxy.auth import (
-    SUBPROTOCOL,
-    WRONG_API_KEY,
-    AmbiguousCredential,
-    key_is_valid,
-    presented_key,
-)
+from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
 from proxy.client_secrets import is_client_secret, verify_client_secret
 from proxy.limits import auth_failure_details
 from proxy.protocols.codec import Codec
-from proxy.protocols.envelope import ID_MAX_CHARS, EnvelopeCodec
+from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY, EnvelopeCodec
 from proxy.session.events import ErrorCode, SessionError
 from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token

@@ -157,7 +157,7 @@ async def _relay_session(
         log.info(
             "session_closed",
             # The app's own id, as its latest message gave it (the bound one is the connect's).
-            session_id=codec.app_session_id or session_id,
+            session_id=relay.codec.session_id,
             utterances=counts[STARTED],
             done=counts[Outcome.DONE],
             cancelled=counts[Outcome.CANCELLED],

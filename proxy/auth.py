@@ -22,9 +22,6 @@ OPENAI_AUTH_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 # Keys shorter than this get a warning at start: a short key can be guessed.
 API_KEY_MIN_CHARS = 32
 
-# Why a credential that is neither a configured key nor a token was refused (any route).
-WRONG_API_KEY = "Wrong API key: the key sent is none of the server's keys; check it."
-
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 # Where a credential can show up in a log line: a query string (uvicorn's access log prints
 # it), the auth headers and the subprotocol offer (the WebSocket layer's debug log prints

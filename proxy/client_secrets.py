@@ -148,7 +148,8 @@ async def _mint(request: Request, *, beta: bool) -> Response:
         message, param = error.args
         return _error(400, message, "invalid_value", param)
 
-    codec = codec_for(state.config)
+    session_id = f"sess_{uuid.uuid4().hex}"
+    codec = codec_for(state.config, session_id)
     if beta:
         update = {"type": "transcription_session.update", "session": body}
     else:
@@ -182,7 +183,7 @@ async def _mint(request: Request, *, beta: bool) -> Response:
         shown["client_secret"] = {"value": value, "expires_at": claims.expires_at}
         return JSONResponse(shown, headers={"Cache-Control": "no-store"})
     codec.accept_update(parsed)
-    session = codec.describe(settings, f"sess_{uuid.uuid4().hex}")
+    session = codec.describe(settings, session_id)
     session["expires_at"] = claims.expires_at
     return JSONResponse(
         {"value": value, "expires_at": claims.expires_at, "session": session},

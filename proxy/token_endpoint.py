@@ -11,9 +11,9 @@ from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.auth import WRONG_API_KEY, key_is_valid, presented_key
+from proxy.auth import key_is_valid, presented_key
 from proxy.limits import auth_failure_details
-from proxy.protocols.envelope import ID_MAX_CHARS
+from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY
 from proxy.session.events import ErrorCode
 from proxy.state import ProxyState
 from proxy.tokens import TokenError, looks_like_token

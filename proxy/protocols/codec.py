@@ -20,12 +20,8 @@ class Codec(Protocol):
     rules: SessionRules
     # The protocol's name in metrics and logs.
     protocol: str
-
-    @property
-    def app_session_id(self) -> str | None:
-        """The app's own name for its session, as its latest message gave it, where the
-        protocol carries one (for log lines); None otherwise."""
-        ...
+    # The id the client knows the session by, as its latest message gave it (for log lines).
+    session_id: str
 
     def parse_text(self, text: str) -> ClientInput:
         """One text frame: its input, or ``InvalidInput`` saying why it was refused (a frame

@@ -133,6 +133,9 @@ UNLIMITED_TYPES = (PING, END)
 # Metrics labels of frames that are not a message type.
 INVALID_LABEL, BINARY_LABEL = "invalid", "binary"
 
+# The unauthorized refusal of a key that is none of the server's.
+WRONG_API_KEY = "Wrong API key: the key sent is none of the server's keys; check it."
+
 # What each situation behind an error asks of an envelope client, when the code's default
 # sentence would not say enough.
 CASE_MESSAGES: dict[ErrorCase, str] = {
@@ -538,10 +541,6 @@ class EnvelopeCodec:
         # before the client has spoken.
         self.session_id = session_id
         self.max_message_bytes = max_message_bytes
-
-    @property
-    def app_session_id(self) -> str | None:
-        return self.session_id
 
     def parse_text(self, text: str) -> ClientInput:
         session_id, message = parse_text_frame(text, self.max_message_bytes)

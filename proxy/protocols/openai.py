@@ -231,9 +231,10 @@ class _PendingUpdate:
     echo: _Echo
 
 
-def codec_for(config: ProxyConfig) -> OpenAICodec:
+def codec_for(config: ProxyConfig, session_id: str) -> OpenAICodec:
     """A connection's codec for this deployment: its model names, delay and frame bound."""
     return OpenAICodec(
+        session_id=session_id,
         models=ModelNames.of(
             config.served_model_name, config.model_aliases, strict=config.strict_model_names
         ),
@@ -247,16 +248,17 @@ class OpenAICodec:
 
     rules = SessionRules(open_on_audio=True, utterance_id_prefix="item-")
     protocol = "openai"
-    # OpenAI's events name no session.
-    app_session_id = None
 
     def __init__(
         self,
         *,
+        session_id: str,
         models: ModelNames,
         transcription_delay_ms: int,
         max_message_bytes: int,
     ) -> None:
+        # OpenAI's events name no session: the connection's id is the one in the logs.
+        self.session_id = session_id
         self._models = models
         self._delay_ms = transcription_delay_ms
         self._max_message_bytes = max_message_bytes

@@ -164,10 +164,10 @@ class Session:
             self.client_limits,
         )
 
-    def created(self, connection_id: str) -> SessionCreated:
-        """The session's first event, sent before anything else; its id is the connection's
-        (its log lines carry it as ``connection_id``)."""
-        return SessionCreated(connection_id, self.settings())
+    def created(self, created_id: str) -> SessionCreated:
+        """The session's first event, sent before anything else; ``created_id`` names this
+        session uniquely (the connection's id, which its log lines carry)."""
+        return SessionCreated(created_id, self.settings())
 
     # ------------------------------------------------------------------ inputs
 

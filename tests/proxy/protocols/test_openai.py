@@ -59,6 +59,7 @@ def codec(
     *, strict: bool = False, delay_ms: int = 480, aliases: tuple[str, ...] = ()
 ) -> OpenAICodec:
     return OpenAICodec(
+        session_id="s1",
         models=ModelNames.of(SERVED, aliases, strict=strict),
         transcription_delay_ms=delay_ms,
         max_message_bytes=1_048_576,
@@ -380,6 +381,7 @@ def test_frames_that_are_no_transcription_event_are_refused(text: str, code: str
 
 def test_a_frame_over_the_size_limit_is_refused_openai_shaped() -> None:
     c = OpenAICodec(
+        session_id="s1",
         models=ModelNames.of(SERVED, (), strict=False),
         transcription_delay_ms=480,
         max_message_bytes=2048,
