@@ -109,7 +109,7 @@ async def connect_options(
 
 def door(config: ProxyConfig) -> Door:
     return Door(
-        make_codec=lambda _session_id: codec_for(config),
+        make_codec=lambda session_id: codec_for(config, session_id),
         subprotocol=OPENAI_SUBPROTOCOL,
         present=credential,
         options=connect_options,

@@ -159,9 +159,10 @@ def model_names(config: ProxyConfig) -> ModelNames:
     return ModelNames(config.served_model_name, frozenset(known))
 
 
-def codec_for(config: ProxyConfig) -> MistralCodec:
+def codec_for(config: ProxyConfig, session_id: str) -> MistralCodec:
     """A connection's codec for this deployment: its model names, delay and frame bound."""
     return MistralCodec(
+        session_id=session_id,
         models=model_names(config),
         transcription_delay_ms=config.transcription_delay_ms,
         max_message_bytes=config.max_message_bytes,
@@ -192,12 +193,17 @@ class MistralCodec:
     # Audio opens an utterance; the settings are fixed from the first audio chunk.
     rules = SessionRules(open_on_audio=True, settings_frozen_at_audio=True)
     protocol = "mistral"
-    # Mistral's events name no session of the app's.
-    app_session_id = None
 
     def __init__(
-        self, *, models: ModelNames, transcription_delay_ms: int, max_message_bytes: int
+        self,
+        *,
+        session_id: str,
+        models: ModelNames,
+        transcription_delay_ms: int,
+        max_message_bytes: int,
     ) -> None:
+        # Mistral's events name no session: the connection's id is the one in the logs.
+        self.session_id = session_id
         self._models = models
         self._delay_ms = transcription_delay_ms
         self._max_message_bytes = max_message_bytes
@@ -205,8 +211,8 @@ class MistralCodec:
         # Updates sent to the session and not answered yet: their echo, by the update's id.
         self._pending: dict[str, _Echo] = {}
         self._updates = 0
-        # The session's id, shown as request_id in every session object.
-        self._session_id = ""
+        # session.created's id, shown as request_id in every session object.
+        self._request_id = ""
         # Segments already sent, by utterance: its done sends the rest.
         self._segments_sent: dict[str, int] = {}
 
@@ -389,14 +395,14 @@ class MistralCodec:
 
     # ------------------------------------------------------------------ the session object
 
-    def describe(self, settings: SessionSettings, session_id: str | None) -> dict[str, Any]:
-        """The session object for ``settings`` (``session_id``: its ``request_id``; on an
+    def describe(self, settings: SessionSettings, request_id: str | None) -> dict[str, Any]:
+        """The session object for ``settings`` (``request_id``: session.created's id; on an
         update, the one shown at creation)."""
-        if session_id is not None:
-            self._session_id = session_id
+        if request_id is not None:
+            self._request_id = request_id
         audio = settings.audio
         return {
-            "request_id": self._session_id,
+            "request_id": self._request_id,
             "model": self._echo.model,
             "audio_format": {
                 "encoding": _NAMES[audio.encoding],

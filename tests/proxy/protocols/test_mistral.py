@@ -59,7 +59,7 @@ CONFIG = ProxyConfig(api_keys=("k",), served_model_name=SERVED)
 
 
 def codec(**overrides: Any) -> MistralCodec:
-    return codec_for(dataclasses.replace(CONFIG, **overrides))
+    return codec_for(dataclasses.replace(CONFIG, **overrides), "conn-1")
 
 
 def settings(audio: AudioFormat = NATIVE) -> SessionSettings:
