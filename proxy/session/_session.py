@@ -482,14 +482,12 @@ class Session:
 
     def _backlog_full(self, backlog: int, backlog_bytes: int, message: ClientInput) -> bool:
         """Whether ``message`` comes on top of too many messages, or too many bytes of audio,
-        waiting for vLLM (the I/O layer's backlog and the audio held here), or of utterances
-        waiting in line (one with no audio holds no chunk: Mistral's empty flush); the session
-        ends then."""
+        waiting for vLLM (the I/O layer's backlog and the audio held here); the session ends
+        then."""
         self.inbound_depth = depth = backlog + self.held_messages
         self.inbound_depth_bytes = depth_bytes = backlog_bytes + self.held_bytes
         incoming = len(message.audio) if isinstance(message, AppendAudio) else 0
-        waiting = len(self._lifecycle.line)
-        if not self.limits.inbound_full(max(depth, waiting), depth_bytes, incoming):
+        if not self.limits.inbound_full(depth, depth_bytes, incoming):
             return False
         self._lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
         return True

@@ -207,19 +207,3 @@ def test_a_client_opened_utterance_still_refuses_turns() -> None:
     assert isinstance(refusal, SessionError)
     assert refusal.case is ErrorCase.TURNS_NEED_NO_OPEN_UTTERANCE
 
-
-def test_utterances_waiting_in_line_count_toward_the_inbound_bound() -> None:
-    # Empty flushes hold no audio, yet each one waits in line for vLLM: past the message bound
-    # the session ends, as it does for held audio.
-    harness = Harness(FROZEN)
-    harness.audio()
-    harness.send(FinishUtterance(None, empty_done=True))  # utt-1 runs upstream
-    for _ in range(LIMITS.inbound_queue_max):
-        harness.send(FinishUtterance(None, empty_done=True))
-    # The one vLLM runs, and a full line behind it.
-    assert len(harness.session.in_flight) == 1 + LIMITS.inbound_queue_max
-    assert not harness.session.closed
-    events = harness.send(FinishUtterance(None, empty_done=True))
-    assert harness.session.closed
-    assert isinstance(events[-1], SessionError)
-    assert events[-1].code is ErrorCode.INBOUND_QUEUE_FULL
