@@ -206,4 +206,3 @@ def test_a_client_opened_utterance_still_refuses_turns() -> None:
     )
     assert isinstance(refusal, SessionError)
     assert refusal.case is ErrorCase.TURNS_NEED_NO_OPEN_UTTERANCE
-
