@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
@@ -23,8 +23,20 @@ from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
 from proxy.turns import TurnOptions
 
-# A connection's codec, given the connection's session id.
-CodecFactory = Callable[[str], Codec]
+
+class CodecFactory(Protocol):
+    """Makes a connection's codec: its session id in (``bound_session``: the id came with the
+    client's token, and the connection keeps it)."""
+
+    def __call__(self, session_id: str, *, bound_session: bool = False) -> Codec: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    session_id: str
+    # The session id came with the client's token: no message may name another.
+    bound_session: bool
+
 
 # The connect query parameter that turns turn detection on with its defaults, and its value.
 TURN_DETECTION_QUERY = "turn_detection"
@@ -79,9 +91,12 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
         raise Unauthorized(str(exc)) from None
 
 
-async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactory) -> str | None:
+async def admit(
+    websocket: WebSocket, state: ProxyState, make_codec: CodecFactory
+) -> Admitted | None:
     """Accepts the upgrade, then refuses (an error in the protocol of ``make_codec`` and a
-    close) or admits: returns the session id when admitted."""
+    close) or admits: returns the session id, and whether the client's token bound it, when
+    admitted."""
     config = state.config
     offered = websocket.scope.get("subprotocols", [])
     # Only the plain name is echoed: the credential offer is never sent back.
@@ -107,6 +122,7 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
             reason="origin_not_allowed",
         )
         return None
+    bound = False
     try:
         credential = presented_key(websocket.query_params, websocket.headers, offered)
         claims = authenticate(state, credential)
@@ -118,6 +134,7 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
                 )
             state.tokens.use_once(claims, time.time())
             session_id = claims.session_id or session_id
+            bound = claims.session_id is not None
     except (AmbiguousCredential, Unauthorized, TokenError) as exc:
         blocked = state.auth_failed(address)
         if blocked is not None:
@@ -135,7 +152,7 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
         await refuse(websocket, state, make_codec(session_id), ErrorCode.SERVER_AT_CAPACITY)
         return None
 
-    return session_id
+    return Admitted(session_id, bound)
 
 
 async def connect_options(

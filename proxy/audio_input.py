@@ -4,7 +4,9 @@ binary frame's bytes) becomes the appends vLLM takes (base64 PCM16 16 kHz mono).
 vLLM's own format costs nothing: a JSON append's base64 goes up as it came and a binary frame is
 only base64-encoded, each as one append. Any other format goes through the utterance's
 `AudioConverter` (whatever kind of frame carried it, so mixed frames stay in order) and up in
-80 ms chunks; `flush()` at the final commit drains it.
+80 ms chunks; `flush()` at the final commit drains it. The converter is made on the first audio
+and dropped at the flush: an utterance that waits in the line without audio, or after its
+last, keeps none of its state.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class UtteranceAudio:
     def __init__(self, fmt: AudioFormat) -> None:
         self.format = fmt
         self.client_bytes = 0  # client audio taken so far, in its format
-        self._converter = None if fmt.is_native else AudioConverter(fmt)
+        self._converter: AudioConverter | None = None
 
     @property
     def client_ms(self) -> int:
@@ -35,19 +37,22 @@ class UtteranceAudio:
         """One piece of client audio of `nbytes` bytes (base64 already validated, or raw).
         Raises InvalidAudio (and keeps nothing) for an empty piece or a partial sample frame;
         the one check of each piece is here (the converter's, or the native format's)."""
-        converter = self._converter
-        if converter is None:
+        if self.format.is_native:
             problem = self.format.audio_problem(nbytes)
             if problem is not None:
                 raise InvalidAudio(problem)
             self.client_bytes += nbytes
             return [(audio if isinstance(audio, str) else encode_audio(audio), nbytes)]
+        converter = self._converter
+        if converter is None:
+            converter = self._converter = AudioConverter(self.format)
         pcm = converter.feed(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
         self.client_bytes += nbytes
         return [(encode_audio(chunk), len(chunk)) for chunk in pcm]
 
     def flush(self) -> Upstream:
         """What the converter still holds, at the end of the utterance's audio."""
-        if self._converter is None:
+        converter, self._converter = self._converter, None
+        if converter is None:
             return []
-        return [(encode_audio(chunk), len(chunk)) for chunk in self._converter.flush()]
+        return [(encode_audio(chunk), len(chunk)) for chunk in converter.flush()]

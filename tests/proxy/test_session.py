@@ -569,7 +569,7 @@ def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
     assert wire(harness.commit("B")) == []
     assert harness.append("B", b1) == []
     assert harness.append("B", b2) == []
-    assert harness.session.held_messages == 2
+    assert harness.session.held_messages == 3  # two appends, and B waiting in the line
     assert summary(harness.delta("a")) == [("delta", "A", "a")]
     # A's done releases B's audio, in order, on the same upstream connection.
     actions = harness.done()
@@ -1100,9 +1100,9 @@ def test_held_audio_counts_toward_the_backlog() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    for _ in range(4):
+    for _ in range(3):
         assert harness.append("B", pcm_of(2)) == []
-    assert harness.session.held_messages == 4
+    assert harness.session.held_messages == 4  # three appends, and B waiting in the line
     assert summary(harness.append("B", pcm_of(2))) == [
         ("error", "A", "inbound_queue_full"),
         ("error", "B", "inbound_queue_full"),
@@ -1119,9 +1119,10 @@ def test_inbound_depth_is_the_backlog_plus_held_audio_at_the_last_audio_message(
     harness.commit("B")
     for _ in range(3):
         harness.append("B", pcm_of(2), backlog=2)
-    assert harness.session.inbound_depth == 2 + 2  # two appends held before the third
+    # Two appends held before the third, and B waiting in the line.
+    assert harness.session.inbound_depth == 2 + 2 + 1
     harness.send(Ping(SID, "p1", {}), backlog=50)  # not an audio message: not measured
-    assert harness.session.inbound_depth == 4
+    assert harness.session.inbound_depth == 5
 
 
 def test_default_backlog_limit_is_256() -> None:
@@ -1179,7 +1180,7 @@ def test_held_audio_past_the_byte_budget_closes_4004_below_the_message_bound() -
         ("error", None, "inbound_queue_full"),
         ("close", 4004),
     ]
-    assert harness.session.inbound_depth == 3  # far from the 256 messages
+    assert harness.session.inbound_depth == 3 + 1  # and B: far from the 256 messages
 
 
 def test_bytes_waiting_in_the_relay_count_toward_the_byte_budget() -> None:
@@ -1212,6 +1213,7 @@ def test_three_minutes_held_behind_a_finalizing_utterance_fit_the_default_budget
     harness.commit("B")
     second = pcm_of(32_000)
     for _ in range(180):
+        harness.now += 1.0  # at real-time pace
         assert harness.append("B", second) == []
     assert not harness.session.closed
     assert harness.session.held_bytes == 180 * len(b64(second))
