@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
@@ -22,6 +23,8 @@ from proxy.session.events import ErrorCode, SessionError
 from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
 from proxy.turns import TurnOptions
+
+log = structlog.get_logger("proxy.admission")
 
 
 class CodecFactory(Protocol):
@@ -55,7 +58,9 @@ async def refuse(
 ) -> None:
     """Refusal after the upgrade, so browsers can read why: the error in the connection's
     protocol, then its close code."""
-    state.metrics.refusals.labels(reason or code.value).inc()
+    label = reason or code.value
+    state.metrics.refusals.labels(label).inc()
+    log.info("connection_refused", reason=label)
     with contextlib.suppress(Exception):
         error = SessionError(code, None, message=message, details=details or {}, closes=True)
         for text in codec.render(error):

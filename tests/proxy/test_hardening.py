@@ -11,21 +11,18 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import FRAME_BYTES, predict_deltas, predict_text
 from proxy import relay as relay_module
-from proxy.logs import configure_logging
 from proxy.protocols.envelope import PING_PAYLOAD_MAX_BYTES
 from tests.harness import (
     TEST_KEY,
@@ -36,6 +33,7 @@ from tests.harness import (
     connected,
     fake_and_proxy,
     finalizing_held,
+    json_lines,
     load_pcm,
     of_request,
     texts,
@@ -98,37 +96,6 @@ async def connections(proxy: RunningProxy) -> int:
     async with httpx.AsyncClient(timeout=5) as http:
         count: int = (await http.get(f"{proxy.http_url}/healthz")).json()["connections"]
         return count
-
-
-@pytest.fixture
-def log_buffer(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
-    """The proxy's real logging setup (JSON lines, key redaction) writing into a buffer, at
-    INFO unless the test is parametrized indirectly with another level."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    configure_logging(getattr(request, "param", "INFO"), json_lines=True)
-    buffer = io.StringIO()
-    for handler in root.handlers:
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(buffer)
-    yield buffer
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-    structlog.reset_defaults()
-
-
-def json_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
-    lines = [line for line in buffer.getvalue().splitlines() if line.strip()]
-    assert lines, "nothing was logged"
-    parsed = []
-    for line in lines:
-        value = json.loads(line)  # every line must be one JSON object
-        assert isinstance(value, dict), line
-        parsed.append(value)
-    return parsed
 
 
 def utterance_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
