@@ -375,9 +375,13 @@ async def test_commit_after_end_is_refused() -> None:
 
 async def test_rollover_before_the_length_cap() -> None:
     """The proxy knows max_model_len from /v1/models and cuts segments before vLLM must."""
-    async with fake_and_proxy({"max_model_len": 128}) as (fake, proxy), connected(proxy) as client:
+    async with (
+        fake_and_proxy({"max_model_len": 128}, max_audio_ahead_s=3600.0) as (fake, proxy),
+        connected(proxy) as client,
+    ):
         assert proxy.server.state.monitor.max_model_len == 128
-        # 640 ms chunks: the audio held while a segment flushes stays within inbound_queue_max.
+        # 640 ms chunks, read at once: the audio held while a segment flushes stays within
+        # inbound_queue_max.
         await client.open("r1")
         for piece in chunks(LONG, 8 * FRAME_BYTES):
             await client.append("r1", piece)

@@ -109,7 +109,9 @@ async def test_slow_reader_gets_slow_consumer_and_1008_with_bounded_buffer() -> 
     """The client stops reading while a long utterance streams and its pings pile up big
     pongs: the proxy holds at most WS_OUTBOUND_QUEUE_MAX events for it, then drops them and
     ends it with slow_consumer / 1008; another client meanwhile gets every word."""
-    async with fake_and_proxy({"step_delay_s": 0.002}, outbound_queue_max=16) as (_, proxy):
+    async with fake_and_proxy(
+        {"step_delay_s": 0.002}, outbound_queue_max=16, max_audio_ahead_s=3600.0
+    ) as (_, proxy):
         async with (
             connected(proxy, session_id="steady") as steady,
             raw_client(proxy, max_queue=1, max_size=None) as slow,
@@ -479,7 +481,7 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     assert value(samples, "voxtral_proxy_connections_open") == 0
     assert value(samples, "voxtral_proxy_connections_total") == 1
     assert value(samples, "voxtral_proxy_refusals_total", reason="unauthorized") == 2
-    assert value(samples, "voxtral_proxy_closes_total", code="1000") == 1
+    assert value(samples, "voxtral_proxy_closes_total", by="server", code="1000") == 1
     outcome = "voxtral_proxy_utterances_total"
     assert value(samples, outcome, outcome="started") == 3
     assert value(samples, outcome, outcome="done") == 2
