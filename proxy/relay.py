@@ -240,7 +240,7 @@ class Relay:
                 # Held by the server, not idle: the idle time counts from the hold's end.
                 self.last_activity = max(self.last_activity, action.until)
             else:
-                self.telemetry.record(action)
+                self.telemetry.record(action, self.codec.session_id)
 
     # ------------------------------------------------------------------ turn detection
 
