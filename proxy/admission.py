@@ -13,8 +13,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import structlog
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
@@ -28,8 +29,16 @@ from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
 from proxy.turns import TurnOptions
 
-# A connection's codec, given the connection's session id.
-CodecFactory = Callable[[str], Codec]
+log = structlog.get_logger("proxy.admission")
+
+
+class CodecFactory(Protocol):
+    """Makes a connection's codec: its session id in (``bound_session``: the id came with the
+    client's token, and the connection keeps it)."""
+
+    def __call__(self, session_id: str, *, bound_session: bool = False) -> Codec: ...
+
+
 # A session's audio format and turn detection when it opens.
 ConnectOptions = tuple[AudioFormat, TurnOptions | None]
 
@@ -51,6 +60,13 @@ class Door:
     own_credential: Callable[[WebSocket, ProxyState, str], bool] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    session_id: str
+    # The session id came with the client's token: no message may name another.
+    bound_session: bool
+
+
 # The connect query parameter that turns turn detection on with its defaults, and its value.
 TURN_DETECTION_QUERY = "turn_detection"
 SERVER_VAD = "server_vad"
@@ -68,7 +84,9 @@ async def refuse(
 ) -> None:
     """Refusal after the upgrade, so browsers can read why: the error in the connection's
     protocol, then its close code."""
-    state.metrics.refusals.labels(reason or code.value).inc()
+    label = reason or code.value
+    state.metrics.refusals.labels(label).inc()
+    log.info("connection_refused", reason=label)
     with contextlib.suppress(Exception):
         error = SessionError(code, None, message=message, details=details or {}, closes=True)
         for text in codec.render(error):
@@ -118,9 +136,9 @@ def envelope_credential(websocket: WebSocket, offered: Sequence[str]) -> str | N
     return presented_key(websocket.query_params, websocket.headers, offered)
 
 
-async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> str | None:
+async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> Admitted | None:
     """Accepts the upgrade, then refuses (an error in the door's protocol and a close) or
-    admits: returns the session id when admitted."""
+    admits: returns the session id, and whether the client's token bound it, when admitted."""
     config = state.config
     make_codec = door.make_codec
     offered = websocket.scope.get("subprotocols", [])
@@ -148,6 +166,7 @@ async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> str | No
             reason="origin_not_allowed",
         )
         return None
+    bound = False
     try:
         credential = door.present(websocket, offered)
         own = door.own_credential
@@ -163,6 +182,7 @@ async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> str | No
                 )
             state.tokens.use_once(claims, time.time())
             session_id = claims.session_id or session_id
+            bound = claims.session_id is not None
     except (AmbiguousCredential, Unauthorized, TokenError) as exc:
         blocked = state.auth_failed(address)
         if blocked is not None:
@@ -180,7 +200,7 @@ async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> str | No
         await refuse(websocket, state, make_codec(session_id), ErrorCode.SERVER_AT_CAPACITY)
         return None
 
-    return session_id
+    return Admitted(session_id, bound)
 
 
 async def connect_options(

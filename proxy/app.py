@@ -56,12 +56,13 @@ class ClientEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, websocket = self.state, WebSocket(scope, receive, send)
-        session_id = await admit(websocket, state, self.door)
-        if session_id is None:
+        admitted = await admit(websocket, state, self.door)
+        if admitted is None:
             return
+        session_id = admitted.session_id
         state.slots_taken += 1
         try:
-            codec = self.door.make_codec(session_id)
+            codec = self.door.make_codec(session_id, bound_session=admitted.bound_session)
             await _serve_session(websocket, state, session_id, codec, self.door, receive, send)
         finally:
             state.slots_taken -= 1
@@ -162,6 +163,9 @@ async def _relay_session(
             done=counts[Outcome.DONE],
             cancelled=counts[Outcome.CANCELLED],
             errored=counts[Outcome.ERRORED],
+            abandoned=counts[Outcome.ABANDONED],
+            closed_by=relay.closed_by,
+            close_code=relay.close_code,
         )
 
 

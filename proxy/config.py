@@ -289,6 +289,15 @@ class ProxyConfig:
         "bytes of audio held for vLLM per connection",
         minimum=1024,
     )
+    # Opened and not yet ended (open, finalizing or queued behind the one vLLM runs).
+    max_utterances_in_flight: int = setting(
+        "WS_MAX_UTTERANCES_IN_FLIGHT", 16, "utterances in flight per connection", minimum=1
+    )
+    # Audio a client may send ahead of real time before the proxy stops reading its socket
+    # until real time catches up (so vLLM's queue of a connection stays this short).
+    max_audio_ahead_s: float = setting(
+        "WS_MAX_AUDIO_AHEAD_S", 30.0, "seconds of audio ahead of real time", minimum=1.0
+    )
     max_messages_per_window: int = setting(
         "WS_MAX_MESSAGES_PER_WINDOW", 5000, "message rate limit", minimum=1
     )

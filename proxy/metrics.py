@@ -22,6 +22,8 @@ UTTERANCE_LABELS = (STARTED, *Outcome, ROLLED_OVER)
 # (any whole rate from 8 to 48 kHz is accepted: the label set must stay small).
 LABELLED_RATES = frozenset((8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000))
 TURN_MODES = {False: "client", True: "server_vad"}
+# The client close codes counted as sent (the protocol's own range); others count as "other".
+CLIENT_CODES_KEPT = (1000, 1015)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -49,8 +51,15 @@ class Metrics:
         )
         self.closes = Counter(
             f"{PREFIX}_closes",
-            "Sessions closed by the server, by close code.",
-            ["code"],
+            "Sessions closed, by who closed (server, client) and close code (a client's: "
+            "1000-1015 as sent, none without a close frame or code, other beyond).",
+            ["by", "code"],
+            registry=r,
+        )
+        self.client_held_seconds = Counter(
+            f"{PREFIX}_client_held_seconds",
+            "Seconds the proxy stopped reading a client whose audio ran too far ahead of real "
+            "time.",
             registry=r,
         )
         self.utterances = Counter(
@@ -132,6 +141,17 @@ class Metrics:
         counter.inc()
         if isinstance(message, AppendAudio):
             self.audio_seconds.inc(message.nbytes / audio_format.bytes_per_second)
+
+    def count_close(self, by: str, code: int | None) -> None:
+        """A session closed ``by`` the server or the client, with ``code`` (None: the client
+        sent no close frame, or one without a code)."""
+        if code is None:
+            label = "none"
+        elif by == "client" and not CLIENT_CODES_KEPT[0] <= code <= CLIENT_CODES_KEPT[1]:
+            label = "other"  # a client chooses its codes: the label set stays small
+        else:
+            label = str(code)
+        self.closes.labels(by, label).inc()
 
     def note_inbound_depth(self, depth: int, nbytes: int) -> None:
         if depth > self._inbound_high_water:

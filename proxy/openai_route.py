@@ -11,6 +11,7 @@ turn detection off (commit mode).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from starlette.websockets import WebSocket
@@ -62,9 +63,14 @@ async def connect_options(
     return DEFAULT_FORMAT, None
 
 
+def _codec(config: ProxyConfig, session_id: str, *, bound_session: bool = False) -> Codec:
+    # A token's bound session changes nothing here: OpenAI's events name no session.
+    return codec_for(config, session_id)
+
+
 def door(config: ProxyConfig) -> Door:
     return Door(
-        make_codec=lambda session_id: codec_for(config, session_id),
+        make_codec=functools.partial(_codec, config),
         subprotocol=OPENAI_SUBPROTOCOL,
         present=credential,
         options=connect_options,

@@ -51,6 +51,8 @@ class ProxyState:
             inbound_queue_max=config.inbound_queue_max,
             inbound_queue_max_bytes=config.inbound_queue_max_bytes,
             max_message_bytes=config.max_message_bytes,
+            max_utterances_in_flight=config.max_utterances_in_flight,
+            max_audio_ahead_s=config.max_audio_ahead_s,
         )
         self.memory = MemoryReleaser()
         # Slots are taken before the upstream is dialled, so admission cannot overshoot.
