@@ -15,6 +15,7 @@ connection cap and the rate limits still apply to each).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -107,9 +108,14 @@ async def connect_options(
     return NATIVE, None
 
 
+def _codec(config: ProxyConfig, session_id: str, *, bound_session: bool = False) -> Codec:
+    # A token's bound session changes nothing here: Mistral's events name no session.
+    return codec_for(config, session_id)
+
+
 def door(config: ProxyConfig) -> Door:
     return Door(
-        make_codec=lambda session_id: codec_for(config, session_id),
+        make_codec=functools.partial(_codec, config),
         subprotocol=OPENAI_SUBPROTOCOL,
         present=credential,
         options=connect_options,

@@ -137,6 +137,8 @@ _CASE_MESSAGES: Final[Mapping[ErrorCase, str]] = {
     "connection to transcribe more.",
     ErrorCase.FORMAT_CHANGE_IN_UTTERANCE: "The audio format cannot change while audio is being "
     "transcribed: change it before the first audio chunk.",
+    ErrorCase.TOO_MANY_UTTERANCES: "Too many flushed utterances wait for their transcription.done "
+    "on this connection (WS_MAX_UTTERANCES_IN_FLIGHT): wait for a done before flushing again.",
 }
 
 

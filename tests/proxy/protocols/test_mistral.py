@@ -409,3 +409,17 @@ def test_a_segment_closed_by_a_pause_is_sent_at_once_and_not_again_with_the_done
     # The next utterance starts counting afresh: its done sends all of its segments.
     again = frames(c, dataclasses.replace(done, request_id="utt-2"))
     assert [f["type"] for f in again] == [*["transcription.segment"] * 2, "transcription.done"]
+
+
+def test_too_many_utterances_in_flight_says_to_wait_for_a_done() -> None:
+    frame = one(
+        codec(),
+        SessionError(
+            ErrorCode.RATE_LIMITED,
+            None,
+            ErrorCase.TOO_MANY_UTTERANCES,
+            details={"max_utterances_in_flight": 16},
+        ),
+    )
+    assert frame["error"]["code"] == 4008
+    assert "wait for a done" in frame["error"]["message"]
