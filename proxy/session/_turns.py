@@ -1,5 +1,7 @@
 """Server-side turn detection, as lifecycle steps: the session's audio stream goes to the VAD,
 and its scored windows open and finalize the turns, each an utterance named by the server.
+Once a turn is open its audio goes upstream as it arrives, before the VAD has scored it; the
+VAD, beside the stream, finds where the turn ends.
 
 The stream's own state (its audio, its detector) is ``TurnStream``; the utterances are the
 lifecycle's, changed only through its steps.
@@ -43,6 +45,9 @@ class TurnDetection:
         except InvalidAudio as exc:
             lifecycle.refuse(ErrorCode.INVALID_AUDIO, None, message=exc.message)
             return
+        utterance = lifecycle.open
+        if utterance is not None:
+            self._turn_audio(utterance, stream.audio(0, stream.turn_end))
         lifecycle.out.extend(FeedVad(chunk) for chunk in chunks)
         if stream.unscored_ms > MAX_UNSCORED_MS:
             lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
@@ -59,7 +64,7 @@ class TurnDetection:
                 self._close_turn(event)
         utterance = self._lifecycle.open
         if utterance is not None:
-            self._turn_audio(utterance, stream.audio(0, stream.scored))
+            self._turn_audio(utterance, stream.audio(0, stream.turn_end))
         else:
             stream.trim_idle()
 
@@ -89,14 +94,14 @@ class TurnDetection:
         utterance = lifecycle.open_utterance(request_id, UtteranceAudio(NATIVE))
         lifecycle.send(SpeechStarted(request_id, event.audio_start_ms))
         start = event.turn_start_ms * PCM_BYTES_PER_MS
-        self._turn_audio(utterance, stream.audio(start, stream.scored))
+        self._turn_audio(utterance, stream.audio(start, stream.turn_end))
 
     def _close_turn(self, event: TurnStopped) -> None:
         lifecycle, stream = self._lifecycle, self.stream
         utterance = lifecycle.open
         if utterance is None:
             return  # the client ended or cancelled it already
-        self._turn_audio(utterance, stream.audio(0, stream.scored))
+        self._turn_audio(utterance, stream.audio(0, stream.turn_end))
         lifecycle.send(SpeechStopped(utterance.request_id, event.audio_end_ms))
         lifecycle.finalize(utterance)
 
