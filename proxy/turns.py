@@ -153,6 +153,11 @@ class TurnDetector:
     def in_turn(self) -> bool:
         return self._in_turn
 
+    @property
+    def confirming_speech(self) -> bool:
+        """Out of a turn with speech heard: the next windows may open one."""
+        return not self._in_turn and self._candidate_ms is not None
+
     def push(self, window_end_ms: int, probability: float) -> TurnEvent | None:
         """One scored window, in order; returns the fact it establishes, if any."""
         if window_end_ms <= self._end_ms:

@@ -3,8 +3,10 @@
 Each open stream owns one row of the model's recurrent state and its last 64 samples of context.
 A step gathers every stream's complete 32 ms windows, runs them through the model as one batch
 per round (round r holds each stream's r-th pending window, so a stream's windows stay in
-order), and hands each stream its ``(window_end_ms, probability)`` list. Steps come at most one
-window apart, so a window waits at most about one window for its score. The inference runs on
+order), and hands each stream its ``(window_end_ms, probability)`` list. A round of every
+stream's windows comes every ``STEP_INTERVAL_S``; in between, the windows of streams fed as
+*urgent* (speech being confirmed: a turn may open on the next window) are scored as soon as they
+are complete, so a turn opens without waiting for the next round. The inference runs on
 one dedicated thread (onnxruntime releases the GIL), pinned to one intra-op thread: on a small
 box a second thread costs more CPU than it saves wall time. A step that outlasts
 ``STEP_DEADLINE_S`` fails the engine (``VadStalled``): a hung inference must not leave every
@@ -46,10 +48,11 @@ MAX_WINDOWS_PER_STEP = 32
 # Results are handed out this many streams at a time, with the event loop free in between, so a
 # step's results for hundreds of sessions do not hold up every other message.
 DELIVER_SLICE = 20
-# Steps come at most this often: one window apart, so a client's window waits at most about one
-# window for its step, while each step still batches every session's windows (a step per window
-# of each session would run a batch of one for each, at twice the CPU per window).
-STEP_INTERVAL_S = WINDOW_MS / 1000
+# A round of every stream's pending windows comes this often: a batch of every session's windows
+# costs the model half as much per window as one of a few sessions' (and a round every window
+# would cost each stream about 0.3 ms of CPU per audio second more than this). Windows of urgent
+# streams do not wait for it.
+STEP_INTERVAL_S = 0.1
 # A step's inference that takes longer than this has hung (a step at 300 streams takes about
 # 0.02 s, a full second of audio for each of them about 0.4 s): the engine fails, well before
 # the 10 s of audio a session may have waiting for the VAD runs out.
@@ -115,16 +118,18 @@ class VadStream:
         "_windows_done",
         "closed",
         "row",
+        "urgent",
     )
 
     def __init__(
         self,
         row: int,
         on_windows: OnWindows,
-        on_ready: Callable[[], None],
+        on_ready: Callable[[bool], None],
         on_closed: Callable[[VadStream], None],
     ) -> None:
-        # The engine's hooks: a whole window is pending (wake its loop), the stream left.
+        # The engine's hooks: a whole window is pending (wake its loop; the flag: urgently),
+        # the stream left.
         self._on_ready = on_ready
         self._on_closed = on_closed
         self._on_windows = on_windows
@@ -132,13 +137,17 @@ class VadStream:
         self.row = row
         self._windows_done = 0
         self.closed = False
+        self.urgent = False
 
-    def feed(self, pcm16: bytes) -> None:
+    def feed(self, pcm16: bytes, *, urgent: bool = False) -> None:
+        """``urgent``: score this stream's windows as soon as they are complete, not at the
+        engine's next round (holds until the next feed)."""
         if self.closed:
             raise RuntimeError("feed() on a closed VAD stream")
         self._pending += pcm16
+        self.urgent = urgent
         if len(self._pending) >= _WINDOW_BYTES:
-            self._on_ready()
+            self._on_ready(urgent)
 
     @property
     def pending_windows(self) -> int:
@@ -216,7 +225,9 @@ class VadEngine:
         self._context = np.zeros((0, CONTEXT_SAMPLES), dtype=np.float32)
         # One thread: rounds depend on each other, and a second would only compete for the cores.
         self._inference = _InferenceThread()
+        # Some stream has a window pending; some urgent stream has.
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
 
     @property
     def streams(self) -> int:
@@ -229,7 +240,7 @@ class VadEngine:
         row = self._free_rows.pop()
         self._state[:, row] = 0.0
         self._context[row] = 0.0
-        stream = VadStream(row, on_windows, self._wake.set, self._release)
+        stream = VadStream(row, on_windows, self._ready, self._release)
         self._streams[row] = stream
         return stream
 
@@ -244,19 +255,24 @@ class VadEngine:
         self._state, self._context = state, context
         self._free_rows.extend(range(capacity - 1, old - 1, -1))
 
+    def _ready(self, urgent: bool) -> None:
+        self._wake.set()
+        if urgent:
+            self._urgent.set()
+
     def _release(self, stream: VadStream) -> None:
         del self._streams[stream.row]
         self._free_rows.append(stream.row)
 
-    async def step(self) -> int:
-        """Scores every stream's complete windows (up to ``MAX_WINDOWS_PER_STEP`` each) and
-        delivers the results; returns how many windows were scored. Raises ``VadStalled`` when
-        the inference outlasts the deadline (the engine is unusable then: its thread may never
-        come back)."""
+    async def step(self, *, urgent_only: bool = False) -> int:
+        """Scores every stream's complete windows (up to ``MAX_WINDOWS_PER_STEP`` each), or
+        only the urgent streams', and delivers the results; returns how many windows were
+        scored. Raises ``VadStalled`` when the inference outlasts the deadline (the engine is
+        unusable then: its thread may never come back)."""
         batch = [
             (stream, min(stream.pending_windows, MAX_WINDOWS_PER_STEP))
             for stream in self._streams.values()
-            if stream.pending_windows
+            if stream.pending_windows and (stream.urgent or not urgent_only)
         ]
         if not batch:
             return 0
@@ -312,18 +328,26 @@ class VadEngine:
         return probs, state, context
 
     async def run(self, interval_s: float = STEP_INTERVAL_S) -> None:
-        """Steps as soon as a window is pending, at most every ``interval_s``; sleeps while
-        none is. Runs until cancelled; an error from the model or a step past the deadline ends
-        it (and the windows of that step are lost), so whoever runs it must treat its end as
-        the end of turn detection."""
+        """A round of every stream's windows at most every ``interval_s`` while any is pending
+        (none while none is), and in between a step for urgent streams' windows as soon as one
+        is complete. Runs until cancelled; an error from the model or a step past the deadline
+        ends it (and the windows of that step are lost), so whoever runs it must treat its end
+        as the end of turn detection."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            started = loop.time()
+            self._urgent.clear()
+            next_round = loop.time() + interval_s
             if await self.step():
                 self._wake.set()
-            await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
+            while (left := next_round - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), left)
+                except TimeoutError:
+                    break
+                self._urgent.clear()
+                await self.step(urgent_only=True)
 
     def close(self) -> None:
         """Ends the inference thread once a step in flight is done, waiting for that at most

@@ -48,7 +48,8 @@ class TurnDetection:
         utterance = lifecycle.open
         if utterance is not None:
             self._turn_audio(utterance, stream.audio(0, stream.turn_end))
-        lifecycle.out.extend(FeedVad(chunk) for chunk in chunks)
+        urgent = stream.detector.confirming_speech
+        lifecycle.out.extend(FeedVad(chunk, urgent) for chunk in chunks)
         if stream.unscored_ms > MAX_UNSCORED_MS:
             lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
 

@@ -76,9 +76,12 @@ class StartVad:
 
 @dataclass(frozen=True, slots=True)
 class FeedVad:
-    """16 kHz mono PCM16 for the session's voice-activity stream, in stream order."""
+    """16 kHz mono PCM16 for the session's voice-activity stream, in stream order. ``urgent``:
+    speech is being confirmed, so a turn may open on the next windows: score them as soon as
+    they are complete rather than at the engine's next round of every stream."""
 
     pcm: bytes
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,22 @@ def test_turn_detection_from_the_start_asks_for_a_vad_stream_and_fed_audio_goes_
     assert harness.upstream() == []  # nothing goes to vLLM before speech
 
 
+def test_audio_goes_to_the_vad_as_urgent_while_speech_is_being_confirmed() -> None:
+    harness = Harness()
+
+    def urgent(actions: list[Action]) -> list[bool]:
+        return [a.urgent for a in actions if isinstance(a, FeedVad)]
+
+    assert urgent(harness.audio(stream_pcm(640))) == [False] * 8
+    harness.windows(320, 0.0)
+    assert urgent(harness.audio(stream_pcm(80))) == [False]
+    harness.windows(128, 0.9)  # speech, not yet min_speech_ms of it
+    assert urgent(harness.audio(stream_pcm(80))) == [True]
+    harness.windows(160, 0.9)  # the turn opens
+    assert harness.events("input_audio_buffer.speech_started") != []
+    assert urgent(harness.audio(stream_pcm(80))) == [False]
+
+
 def test_a_turn_gets_its_padding_its_speech_the_confirming_silence_and_the_lead() -> None:
     """The client is far ahead of the VAD: the turn's audio ends where the stop is known plus
     the most a turn may go ahead of the VAD."""

@@ -50,6 +50,18 @@ def test_one_turn_with_its_boundaries() -> None:
     ]
 
 
+def test_confirming_speech_from_the_first_speech_window_until_the_turn_opens() -> None:
+    detector = TurnDetector(TurnOptions())
+    states = []
+    for probability in [0.1] * 3 + [0.9] * 8 + [0.9] * 3 + [0.1] * 20 + [0.9]:
+        run_end = (len(states) + 1) * WINDOW
+        detector.push(run_end, probability)
+        states.append(detector.confirming_speech)
+    # Silence: no; speech being confirmed (7 windows); the 8th opens the turn: no, in it or out
+    # of it; speech after the turn ended: yes again.
+    assert states == [False] * 3 + [True] * 7 + [False] * 24 + [True]
+
+
 def test_speech_shorter_than_min_speech_opens_no_turn() -> None:
     # 224 ms bursts (7 windows) separated by silence never reach 250 ms.
     burst = [0.9] * 7 + [0.1] * 10

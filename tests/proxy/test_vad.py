@@ -251,6 +251,41 @@ async def test_the_tick_loop_delivers_without_explicit_steps(engine: VadEngine) 
     assert [end for end, _ in got] == [WINDOW_MS, 2 * WINDOW_MS, 3 * WINDOW_MS]
 
 
+async def test_urgent_windows_are_scored_without_waiting_for_the_next_round(
+    engine: VadEngine,
+) -> None:
+    rounds_apart = 3600.0  # no second round comes during the test
+    urgent_scored = asyncio.Event()
+    calm, hurried = Collected(), Collected()
+    calm_stream = engine.open(calm)
+
+    def on_urgent(windows: list[Window]) -> None:
+        hurried(windows)
+        urgent_scored.set()
+
+    hurried_stream = engine.open(on_urgent)
+    runner = asyncio.create_task(engine.run(interval_s=rounds_apart))
+    try:
+        calm_stream.feed(bytes(2 * WINDOW_SAMPLES))  # wakes the loop: the first round
+        await wait_for_windows(calm, 1)
+        calm_stream.feed(bytes(2 * WINDOW_SAMPLES))
+        hurried_stream.feed(bytes(2 * WINDOW_SAMPLES), urgent=True)
+        async with asyncio.timeout(10):  # a hang guard
+            await urgent_scored.wait()
+    finally:
+        runner.cancel()
+    assert [end for end, _ in hurried.windows] == [WINDOW_MS]
+    # The other stream's window waits for the next round.
+    assert len(calm.windows) == 1
+    assert calm_stream.pending_windows == 1
+
+
+async def wait_for_windows(got: Collected, count: int) -> None:
+    async with asyncio.timeout(10):  # a hang guard
+        while len(got.windows) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
 class HungModel:
     """A model whose inference never returns until ``release``."""
 
