@@ -154,9 +154,12 @@ class TurnDetector:
         return self._in_turn
 
     @property
-    def confirming_speech(self) -> bool:
-        """Out of a turn with speech heard: the next windows may open one."""
-        return not self._in_turn and self._candidate_ms is not None
+    def opens_at_ms(self) -> int | None:
+        """Out of a turn with speech heard: where in the stream a window ending there or later
+        would open a turn if the speech goes on (None when no speech is being confirmed)."""
+        if self._in_turn or self._candidate_ms is None:
+            return None
+        return self._candidate_ms + self.options.min_speech_ms
 
     def push(self, window_end_ms: int, probability: float) -> TurnEvent | None:
         """One scored window, in order; returns the fact it establishes, if any."""

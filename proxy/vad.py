@@ -53,7 +53,7 @@ DELIVER_SLICE = 20
 # would cost each stream about 0.3 ms of CPU per audio second more than this). Windows of urgent
 # streams do not wait for it.
 STEP_INTERVAL_S = 0.1
-# A step's inference that takes longer than this has hung (a step at 300 streams takes about
+# A step's inference that takes longer than this has hung (a round at 300 streams takes about
 # 0.02 s, a full second of audio for each of them about 0.4 s): the engine fails, well before
 # the 10 s of audio a session may have waiting for the VAD runs out.
 STEP_DEADLINE_S = 3.0

@@ -22,9 +22,9 @@ from proxy.vllm_wire import PCM_BYTES_PER_MS
 # buffers here and in the VAD stream without bound.
 MAX_UNSCORED_MS = 10_000
 # How far a turn's audio may go upstream ahead of the VAD. A real-time client's audio is never
-# held (the VAD lags it by a partial window, a step interval and a step: about 0.1 s on a busy
-# machine); a client far faster than real time is held to the VAD's pace, so the turn it ends
-# gets at most this much audio past the moment its end is known.
+# held (in a turn the VAD lags it by at most a partial window, the 100 ms between rounds and a
+# round: about 0.2 s on a busy machine); a client far faster than real time is held to the VAD's
+# pace, so the turn it ends gets at most this much audio past the moment its end is known.
 MAX_TURN_LEAD_MS = 300
 
 

@@ -48,7 +48,9 @@ class TurnDetection:
         utterance = lifecycle.open
         if utterance is not None:
             self._turn_audio(utterance, stream.audio(0, stream.turn_end))
-        urgent = stream.detector.confirming_speech
+        # The audio that may open a turn is scored at once, the rest at the engine's next round.
+        opens_at = stream.detector.opens_at_ms
+        urgent = opens_at is not None and stream.received >= opens_at * PCM_BYTES_PER_MS
         lifecycle.out.extend(FeedVad(chunk, urgent) for chunk in chunks)
         if stream.unscored_ms > MAX_UNSCORED_MS:
             lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)

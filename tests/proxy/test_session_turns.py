@@ -125,17 +125,17 @@ def test_turn_detection_from_the_start_asks_for_a_vad_stream_and_fed_audio_goes_
     assert harness.upstream() == []  # nothing goes to vLLM before speech
 
 
-def test_audio_goes_to_the_vad_as_urgent_while_speech_is_being_confirmed() -> None:
+def test_audio_that_may_open_a_turn_goes_to_the_vad_as_urgent() -> None:
     harness = Harness()
 
     def urgent(actions: list[Action]) -> list[bool]:
         return [a.urgent for a in actions if isinstance(a, FeedVad)]
 
-    assert urgent(harness.audio(stream_pcm(640))) == [False] * 8
+    assert urgent(harness.audio(stream_pcm(480))) == [False] * 6
     harness.windows(320, 0.0)
-    assert urgent(harness.audio(stream_pcm(80))) == [False]
-    harness.windows(128, 0.9)  # speech, not yet min_speech_ms of it
-    assert urgent(harness.audio(stream_pcm(80))) == [True]
+    harness.windows(128, 0.9)  # speech from 320 ms: a window ending at 570 ms or later opens
+    assert urgent(harness.audio(stream_pcm(80))) == [False]  # to 560 ms: it cannot yet
+    assert urgent(harness.audio(stream_pcm(80))) == [True]  # to 640 ms: it may
     harness.windows(160, 0.9)  # the turn opens
     assert harness.events("input_audio_buffer.speech_started") != []
     assert urgent(harness.audio(stream_pcm(80))) == [False]
