@@ -29,8 +29,12 @@ CHUNK_BYTES = NATIVE.chunk_bytes(CHUNK_MS)  # 2560
 TELEPHONY_FORMAT = AudioFormat(Encoding.G711_ULAW, 8_000, 1)
 TELEPHONY_FRAME_MS = 20
 
-# Containers libsndfile decodes natively; anything else goes through ffmpeg.
-SOUNDFILE_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga"})
+# Containers libsndfile decodes natively (MP3 since libsndfile 1.1); anything else goes
+# through ffmpeg.
+SOUNDFILE_SUFFIXES = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga"}
+    | ({".mp3"} if "MP3" in sf.available_formats() else set())
+)
 
 
 class AudioError(Exception):
@@ -51,7 +55,7 @@ def load_audio(path: str | Path, fmt: AudioFormat, *, ffmpeg: str | None = None)
     """Decode `path` into `fmt`: resampled to its rate, mixed down (or copied) to its channels,
     encoded as PCM16LE or G.711.
 
-    WAV/FLAC/OGG are read with soundfile and resampled with soxr; other formats need `ffmpeg`
+    WAV/FLAC/OGG/MP3 are read with soundfile and resampled with soxr; other formats need `ffmpeg`
     (found on PATH unless given). Raises AudioError with a one-line message on any failure.
     """
     p = Path(path)

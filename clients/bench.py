@@ -17,7 +17,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import httpx
 from tqdm import tqdm
 
 from clients.audio import load_audio
@@ -50,6 +52,9 @@ from clients.timing import now
 from clients.wer import reference_for, word_error_rate
 
 CAPACITY_CODE = "server_at_capacity"
+# `--sweep auto`: these levels below the server's capacity (GET /healthz), then the capacity.
+AUTO_SWEEP = "auto"
+AUTO_LEVELS = (1, 8, 32, 64, 100)
 SCHEMA_VERSION = 1
 END_TIMEOUT_S = 5.0
 
@@ -198,7 +203,16 @@ async def bench(args: argparse.Namespace, audio_opts: AudioOptions) -> int:
     await probe.close()
     await asyncio.sleep(args.settle)  # let the server release the probe's slot
 
-    levels = args.sweep or [args.concurrency]
+    if args.sweep == AUTO_SWEEP:
+        capacity = await server_capacity(cfg.server)
+        levels = auto_levels(capacity)
+        print(
+            f"sweep {','.join(map(str, levels))}: up to the server's capacity, {capacity} "
+            "streams (its /healthz; a CPU build holds few)",
+            file=sys.stderr,
+        )
+    else:
+        levels = args.sweep or [args.concurrency]
     plan = [(c, args.n or c) for c in levels]
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     summaries: list[dict[str, Any]] = []
@@ -228,6 +242,30 @@ async def bench(args: argparse.Namespace, audio_opts: AudioOptions) -> int:
     return EXIT_OK if any(s["ok"] for s in summaries) else EXIT_FAILED
 
 
+def auto_levels(capacity: int) -> list[int]:
+    """The sweep for a server that holds `capacity` streams: the usual levels below it, then
+    the capacity itself."""
+    return [level for level in AUTO_LEVELS if level < capacity] + [max(1, capacity)]
+
+
+async def server_capacity(server: str) -> int:
+    """The connection cap the server's /healthz reports."""
+    parts = urlsplit(build_url(server))
+    scheme = "https" if parts.scheme == "wss" else "http"
+    url = f"{scheme}://{parts.netloc}/healthz"
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            capacity = (await http.get(url)).json()["capacity"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise ClientError(
+            f"--sweep auto reads the capacity from {url}, which did not say it ({exc!r}): "
+            "give --sweep levels, e.g. --sweep 8,32"
+        ) from None
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+        raise ClientError(f"{url} reports no usable capacity: give --sweep levels")
+    return capacity
+
+
 def prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -249,6 +287,10 @@ def save_and_print(args: argparse.Namespace, document: dict[str, Any]) -> None:
         print(f"wrote {path}")
 
 
+def sweep_levels(text: str) -> list[int] | str:
+    return AUTO_SWEEP if text.strip().lower() == AUTO_SWEEP else int_list(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clients.bench",
@@ -266,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sweep",
-        type=int_list,
+        type=sweep_levels,
         default=None,
-        help="comma-separated concurrency levels, e.g. 8,32,64,100 (overrides --concurrency)",
+        help="comma-separated concurrency levels, e.g. 8,32,64,100 (overrides --concurrency), "
+        f"or {AUTO_SWEEP}: {','.join(map(str, AUTO_LEVELS))} up to the server's capacity "
+        "(GET /healthz), and the capacity",
     )
     parser.add_argument(
         "--stagger",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.audio import TELEPHONY_FORMAT, TELEPHONY_FRAME_MS, AudioError
-from clients.client import BINARY_DEFAULT, ClientError, VoxtralClient
+from clients.client import API_KEY_ENV, BINARY_DEFAULT, ClientError, VoxtralClient
 from proxy.audio_format import (
     CHANNEL_COUNTS,
     CHUNK_MS,
@@ -24,6 +24,12 @@ from proxy.audio_format import (
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 SERVER_ENV = "VOXTRAL_SERVER"
 DEFAULT_SERVER = "localhost:8000"
+# The dotenv file `make up` reads (scripts/ops.sh): the tools find the key where the server does.
+ENV_FILE_ENV = "VOXTRAL_ENV_FILE"
+DEFAULT_ENV_FILE = ".env"
+NO_API_KEY = (
+    f"no API key: set {API_KEY_ENV} (in the environment or {DEFAULT_ENV_FILE}) or pass --api-key"
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the tool ran but the check or run failed
@@ -50,7 +56,8 @@ def add_server_args(
     parser.add_argument(
         "--api-key",
         default=None,
-        help="API key (default: $VOXTRAL_API_KEY; prefer the variable, argv is visible to ps)",
+        help=f"API key (default: ${API_KEY_ENV}, or its line in ${ENV_FILE_ENV} or "
+        f"{DEFAULT_ENV_FILE}; prefer those, argv is visible to ps)",
     )
     parser.add_argument(
         "--open-timeout",
@@ -143,6 +150,41 @@ def audio_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return AudioOptions(fmt, args.chunk_ms or CHUNK_MS, binary)
 
 
+def env_file_values(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of a dotenv file, read as `make up` reads them (comments, blank lines,
+    `export ` and one level of quotes allowed); an absent file has none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.removeprefix("export ").split("=", 1)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values.setdefault(key, value)
+    return values
+
+
+def tool_api_key(given: str | None) -> str:
+    """The key a tool sends: --api-key, else VOXTRAL_API_KEY from the environment, else from the
+    dotenv file (VOXTRAL_ENV_FILE, default .env); the first of a comma-separated list. Raises
+    ClientError before any connection when there is none."""
+    raw = given
+    if raw is None:
+        raw = os.environ.get(API_KEY_ENV)
+    if raw is None:
+        path = Path(os.environ.get(ENV_FILE_ENV) or DEFAULT_ENV_FILE)
+        raw = env_file_values(path).get(API_KEY_ENV)
+    key = next((part.strip() for part in (raw or "").split(",") if part.strip()), None)
+    if key is None:
+        raise ClientError(NO_API_KEY)
+    return key
+
+
 async def open_session(
     server: str,
     api_key: str | None,
@@ -151,10 +193,10 @@ async def open_session(
     *,
     default_scheme: str = "ws",
 ) -> VoxtralClient:
-    """`VoxtralClient.connect` with a tool's audio options."""
+    """`VoxtralClient.connect` with a tool's audio options and key (`tool_api_key`)."""
     return await VoxtralClient.connect(
         server,
-        api_key=api_key,
+        api_key=tool_api_key(api_key),
         default_scheme=default_scheme,
         open_timeout=open_timeout,
         audio_format=audio.format.encoding.value,

@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clients.cli import EXIT_FAILED, EXIT_OK, add_server_args, fail, positive_float, run_tool
+from clients.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_server_args,
+    fail,
+    positive_float,
+    run_tool,
+    tool_api_key,
+)
 from clients.client import ClientTimeout, VoxtralClient
 from clients.timing import now
 
@@ -18,7 +26,7 @@ IDLE_CLOSE_CODE = 4000
 
 async def idle(args: argparse.Namespace, prog: str) -> int:
     client = await VoxtralClient.connect(
-        args.server, api_key=args.api_key, open_timeout=args.open_timeout
+        args.server, api_key=tool_api_key(args.api_key), open_timeout=args.open_timeout
     )
     started = now()
     async with client:

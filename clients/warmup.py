@@ -27,6 +27,12 @@ from clients.timing import now
 from clients.wer import reference_for, word_error_rate
 
 END_TIMEOUT_S = 10.0
+# A word error rate this high means the words match nothing: what the dummy model writes.
+NO_WORDS_RIGHT_WER = 0.9
+NO_WORDS_RIGHT = (
+    "no word right: expected from the dummy model (VOXTRAL_MODEL_ID=dummy writes random "
+    "words); with the real model, check the audio and its format"
+)
 
 
 def build_parser(
@@ -112,7 +118,8 @@ def print_report(report: dict[str, Any], result: UtteranceResult) -> None:
         ("rtf", "-" if t.rtf is None else f"{t.rtf:.3f}"),
     ]
     if report["wer"] is not None:
-        lines.append(("wer", f"{report['wer']:.3f}"))
+        note = f" ({NO_WORDS_RIGHT})" if report["wer"] >= NO_WORDS_RIGHT_WER else ""
+        lines.append(("wer", f"{report['wer']:.3f}{note}"))
     for label, value in lines:
         print(f"{label:<9} {value}")
     sys.stdout.flush()

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from clients.audio import CHUNK_BYTES, AudioError, load_pcm
 from devtools.bench_proxy_check import (
@@ -50,6 +51,8 @@ from devtools.bench_proxy_check import (
 from devtools.bench_proxy_load import (
     BINARY_MODES,
     CHUNK_S,
+    CONVERTED,
+    DEFAULT_MODES,
     PROXIED_MODES,
     Mode,
     StreamPlan,
@@ -72,12 +75,11 @@ from devtools.bench_proxy_procs import (
 )
 from devtools.bench_proxy_profile import finish_py_spy, start_py_spy, summarize
 from proxy.audio_convert import AudioConverter
-from proxy.audio_format import AudioFormat, Encoding
+from proxy.audio_format import CHUNK_MS, AudioFormat, Encoding
 from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.g711 import encode_ulaw
 
 SCHEMA_VERSION = 2
-ULAW_8K = AudioFormat(Encoding.G711_ULAW, 8000, 1)
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 DEFAULT_STREAMS = "100,300,600"
 START_DELAY_S = 0.5  # between the start signal and the common start time
@@ -148,10 +150,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         type=_mode_list,
-        default=list(PROXIED_MODES),
+        default=list(DEFAULT_MODES),
         help="proxied modes to run, in this order: json (base64 appends), binary (binary "
-        "frames), ulaw (8 kHz G.711 binary frames), agent (binary, utterances back to back); "
-        f"default {','.join(PROXIED_MODES)}",
+        "frames), ulaw (8 kHz G.711 binary frames), pcm8k, pcm24k, pcm48k (binary PCM16 at "
+        "those rates), agent (binary, utterances back to back); "
+        f"default {','.join(DEFAULT_MODES)}",
+    )
+    parser.add_argument(
+        "--frame-ms",
+        type=int,
+        choices=(20, 40, 80),
+        default=80,
+        help="binary modes: the frame length (an 80 ms frame goes as several, paced in real "
+        "time); default 80",
     )
     parser.add_argument(
         "--utterance-seconds",
@@ -209,8 +220,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 class Clip:
     frames_pcm: tuple[bytes, ...]
     frames_b64: tuple[str, ...]
-    # The same frames at 8 kHz in μ-law (every other sample: the fake only hashes the audio).
-    frames_ulaw: tuple[bytes, ...]
+    # The same frames in each converted mode's format (at 8 kHz every other sample, at 24 and
+    # 48 kHz repeated samples: the fake only hashes the audio).
+    frames_converted: dict[Mode, tuple[bytes, ...]]
 
     @classmethod
     def load(cls, path: Path) -> Clip:
@@ -220,13 +232,16 @@ class Clip:
         )
         if not frames:
             raise AudioError(f"{path} is shorter than one 80 ms frame")
-        ulaw = tuple(encode_ulaw(np.frombuffer(f, dtype="<i2")[::2].tobytes()) for f in frames)
-        return cls(frames, tuple(base64.b64encode(f).decode() for f in frames), ulaw)
+        converted = {
+            mode: tuple(_in_format(np.frombuffer(f, dtype="<i2"), fmt) for f in frames)
+            for mode, fmt in CONVERTED.items()
+        }
+        return cls(frames, tuple(base64.b64encode(f).decode() for f in frames), converted)
 
     def frames_for(self, mode: Mode) -> tuple[str, ...] | tuple[bytes, ...]:
         """The clip's frames as `mode` sends them."""
-        if mode == "ulaw":
-            return self.frames_ulaw
+        if mode in CONVERTED:
+            return self.frames_converted[mode]
         return self.frames_pcm if mode in BINARY_MODES else self.frames_b64
 
     def stream_pcm(self, plan: StreamPlan, first: int = 0, chunks: int | None = None) -> bytes:
@@ -236,16 +251,27 @@ class Clip:
         start = plan.first_chunk + first
         return b"".join(self.frames_pcm[(start + j) % count] for j in range(chunks))
 
-    def stream_ulaw_upstream(self, plan: StreamPlan) -> bytes:
-        """What the proxy sends vLLM for the stream's μ-law frames, converted as it does."""
-        count = len(self.frames_ulaw)
-        converter = AudioConverter(ULAW_8K)
+    def stream_converted_upstream(self, plan: StreamPlan, mode: Mode) -> bytes:
+        """What the proxy sends vLLM for the stream's frames in a converted mode, converted as
+        it does (the result does not depend on how the frames are cut)."""
+        frames = self.frames_converted[mode]
+        converter = AudioConverter(CONVERTED[mode])
         pcm = [
             chunk
             for j in range(plan.chunks)
-            for chunk in converter.feed(self.frames_ulaw[(plan.first_chunk + j) % count])
+            for chunk in converter.feed(frames[(plan.first_chunk + j) % len(frames)])
         ]
         return b"".join(pcm + converter.flush())
+
+
+def _in_format(samples: npt.NDArray[np.int16], fmt: AudioFormat) -> bytes:
+    """16 kHz samples as `fmt` audio of the same length (not a faithful resampling)."""
+    if fmt.sample_rate < 16000:
+        samples = samples[:: 16000 // fmt.sample_rate]
+    elif fmt.sample_rate > 16000:
+        samples = np.repeat(samples, fmt.sample_rate * 2 // 16000)[::2]
+    pcm = samples.astype("<i2").tobytes()
+    return encode_ulaw(pcm) if fmt.encoding is Encoding.G711_ULAW else pcm
 
 
 @dataclass
@@ -289,8 +315,8 @@ class Bench:
     def expected(self, mode: Mode, stream: StreamPlan) -> Expected:
         """What `stream` must receive in `mode` (vLLM's transcript of what reaches it)."""
         delay_ms = self.args.delay_ms
-        if mode == "ulaw":
-            return expected_for(self.clip.stream_ulaw_upstream(stream), delay_ms)
+        if mode in CONVERTED:
+            return expected_for(self.clip.stream_converted_upstream(stream, mode), delay_ms)
         if mode == "agent":
             utterances = [
                 (first, self.clip.stream_pcm(stream, first, length))
@@ -361,6 +387,7 @@ class Bench:
                 clip=self.clip.frames_for(mode),
                 streams=tuple(streams[w::workers]),
                 utterance_chunks=self.utterance_chunks if mode == "agent" else None,
+                frame_parts=CHUNK_MS // args.frame_ms if mode in BINARY_MODES else 1,
                 # Straight to the fake, deflate would be accepted and cost the fake CPU that it
                 # does not spend behind the proxy, skewing the baseline.
                 compression=(
@@ -876,6 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "transcription_delay_ms": args.delay_ms,
             "compression_offered": args.compression,
             "modes": args.modes,
+            "binary_frame_ms": args.frame_ms,
             "utterance_seconds": round(bench.utterance_chunks * CHUNK_S, 3),
             "profiled": bool(args.py_spy),
         },

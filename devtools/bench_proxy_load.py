@@ -3,7 +3,8 @@
 Each stream is one WebSocket carrying audio at real-time pace (one 80 ms frame per message),
 either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol through the
 proxy, in one of the proxied modes: ``json`` (base64 appends of 16 kHz PCM16), ``binary`` (binary
-frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the proxy) and
+frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the proxy),
+``pcm8k``, ``pcm24k`` and ``pcm48k`` (binary PCM16 at those rates, resampled too) and
 ``agent`` (binary 16 kHz PCM16 cut into utterances of a few seconds, spoken back to back as a
 voice agent's caller does: each final commit is followed at once by the next utterance's
 opening commit). A worker connects all its streams first, tells the parent, waits
@@ -28,11 +29,20 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-Mode = Literal["direct", "json", "binary", "ulaw", "agent"]
-PROXIED_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "agent")
+from proxy.audio_format import AudioFormat, Encoding
+
+Mode = Literal["direct", "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent"]
+PROXIED_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent")
+DEFAULT_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "agent")
+# The modes whose audio the proxy converts, and the format each sends.
+CONVERTED: dict[Mode, AudioFormat] = {
+    "ulaw": AudioFormat(Encoding.G711_ULAW, 8000, 1),
+    "pcm8k": AudioFormat(Encoding.PCM16, 8000, 1),
+    "pcm24k": AudioFormat(Encoding.PCM16, 24000, 1),
+    "pcm48k": AudioFormat(Encoding.PCM16, 48000, 1),
+}
 # Modes whose audio goes as binary frames (the others send base64 text).
-BINARY_MODES: frozenset[Mode] = frozenset({"binary", "ulaw", "agent"})
-ULAW_QUERY = "&audio_format=g711_ulaw&sample_rate=8000"
+BINARY_MODES: frozenset[Mode] = frozenset({"binary", "agent", *CONVERTED})
 CHUNK_S = 0.080
 CLOSE_TIMEOUT_S = 2.0
 
@@ -72,6 +82,10 @@ class WorkerPlan:
     go_timeout_s: float
     connect_parallelism: int = 32
     utterance_chunks: int | None = None  # the agent mode's utterance length
+    # Binary modes: each 80 ms frame goes as this many equal frames, paced in real time (a
+    # phone bridge's 20 ms frames: 4). The first one's send time is the frame's: it carries the
+    # look-ahead that releases a token (``bench_proxy_check.trigger_index``).
+    frame_parts: int = 1
 
 
 @dataclass(slots=True)
@@ -151,8 +165,8 @@ class _Stream:
         headers: dict[str, str] = {}
         if plan.mode != "direct":
             url = f"{url}?session_id={self.session_id}"
-            if plan.mode == "ulaw":
-                url += ULAW_QUERY
+            if plan.mode in CONVERTED:
+                url += "".join(f"&{k}={v}" for k, v in CONVERTED[plan.mode].query_params().items())
             if plan.api_key:
                 headers["X-API-Key"] = plan.api_key
         async with gate:
@@ -192,16 +206,27 @@ class _Stream:
             await sleep_until(start)
             for text in self.opening:
                 await ws.send(text)
+            parts = self.plan.frame_parts
+            part_s = CHUNK_S / parts
             for index in range(chunks + 1):
                 # The final commit follows the last frame at once, as a live client's would.
                 due = start + CHUNK_S * min(index, chunks - 1)
+                if index == chunks:
+                    due += part_s * (parts - 1)
                 await sleep_until(due)
                 result.scheduled[index] = due
                 result.send_times[index] = time.monotonic()
                 if index == chunks:
                     await ws.send(self.final)
                     break
-                await ws.send(self.message(index, utterance))
+                message = self.message(index, utterance)
+                if isinstance(message, bytes) and parts > 1:
+                    size = len(message) // parts
+                    for part in range(parts):
+                        await sleep_until(due + part_s * part)
+                        await ws.send(message[part * size : (part + 1) * size])
+                else:
+                    await ws.send(message)
                 if self.turns.get(index) == utterance and utterance + 1 < len(self.utterances):
                     # Back to back: the next utterance opens right after this one's final.
                     await ws.send(self._commit(utterance, final=True))

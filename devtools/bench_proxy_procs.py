@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -70,10 +71,11 @@ def _read_line(stream: IO[bytes], timeout_s: float) -> str:
     return stream.readline().decode().strip() if ready else ""
 
 
-def start_fake(log_path: Path, delay_ms: int) -> tuple[Child, str]:
-    """``python -m devtools.fake_vllm`` on a free loopback port; returns it and its WebSocket
-    URL."""
+def start_fake(log_path: Path, delay_ms: int, options: Sequence[str] = ()) -> tuple[Child, str]:
+    """``python -m devtools.fake_vllm`` (with ``options``) on a free loopback port; returns it
+    and its WebSocket URL."""
     args = ["-m", "devtools.fake_vllm", "--host", HOST, "--port", "0", "--delay-ms", str(delay_ms)]
+    args += options
     child = _spawn("fake vLLM", args, log_path, dict(os.environ))
     assert child.proc.stdout is not None
     url = _read_line(child.proc.stdout, START_TIMEOUT_S)

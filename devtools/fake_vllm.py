@@ -9,7 +9,7 @@ are a deterministic function of the audio, so tests can predict them with `predi
 Run by hand (prints the WebSocket URL, stops on Ctrl+C or SIGTERM):
 
     python -m devtools.fake_vllm --port 8001 [--delay-ms 480] [--max-model-len 131072] \
-        [--step-delay 0]
+        [--step-delay 0] [--word-every-step]
 
 HTTP on the same port: `GET /health` (200 empty body, 503 when `healthy` is off), `GET /v1/models`,
 `GET /version`; any other path is a 404. The WebSocket lives at `/v1/realtime`.
@@ -34,6 +34,9 @@ Runtime switches (plain attributes, flip them at any time):
   fake enforces, the default). Setting it apart from the enforced value lets a test meet a
   generation cut by the length cap that its client did not see coming.
 - `step_delay_s`: sleep this long before each delta (the flush after `final` included).
+- `word_every_step`: every step's delta for audio is a word (none empty, silence included), so
+  the first word comes at the first step whatever the audio (`--word-every-step`; the latency
+  benchmark uses it). `predict_deltas(..., every_step=True)` predicts it.
 - `fail_after_deltas`: after this many deltas of a generation (0 = at its start), send a
   `processing_error` and end that generation without `done`; the audio queue is left as it is.
   Stays armed until set back to None.
@@ -107,22 +110,24 @@ _WORDS = (
 # Deterministic token model (shared by the server and the prediction helpers)
 
 
-def _word(frame: bytes) -> str:
-    """A frame's text: "" about half the time, otherwise " <word>"; "" for a silent frame."""
-    if frame.count(0) == len(frame):
-        return ""
+def _word(frame: bytes, every_step: bool = False) -> str:
+    """A frame's text: "" about half the time, otherwise " <word>"; "" for a silent frame.
+    With `every_step`, always a word (so the first word's time is the first step's)."""
     digest = hashlib.blake2b(frame, digest_size=4).digest()
-    if digest[0] < 128:
+    word = " " + _WORDS[int.from_bytes(digest[1:3], "big") % len(_WORDS)]
+    if every_step:
+        return word
+    if frame.count(0) == len(frame) or digest[0] < 128:
         return ""  # padding / word-boundary token, as the real model emits about half the time
-    return " " + _WORDS[int.from_bytes(digest[1:3], "big") % len(_WORDS)]
+    return word
 
 
-def _token_text(pcm: bytes | bytearray, index: int) -> str:
+def _token_text(pcm: bytes | bytearray, index: int, every_step: bool = False) -> str:
     """Text of token `index` (1-based): a pure function of audio frame `index`, or in the right
     padding past the audio, of the audio's last frame (only for the first padding step)."""
     frame = bytes(pcm[(index - 1) * FRAME_BYTES : index * FRAME_BYTES])
     if frame:
-        return _word(frame)
+        return _word(frame, every_step)
     frames = -(-len(pcm) // FRAME_BYTES)
     if not frames or index != frames + 1:
         return ""
@@ -137,13 +142,14 @@ def predict_deltas(
     delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS,
     final: bool = True,
     max_model_len: int = 131072,
+    every_step: bool = False,
 ) -> list[str]:
     """The deltas the fake sends for one generation that consumed exactly `pcm`.
 
     With `final=False`: the deltas sent before the end marker (all the audio has arrived).
     """
     count = min(steps_sent(len(pcm), delay_ms, final=final), max_steps(max_model_len, delay_ms))
-    return [_token_text(pcm, i) for i in range(1, count + 1)]
+    return [_token_text(pcm, i, every_step) for i in range(1, count + 1)]
 
 
 def predict_text(pcm: bytes, *, delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS) -> str:
@@ -240,6 +246,7 @@ class FakeVllm:
         transcription_delay_ms: int = DEFAULT_TRANSCRIPTION_DELAY_MS,
         max_model_len: int = 131072,
         step_delay_s: float = 0.0,
+        word_every_step: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -258,6 +265,7 @@ class FakeVllm:
         self.healthy = True
         self.advertised_max_model_len: int | None = None
         self.step_delay_s = step_delay_s
+        self.word_every_step = word_every_step
         self.fail_after_deltas: int | None = None
         self.die_after_deltas: int | None = None
         self._max_num_seqs: int | None = None
@@ -545,7 +553,7 @@ class FakeVllm:
             return
         except _Died:
             return  # the socket is gone; the handler counts the abort
-        text = "".join(_token_text(pcm, i) for i in range(1, sent + 1))
+        text = "".join(_token_text(pcm, i, self.word_every_step) for i in range(1, sent + 1))
         await self._running.wait()
         conn.send({"type": "transcription.done", "text": text, "usage": _usage(prompt, sent)})
         conn.audio.clear()  # vLLM wipes the connection's audio queue right after done
@@ -557,7 +565,8 @@ class FakeVllm:
             await asyncio.sleep(self.step_delay_s)
         await self._running.wait()
         sent += 1
-        conn.send({"type": "transcription.delta", "delta": _token_text(pcm, sent)})
+        delta = _token_text(pcm, sent, self.word_every_step)
+        conn.send({"type": "transcription.delta", "delta": delta})
         await self._check_faults(conn, sent)
         return sent
 
@@ -591,6 +600,7 @@ async def _main(args: argparse.Namespace) -> None:
         transcription_delay_ms=args.delay_ms,
         max_model_len=args.max_model_len,
         step_delay_s=args.step_delay,
+        word_every_step=args.word_every_step,
         host=args.host,
         port=args.port,
     ) as fake:
@@ -606,6 +616,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=int, default=DEFAULT_TRANSCRIPTION_DELAY_MS)
     parser.add_argument("--max-model-len", type=int, default=131072)
     parser.add_argument("--step-delay", type=float, default=0.0)
+    parser.add_argument("--word-every-step", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(args))

@@ -90,7 +90,7 @@ async def apply_capacity(config: LauncherConfig, server: ProxyServer) -> None:
         async with httpx.AsyncClient(timeout=10.0) as client:
             capacity = await read_capacity(client, config.vllm_url)
     except CapacityError as exc:
-        log.warning("stream capacity unknown", error=str(exc))
+        log.warning("stream capacity unknown", error=str(exc), startup=True)
         return
     log.info(
         "stream capacity",
@@ -109,7 +109,8 @@ async def apply_capacity(config: LauncherConfig, server: ProxyServer) -> None:
             f"MAX_CONCURRENT_CONNECTIONS={proxy_config.max_connections} is above the "
             f"{capacity.streams} streams of {capacity.max_model_len} tokens that vLLM's KV cache "
             f"holds; streams beyond them may be preempted: set MAX_CONCURRENT_CONNECTIONS="
-            f"{capacity.streams} (or auto), or give vLLM more memory"
+            f"{capacity.streams} (or auto), or give vLLM more memory",
+            startup=True,
         )
 
 
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(proxy_config.log_level, keys=proxy_config.secrets)
     for warning in config.warnings:
-        log.warning(warning)
+        log.warning(warning, startup=True)
     if shutil.which(config.vllm_bin) is None:
         log.error(f"vllm is not at {config.vllm_bin}: {vllm_install_hint(config.device)}")
         return EXIT_FAILED

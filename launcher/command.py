@@ -9,6 +9,9 @@ from pathlib import Path
 
 from launcher.config import LauncherConfig
 
+# Polled every second (the launcher's supervisor, the proxy's monitor): its access lines would be
+# nearly half of the log.
+QUIET_ENDPOINTS = "/health"
 # The model card's compilation setting for Voxtral realtime on GPU.
 GPU_COMPILATION_CONFIG = json.dumps({"cudagraph_mode": "PIECEWISE"}, separators=(",", ":"))
 
@@ -44,6 +47,8 @@ def build_command(config: LauncherConfig, model_dir: Path | None = None) -> Vllm
         "mistral",
         "--load-format",
         "dummy" if config.is_dummy else "mistral",
+        "--disable-access-log-for-endpoints",
+        QUIET_ENDPOINTS,
     ]
     # The model directory is local by now; vLLM has no reason to reach the hub.
     env = {"HF_HUB_OFFLINE": "1"}

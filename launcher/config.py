@@ -25,9 +25,11 @@ from proxy.config import (
     ConfigError,
     parse_flag,
     parse_number,
+    read_setting,
     realtime_url,
     validate_transcription_delay_ms,
 )
+from proxy.vllm_wire import generation_tokens
 
 __all__ = [
     "DUMMY_MODEL_ID",
@@ -102,6 +104,8 @@ class LauncherConfig:
     # MAX_CONCURRENT_CONNECTIONS=auto: the cap becomes the streams vLLM's KV cache holds, once
     # vLLM is ready.
     connections_auto: bool = False
+    # VOXTRAL_ALLOW_CPU_MODEL=1: the real model on CPU is what the operator means, not a slip.
+    allow_cpu_model: bool = False
     warnings: tuple[str, ...] = ()
 
     @property
@@ -249,7 +253,9 @@ def load_config(
     device = _device(env, detect_gpu)
     port = parse_number(env, "VLLM_PORT", int, 1, 65535) or DEFAULT_UPSTREAM_PORT
     max_num_seqs = parse_number(env, "VLLM_MAX_NUM_SEQS", int, 1)
-    connections_auto = env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() == AUTO
+    # Under the launcher the cap follows what vLLM's KV cache holds unless a number is given
+    # (`python -m proxy` alone cannot see the cache and keeps a number).
+    connections_auto = env.get("MAX_CONCURRENT_CONNECTIONS", "").strip().lower() in ("", AUTO)
     max_connections, connection_warnings = _max_connections(env, max_num_seqs, connections_auto)
     gpu_memory_utilization = parse_number(env, "VLLM_GPU_MEMORY_UTILIZATION", float, 0.01, 1.0)
     startup_timeout_s = (
@@ -267,7 +273,10 @@ def load_config(
         vllm_port=port,
         startup_timeout_s=startup_timeout_s,
         gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=parse_number(env, "VLLM_MAX_MODEL_LEN", int, 1),
+        # One generation of SEGMENT_MAX_S (the proxy carries longer utterances over), so vLLM
+        # counts its streams at the length they can really reach.
+        max_model_len=parse_number(env, "VLLM_MAX_MODEL_LEN", int, 1)
+        or generation_tokens(read_setting(env, "segment_max_s"), delay),
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=parse_number(env, "VLLM_MAX_NUM_BATCHED_TOKENS", int, 1),
         enforce_eager=parse_flag(env, "VLLM_ENFORCE_EAGER", False),
@@ -277,6 +286,7 @@ def load_config(
         hf_token=env.get("HF_TOKEN", "").strip() or None,
         max_concurrent_connections=max_connections,
         connections_auto=connections_auto,
+        allow_cpu_model=parse_flag(env, "VOXTRAL_ALLOW_CPU_MODEL", False),
         warnings=delay_warnings + connection_warnings,
     )
 

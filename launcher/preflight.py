@@ -8,6 +8,7 @@ forward-compatibility libraries, ports) are fields of ``Host``, so tests can sta
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import socket
@@ -64,6 +65,23 @@ def _compat_libraries(environ: Mapping[str, str]) -> bool:
     return any(glob.glob(os.path.join(d, "libcuda.so*")) for d in candidates)
 
 
+def running_service(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """What the launcher `make up` started was started with (run/launcher.state), while the pid
+    in run/launcher.pid is alive and is that launcher; None otherwise. The same rule as
+    scripts/ops.sh's ``running_pid``."""
+    run_dir = Path(environ.get("VOXTRAL_RUN_DIR", "").strip() or "run")
+    try:
+        pid = int((run_dir / "launcher.pid").read_text().strip())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = (run_dir / "launcher.state").read_text()
+    except (OSError, ValueError):
+        return None
+    if not any(a == b"-m" and b == b"launcher" for a, b in itertools.pairwise(args)):
+        return None
+    values = dict(line.split("=", 1) for line in state.splitlines() if "=" in line)
+    return {**values, "PID": str(pid)}
+
+
 def _port_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
@@ -91,6 +109,7 @@ class Host:
     python_include: Path = field(default_factory=lambda: Path(sysconfig.get_paths()["include"]))
     free_bytes: Callable[[Path], int] = _free_bytes
     port_free: Callable[[str, int], bool] = _port_free
+    running_service: Callable[[Mapping[str, str]], dict[str, str] | None] = running_service
 
 
 @dataclass(slots=True)
@@ -197,6 +216,20 @@ def _model(report: Report, config: LauncherConfig, host: Host) -> None:
     if config.is_dummy:
         report.passed.append("model: the tiny dummy model (nothing to download)")
         return
+    if config.device == "cpu":
+        on_cpu = (
+            f"VOXTRAL_MODEL_ID={config.model_id} on the CPU: about 9 GB to download, and far too "
+            "slow there to transcribe in real time"
+        )
+        if config.allow_cpu_model:
+            report.warnings.append(f"{on_cpu} (VOXTRAL_ALLOW_CPU_MODEL=1)")
+        else:
+            report.problems.append(
+                f"{on_cpu}: set VOXTRAL_MODEL_ID=dummy for the tiny test model (every part of "
+                "the stack real, the words meaningless), serve from an NVIDIA GPU host, or set "
+                "VOXTRAL_ALLOW_CPU_MODEL=1 to run it on the CPU anyway"
+            )
+            return
     if is_complete(config.model_dir):
         report.passed.append(f"model: {config.model_dir} (already downloaded)")
         return
@@ -217,16 +250,30 @@ def _model(report: Report, config: LauncherConfig, host: Host) -> None:
         )
 
 
-def _ports(report: Report, config: LauncherConfig, proxy: ProxyConfig, host: Host) -> None:
+def _ports(
+    report: Report,
+    config: LauncherConfig,
+    proxy: ProxyConfig,
+    host: Host,
+    environ: Mapping[str, str],
+) -> None:
+    service = host.running_service(environ)
     for name, bind, port in (
         ("SERVER_PORT", proxy.bind_host, proxy.port),
         ("VLLM_PORT", "127.0.0.1", config.vllm_port),
     ):
-        report.check(
-            host.port_free(bind, port),
-            f"port {port} ({name}) is free",
+        if host.port_free(bind, port):
+            report.passed.append(f"port {port} ({name}) is free")
+            continue
+        if service is not None and service.get(name) == str(port):
+            report.passed.append(
+                f"port {port} ({name}) is held by this service, running (pid "
+                f"{service['PID']}; `make status`)"
+            )
+            continue
+        report.problems.append(
             f"port {port} ({name}) is in use: stop what listens there (`make status` shows "
-            f"whether it is this service; `make down` stops it), or set {name}",
+            f"whether it is this service; `make down` stops it), or set {name}"
         )
 
 
@@ -249,7 +296,7 @@ def run_checks(environ: Mapping[str, str], host: Host | None = None) -> Report:
     if config.device == "cuda":
         _gpu(report, config, host, environ)
     _model(report, config, host)
-    _ports(report, config, proxy, host)
+    _ports(report, config, proxy, host, environ)
     return report
 
 

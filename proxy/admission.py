@@ -17,7 +17,7 @@ from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
 from proxy.limits import auth_failure_details
 from proxy.protocols.codec import Codec
-from proxy.protocols.envelope import ID_MAX_CHARS
+from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY
 from proxy.session.events import ErrorCode, SessionError
 from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
@@ -71,8 +71,10 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
     for a key). Raises ``Unauthorized``."""
     if key_is_valid(credential, state.config.api_keys):
         return None
-    if credential is None or not looks_like_token(credential):
-        raise Unauthorized  # the protocol's default message for unauthorized
+    if credential is None:
+        raise Unauthorized  # the protocol's default message for unauthorized: where to send one
+    if not looks_like_token(credential):
+        raise Unauthorized(WRONG_API_KEY)
     try:
         return state.tokens.verify(credential, time.time())
     except TokenError as exc:

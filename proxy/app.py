@@ -32,9 +32,9 @@ from proxy.session import Session
 from proxy.session.actions import Outcome
 from proxy.session.events import ErrorCode
 from proxy.state import ProxyState
-from proxy.token_endpoint import mint_token
+from proxy.token_endpoint import TOKEN_ROUTE_METHODS, mint_token
 from proxy.upstream import UpstreamUnavailable, open_upstream
-from proxy.vllm_wire import segment_audio_limit
+from proxy.vllm_wire import segment_limit
 
 log = structlog.get_logger("proxy.app")
 
@@ -76,11 +76,10 @@ async def _serve_session(
 ) -> None:
     # Bound before vLLM's socket opens: its callbacks (and their log lines) run in the context
     # current at that moment.
-    structlog.contextvars.bind_contextvars(
-        session_id=session_id, connection_id=uuid.uuid4().hex[:12]
-    )
+    connection_id = uuid.uuid4().hex[:12]
+    structlog.contextvars.bind_contextvars(session_id=session_id, connection_id=connection_id)
     try:
-        await _relay_session(websocket, state, session_id, codec, receive, send)
+        await _relay_session(websocket, state, session_id, connection_id, codec, receive, send)
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
@@ -89,6 +88,7 @@ async def _relay_session(
     websocket: WebSocket,
     state: ProxyState,
     session_id: str,
+    connection_id: str,
     codec: Codec,
     receive: Receive,
     send: Send,
@@ -110,10 +110,8 @@ async def _relay_session(
         served_model=config.served_model_name,
         limits=state.limits,
         transcription_delay_ms=config.transcription_delay_ms,
-        segment_max_bytes=(
-            segment_audio_limit(max_model_len, config.transcription_delay_ms)
-            if max_model_len
-            else None
+        segment_max_bytes=segment_limit(
+            max_model_len, config.transcription_delay_ms, config.segment_max_s
         ),
         segment_pause_ms=config.segment_pause_ms,
         audio_format=audio_format,
@@ -134,7 +132,7 @@ async def _relay_session(
         codec,
     )
     try:
-        for text in codec.render(session.created()):
+        for text in codec.render(session.created(connection_id)):
             await websocket.send_text(text)
     except Exception:
         upstream.close()
@@ -152,6 +150,8 @@ async def _relay_session(
         counts = relay.telemetry.counts
         log.info(
             "session_closed",
+            # The app's own id, as its latest message gave it (the bound one is the connect's).
+            session_id=relay.codec.session_id,
             utterances=counts[STARTED],
             done=counts[Outcome.DONE],
             cancelled=counts[Outcome.CANCELLED],
@@ -219,7 +219,8 @@ def create_app(config: ProxyConfig) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
-        Route("/api/tokens", mint_token, methods=["POST"]),
+        # Every method reaches it, so that a wrong one gets a JSON error like every refusal.
+        Route("/api/tokens", mint_token, methods=TOKEN_ROUTE_METHODS),
     ]
     if config.demo_page:
         routes += [

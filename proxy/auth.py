@@ -15,6 +15,8 @@ from proxy.tokens import TOKEN_PATTERN
 # ``voxtral-stt.auth.<credential>`` as subprotocols, and the server echoes only the first.
 SUBPROTOCOL = "voxtral-stt"
 AUTH_SUBPROTOCOL_PREFIX = f"{SUBPROTOCOL}.auth."
+# Keys shorter than this get a warning at start: a short key can be guessed.
+API_KEY_MIN_CHARS = 32
 
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 # Where a credential can show up in a log line: a query string (uvicorn's access log prints

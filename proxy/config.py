@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from proxy.audio_clock import DEFAULT_PAUSE_MS, MAX_PAUSE_MS, MIN_PAUSE_MS
+from proxy.guard import HEADER_COUNT_CEILING
+from proxy.tokens import TOKEN_SECRET_MIN_CHARS
 
 DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 # vLLM's loopback port under the launcher (VLLM_PORT), and so the proxy's default upstream.
@@ -29,6 +31,10 @@ DEFAULT_TRANSCRIPTION_DELAY_MS = 480
 DEFAULT_MAX_CONNECTIONS = 100
 # MAX_CONCURRENT_CONNECTIONS=auto: the launcher sets the cap from vLLM's KV cache.
 AUTO = "auto"
+# The longest audio one vLLM generation takes before the utterance carries over onto the next
+# (SEGMENT_MAX_S): the bound on what one stream holds in vLLM's KV cache.
+DEFAULT_SEGMENT_MAX_S = 300.0
+MIN_SEGMENT_MAX_S = 10.0
 
 
 def realtime_url(port: int) -> str:
@@ -193,6 +199,14 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _token_secret(value: str) -> None:
+    if value and len(value) < TOKEN_SECRET_MIN_CHARS:
+        raise ConfigError(
+            f"VOXTRAL_TOKEN_SECRET is too short ({len(value)} characters): use at least "
+            f"{TOKEN_SECRET_MIN_CHARS} random characters, e.g. from `openssl rand -hex 32`"
+        )
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
 
@@ -243,6 +257,13 @@ class ProxyConfig:
         "a silence at least this long splits done's segments",
         minimum=MIN_PAUSE_MS,
         maximum=MAX_PAUSE_MS,
+    )
+    # The launcher also sizes vLLM's max_model_len to one such generation (launcher.config).
+    segment_max_s: float = setting(
+        "SEGMENT_MAX_S",
+        DEFAULT_SEGMENT_MAX_S,
+        "most audio (s) one vLLM generation takes before the utterance carries over",
+        minimum=MIN_SEGMENT_MAX_S,
     )
     max_connections: int = setting(
         "MAX_CONCURRENT_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, "connection cap", minimum=1
@@ -316,9 +337,15 @@ class ProxyConfig:
         "front ends whose X-Forwarded-For names the client",
         parse=parse_trusted_proxies,
     )
-    # Signs client tokens; empty derives the secret from the API keys (same keys, same secret
-    # on every replica).
-    token_secret: str = setting("VOXTRAL_TOKEN_SECRET", "", "signs client tokens", secret=True)
+    # Signs client tokens; empty: a random secret per process (tokens survive neither a
+    # restart nor another replica).
+    token_secret: str = setting(
+        "VOXTRAL_TOKEN_SECRET",
+        "",
+        "signs client tokens, at least 32 characters",
+        check=_token_secret,
+        secret=True,
+    )
     token_max_ttl_s: int = setting("TOKEN_MAX_TTL_S", 900, "longest token lifetime", minimum=1)
     # Before a request head has arrived a socket costs a file handle and nothing else proves
     # it is a client: a deadline, and a bound on how many may wait at once.
@@ -332,9 +359,24 @@ class ProxyConfig:
     max_open_sockets: int = setting(
         "MAX_OPEN_SOCKETS", 0, "client sockets open at once (0: automatic)", minimum=0
     )
-    max_header_count: int = setting("HTTP_MAX_HEADERS", 64, "headers in one request", minimum=8)
+    # The WebSocket layer counts an upgrade's headers again, up to its own ceiling.
+    max_header_count: int = setting(
+        "HTTP_MAX_HEADERS",
+        64,
+        "headers in one request",
+        minimum=8,
+        maximum=HEADER_COUNT_CEILING,
+    )
     max_header_bytes: int = setting(
         "HTTP_MAX_HEADER_BYTES", 16_384, "bytes of a request head", minimum=1024
+    )
+    # Below the app, where WebSocket frames are parsed: frames per message (clients send one)
+    # and ping/pong frames per second; beyond either the connection is closed.
+    ws_max_fragments: int = setting(
+        "WS_MAX_FRAGMENTS", 64, "frames in one WebSocket message", minimum=1
+    )
+    ws_max_control_frames_per_s: int = setting(
+        "WS_MAX_CONTROL_FRAMES_PER_S", 20, "ping and pong frames per second", minimum=1
     )
 
     @property
@@ -370,6 +412,13 @@ def _read(environ: Mapping[str, str], item: Field[Any], read: Mapping[str, Any])
     if row.check is not None:
         row.check(value)
     return value
+
+
+def read_setting(environ: Mapping[str, str], name: str) -> Any:
+    """One setting read alone, by its field's name (the launcher reads the few it needs before
+    it builds the proxy's environment)."""
+    item = next(item for item in SETTINGS if item.name == name)
+    return _read(environ, item, {})
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> ProxyConfig:

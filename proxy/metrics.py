@@ -18,6 +18,10 @@ PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
 STARTED, ROLLED_OVER = "started", "rolled_over"
 UTTERANCE_LABELS = (STARTED, *Outcome, ROLLED_OVER)
+# The audio_format label: the encoding and the rate, the rate named only when it is a common one
+# (any whole rate from 8 to 48 kHz is accepted: the label set must stay small).
+LABELLED_RATES = frozenset((8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000))
+TURN_MODES = {False: "client", True: "server_vad"}
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -80,7 +84,9 @@ class Metrics:
         )
         self.time_to_first_word = Histogram(
             f"{PREFIX}_time_to_first_word_seconds",
-            "From an utterance's first audio to its first non-empty delta.",
+            "From an utterance's first audio to its first non-empty delta, by the client's "
+            "audio format and who opened the utterance (client commit or server VAD).",
+            ["audio_format", "turn_detection"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -130,3 +136,9 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def format_label(fmt: AudioFormat) -> str:
+    """The audio_format label of `fmt`, e.g. ``g711_ulaw_8000`` or ``pcm16_other``."""
+    rate = str(fmt.sample_rate) if fmt.sample_rate in LABELLED_RATES else "other"
+    return f"{fmt.encoding.value}_{rate}"

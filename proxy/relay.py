@@ -213,7 +213,7 @@ class Relay:
                 self.metrics.closes.labels(str(code)).inc()
                 self.outbound.put_nowait(code)
             else:
-                self.telemetry.record(action)
+                self.telemetry.record(action, self.codec.session_id)
 
     # ------------------------------------------------------------------ turn detection
 

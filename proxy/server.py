@@ -13,9 +13,11 @@ import structlog
 import uvicorn
 
 from proxy.app import create_app
+from proxy.auth import API_KEY_MIN_CHARS
 from proxy.config import ProxyConfig
-from proxy.guard import GuardedConfig, SocketLimits
+from proxy.guard import GuardedConfig, SocketLimits, WebSocketLimits
 from proxy.state import ProxyState
+from proxy.ws_protocol import FRAME_SIZE_FACTOR, EdgeWebSocketProtocol
 
 log = structlog.get_logger("proxy.server")
 
@@ -31,11 +33,6 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
-
-
-# Frames up to this size reach the app, which answers payload_too_large itself and keeps the
-# connection; only larger ones are cut by the WebSocket layer (close 1009).
-WS_LAYER_MAX_FACTOR = 16
 
 
 # File handles kept free of client sockets: the health monitor's and each new session's
@@ -100,6 +97,14 @@ class _Server(uvicorn.Server):
 class ProxyServer:
     def __init__(self, config: ProxyConfig, *, handle_signals: bool = True) -> None:
         self.config = config
+        weak_keys = sum(1 for key in config.api_keys if len(key) < API_KEY_MIN_CHARS)
+        if weak_keys:
+            log.warning(
+                "api_key_weak",
+                keys=weak_keys,
+                advice=f"use API keys of at least {API_KEY_MIN_CHARS} random characters, "
+                "e.g. from `openssl rand -hex 32`",
+            )
         self.app = create_app(config)
         self.state: ProxyState = self.app.state.proxy
         nofile, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -111,19 +116,25 @@ class ProxyServer:
                 max_open_sockets=limits.max_open,
                 max_connections=config.max_connections,
                 advice=advice,
+                startup=True,
             )
         uvicorn_config = GuardedConfig(
             self.app,
             limits,
+            WebSocketLimits(
+                max_fragments=config.ws_max_fragments,
+                max_control_frames_per_s=config.ws_max_control_frames_per_s,
+            ),
             host=config.bind_host,
             port=config.port,
             log_config=None,
-            ws_max_size=config.max_message_bytes * WS_LAYER_MAX_FACTOR,
+            # Up to this size the app answers payload_too_large in-band and keeps the
+            # connection; larger frames are cut by the WebSocket layer (close 1009).
+            ws_max_size=config.max_message_bytes * FRAME_SIZE_FACTOR,
             # Base64 PCM barely compresses; deflate would only cost CPU on every frame.
             ws_per_message_deflate=False,
-            # The sans-I/O implementation: as fast as the legacy one here, and not built on
-            # websockets' deprecated legacy API.
-            ws="websockets-sansio",
+            # uvicorn's sans-I/O implementation with our bounds (proxy.ws_protocol).
+            ws=EdgeWebSocketProtocol,
             lifespan="on",
             # The client address (for the auth-failure limit) comes from X-Forwarded-For only
             # when the socket's peer is a configured front end; uvicorn's default would trust

@@ -37,9 +37,7 @@ class ProxyState:
         self.auth_failures = AuthFailureLimiter(
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
-        self.tokens = TokenIssuer(
-            token_secret(config.token_secret, config.api_keys), config.token_max_ttl_s
-        )
+        self.tokens = TokenIssuer(token_secret(config.token_secret), config.token_max_ttl_s)
         self.limits = SessionLimits.from_config(config)
         # What each session tells its client of its bounds.
         self.client_limits = ClientLimits(

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.auth import key_is_valid, presented_key
 from proxy.limits import auth_failure_details
-from proxy.protocols.envelope import ID_MAX_CHARS
+from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY
 from proxy.session.events import ErrorCode
 from proxy.state import ProxyState
 from proxy.tokens import TokenError, looks_like_token
 
 DEFAULT_TOKEN_TTL_S = 60
 TOKEN_REQUEST_MAX_BYTES = 4096  # a token request is two small fields
+# The HTTP-only error code of a method other than POST (the WebSocket protocol has no methods).
+METHOD_NOT_ALLOWED = "method_not_allowed"
+TOKEN_ROUTE_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _http_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -29,10 +33,29 @@ def _http_error(status: int, code: str, message: str, **extra: Any) -> JSONRespo
     )
 
 
+async def _body(request: Request) -> bytes | None:
+    """The request body; None when it is larger than a token request can be."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > TOKEN_REQUEST_MAX_BYTES:
+            return None
+    return raw
+
+
 async def mint_token(request: Request) -> Response:
     """``POST /api/tokens``: an API key (``X-API-Key`` or ``Authorization: Bearer``, never the
     URL) buys a short-lived client token; JSON body, optional: ``expires_in`` seconds (default
     60), ``session_id`` to bind the token to."""
+    if request.method != "POST":
+        response = _http_error(
+            405,
+            METHOD_NOT_ALLOWED,
+            "Mint a token with POST /api/tokens, the API key in X-API-Key (or Authorization: "
+            "Bearer), and an optional JSON body.",
+        )
+        response.headers["Allow"] = "POST"
+        return response
     state: ProxyState = request.app.state.proxy
     address = request.client.host if request.client else "unknown"
     key = presented_key(QueryParams(""), request.headers)
@@ -45,18 +68,28 @@ async def mint_token(request: Request) -> Response:
                 "Too many failed attempts from this address: wait, then retry with a valid key.",
                 details=auth_failure_details(blocked),
             )
-        why = (
-            "A token cannot mint another: use an API key."
-            if key is not None and looks_like_token(key)
-            else "Send an API key in X-API-Key or Authorization: Bearer."
-        )
+        if key is None:
+            why = "Send an API key in the X-API-Key header (or Authorization: Bearer)."
+        elif looks_like_token(key):
+            why = "A token cannot mint another: use an API key."
+        else:
+            why = WRONG_API_KEY
         return _http_error(401, ErrorCode.UNAUTHORIZED.value, why)
     try:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > TOKEN_REQUEST_MAX_BYTES:
-                raise ValueError
+        # The body has the head's deadline: a key must not buy a socket held open for ever.
+        async with asyncio.timeout(state.config.http_head_timeout_s):
+            raw = await _body(request)
+    except TimeoutError:
+        return _http_error(
+            408,
+            ErrorCode.INVALID_MESSAGE.value,
+            "The request body did not arrive in time: send it with the request.",
+        )
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody is left to read it
+    try:
+        if raw is None:
+            raise ValueError
         body = orjson.loads(raw) if raw else {}
         expires_in = body.get("expires_in", DEFAULT_TOKEN_TTL_S)
         session_id = body.get("session_id")

@@ -5,6 +5,10 @@ A token is ``vxt1.<claims>.<signature>``: the claims (expiry in Unix seconds, an
 with the same secret verifies it without shared state. "Once per connection" is enforced per
 replica: a replica remembers the nonces it has admitted until they expire, so a token opens at
 most one WebSocket on each replica (and never outlives its expiry anywhere).
+
+The secret is never derived from the API keys (a token would be an offline oracle for a key):
+it is ``VOXTRAL_TOKEN_SECRET``, or random per process. One ``TokenIssuer`` per server (the
+app's ``state.tokens``) signs the tokens of every endpoint that mints them.
 """
 
 from __future__ import annotations
@@ -13,16 +17,24 @@ import base64
 import hashlib
 import heapq
 import hmac
+import math
 import re
 import secrets
 from dataclasses import dataclass
 
 import orjson
+import structlog
+
+log = structlog.get_logger("proxy.tokens")
 
 TOKEN_PREFIX = "vxt1."  # noqa: S105 (a format marker, not a secret)
 # What a token looks like, to scrub it from log lines whatever field it lands in.
 TOKEN_PATTERN = re.compile(r"vxt1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SECRET_LABEL = b"voxtral-stt client token v1"
+# Shortest VOXTRAL_TOKEN_SECRET accepted, and the size of a random one.
+TOKEN_SECRET_MIN_CHARS = 32
+# A token is still accepted this long past its expires_at: replicas' clocks differ a little.
+EXPIRY_LEEWAY_S = 2
 
 
 class TokenError(ValueError):
@@ -36,12 +48,18 @@ class Claims:
     nonce: str
 
 
-def token_secret(configured_secret: str, api_keys: tuple[str, ...]) -> bytes:
-    """The signing key: from ``VOXTRAL_TOKEN_SECRET`` when set, else from the API keys (sorted,
-    so replicas listing the same keys in another order agree). Derived rather than used as is,
-    so a token never reveals anything about a key."""
-    material = configured_secret or "\n".join(sorted(api_keys))
-    return hmac.new(material.encode(), _SECRET_LABEL, hashlib.sha256).digest()
+def token_secret(configured_secret: str) -> bytes:
+    """The signing key: derived from ``VOXTRAL_TOKEN_SECRET`` when set (every replica sharing it
+    verifies every other's tokens), else random for this process, with a warning: its tokens
+    survive neither a restart nor another replica."""
+    if not configured_secret:
+        log.warning(
+            "token_secret_random",
+            advice="set VOXTRAL_TOKEN_SECRET (at least 32 random characters, the same on every "
+            "replica) so tokens survive a restart and work on every replica",
+        )
+        return secrets.token_bytes(TOKEN_SECRET_MIN_CHARS)
+    return hmac.new(configured_secret.encode(), _SECRET_LABEL, hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:
@@ -57,7 +75,8 @@ def looks_like_token(credential: str) -> bool:
 
 
 class TokenIssuer:
-    """Mints and verifies tokens; remembers the admitted nonces until their expiry."""
+    """Mints and verifies tokens; remembers the admitted nonces until their expiry. Every
+    endpoint that hands out tokens mints them here, so one secret signs them all."""
 
     def __init__(self, secret: bytes, max_ttl_s: int) -> None:
         self._secret = secret
@@ -76,7 +95,8 @@ class TokenIssuer:
     def mint(self, ttl_s: int, session_id: str | None, now: float) -> tuple[str, Claims]:
         if not 1 <= ttl_s <= self.max_ttl_s:
             raise TokenError(f"expires_in must be 1..{self.max_ttl_s} seconds")
-        claims = Claims(int(now) + ttl_s, session_id, secrets.token_urlsafe(12))
+        # Rounded up: a token lives at least the seconds asked for.
+        claims = Claims(math.ceil(now) + ttl_s, session_id, secrets.token_urlsafe(12))
         body = {"exp": claims.expires_at, "sid": claims.session_id, "n": claims.nonce}
         claims_b64 = _b64(orjson.dumps(body))
         return f"{TOKEN_PREFIX}{claims_b64}.{self._sign(claims_b64)}", claims
@@ -94,7 +114,7 @@ class TokenIssuer:
             claims = Claims(int(body["exp"]), body["sid"], str(body["n"]))
         except (ValueError, KeyError, TypeError):
             raise invalid from None
-        if claims.expires_at <= now:
+        if claims.expires_at + EXPIRY_LEEWAY_S <= now:
             raise TokenError(
                 "The token has expired: mint a new one with POST /api/tokens just before "
                 "connecting."
@@ -111,4 +131,4 @@ class TokenIssuer:
                 "with POST /api/tokens."
             )
         self._used.add(claims.nonce)
-        heapq.heappush(self._expiries, (claims.expires_at, claims.nonce))
+        heapq.heappush(self._expiries, (claims.expires_at + EXPIRY_LEEWAY_S, claims.nonce))

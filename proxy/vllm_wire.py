@@ -168,6 +168,25 @@ def owed_audio_bytes(delay_ms: int) -> int:
     return (delay_ms // FRAME_MS + 2) * FRAME_BYTES
 
 
+def generation_tokens(audio_s: float, transcription_delay_ms: int) -> int:
+    """The ``max_model_len`` that holds one generation of ``audio_s`` seconds of audio and its
+    flush: what ``segment_audio_limit`` takes back to those seconds."""
+    frames = -(-round(audio_s * 1000) // FRAME_MS)
+    return frames + prompt_tokens(transcription_delay_ms) + FLUSH_EXTRA_TOKENS + 1
+
+
+def segment_limit(
+    max_model_len: int | None, transcription_delay_ms: int, segment_max_s: float
+) -> int | None:
+    """Bytes of audio one generation takes before the proxy carries the utterance over to the
+    next: ``segment_max_s`` seconds, or less if vLLM's ``max_model_len`` cuts earlier."""
+    own = round(segment_max_s * 1000) // FRAME_MS * FRAME_BYTES
+    if max_model_len is None:
+        return own
+    engine = segment_audio_limit(max_model_len, transcription_delay_ms)
+    return own if engine is None else min(own, engine)
+
+
 def segment_audio_limit(max_model_len: int, transcription_delay_ms: int) -> int | None:
     """Bytes of audio one generation can take and still flush before vLLM's length cap.
 

@@ -3,6 +3,8 @@
 # CPU-only host it builds or reuses the CPU vLLM env instead), runs the preflight (`make doctor`),
 # starts the launcher detached (pid in run/launcher.pid, output in logs/server.log), waits for
 # /healthz and then /readyz, and tails the log (Ctrl+C stops only the tail; TAIL_LOGS=0 skips it).
+# `scripts/main.sh --restart` (make restart) stops the running service first and starts the model
+# it ran (recorded in run/launcher.state) unless VOXTRAL_MODEL_ID says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -11,6 +13,19 @@ cd "$(dirname "$0")/.."
 . scripts/ops.sh
 
 load_env_file "$ENV_FILE"
+
+case "${1:-}" in
+  '') ;;
+  --restart)
+    recorded="$(state_value VOXTRAL_MODEL_ID)"
+    if [ -z "${VOXTRAL_MODEL_ID:-}" ] && [ -n "$recorded" ]; then
+      export VOXTRAL_MODEL_ID="$recorded"
+      log "restarting with the model the service ran: VOXTRAL_MODEL_ID=$recorded"
+    fi
+    scripts/stop.sh
+    ;;
+  *) die "usage: scripts/main.sh [--restart]" ;;
+esac
 
 [ -n "${VOXTRAL_API_KEY:-}" ] \
   || die "VOXTRAL_API_KEY is not set: put it in .env or the environment (one key, or several separated by commas)"
@@ -30,9 +45,6 @@ if [ "$device" = cpu ]; then
   if [ -z "${VLLM_BIN:-}" ]; then
     VOXTRAL_VLLM_CPU_ENV="${VOXTRAL_VLLM_CPU_ENV:-$(scripts/cpu_vllm_env.sh)}"
     export VOXTRAL_VLLM_CPU_ENV
-  fi
-  if [ "${VOXTRAL_MODEL_ID:-}" != dummy ]; then
-    log "warning: vLLM runs on CPU; the real model is far too slow there (VOXTRAL_MODEL_ID=dummy serves the tiny test model)"
   fi
 fi
 
@@ -60,6 +72,7 @@ printf '%s\n' "$pid" >"$PID_FILE"
   printf 'SERVER_HOST=%s\nSERVER_PORT=%s\n' "$host" "$port"
   printf 'VLLM_PORT=%s\nWS_DRAIN_TIMEOUT_S=%s\n' "${VLLM_PORT:-8001}" "${WS_DRAIN_TIMEOUT_S:-30}"
   printf 'VLLM_DEVICE=%s\nSTARTED_AT=%s\n' "$device" "$(date -Iseconds)"
+  printf 'VOXTRAL_MODEL_ID=%s\n' "${VOXTRAL_MODEL_ID:-}"
 } >"$STATE_FILE"
 log "launcher started (pid $pid, $device); its log: $LOG_FILE"
 
@@ -106,6 +119,9 @@ trap - INT
 log "ready: ws://$host:$port/api/asr-streaming (pid $pid); make status, make logs, make down"
 fits="$(last_capacity)"
 [ -z "$fits" ] || log "vLLM's KV cache: $fits"
+while IFS= read -r warning; do
+  log "warning: $warning"
+done < <(startup_warnings)
 
 if [ "${TAIL_LOGS:-1}" != 0 ]; then
   log "following $LOG_FILE (Ctrl+C stops following; the service keeps running)"

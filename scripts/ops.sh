@@ -131,3 +131,15 @@ last_capacity() {
   printf '%s streams of %s tokens fit (KV cache %s tokens)\n' "$(json_field "$line" streams)" \
     "$(json_field "$line" max_model_len)" "$(json_field "$line" kv_cache_tokens)"
 }
+
+# The warnings the launcher and the proxy logged while starting (a setting that does not fit, a
+# capacity that could not be read...), one per line: the event, then its advice when it has one.
+startup_warnings() {
+  [ -f "$LOG_FILE" ] || return 0
+  local line event advice
+  { grep '"startup": *true' "$LOG_FILE" 2>/dev/null || true; } | while IFS= read -r line; do
+    event="$(json_field "$line" event || true)"
+    advice="$(json_field "$line" advice || json_field "$line" error || true)"
+    printf '%s%s\n' "$event" "${advice:+: $advice}"
+  done
+}

@@ -53,6 +53,9 @@ for p in $(descendants "$pid"); do
 done
 if http_get 127.0.0.1 "$vllm_port" /health; then vllm_health="$HTTP_CODE"; else vllm_health="no answer"; fi
 row vllm "${upstream:-unknown} (proxy's view); pid ${vllm_pid:-none}, /health on :$vllm_port: $vllm_health"
+while IFS= read -r warning; do
+  row warning "$warning"
+done < <(startup_warnings)
 row log "$LOG_FILE"
 
 [ "$ready" = 1 ] || exit 3

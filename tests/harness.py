@@ -42,6 +42,7 @@ class RunningProxy:
     api_key: str
     config: ProxyConfig
     server: ProxyServer
+    pid: int | None = None  # the proxy's process, when it runs in one of its own
 
 
 @contextlib.asynccontextmanager
@@ -315,6 +316,7 @@ async def proxy_subprocess(
             api_key=keys[0],
             config=config,
             server=None,  # type: ignore[arg-type]  # it runs in its own process
+            pid=process.pid,
         )
     finally:
         if process.returncode is None:

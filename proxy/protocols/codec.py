@@ -18,6 +18,8 @@ from proxy.session.inputs import ClientInput, SessionRules
 class Codec(Protocol):
     # How the session treats this protocol's inputs (given to the session by the route).
     rules: SessionRules
+    # The id the client knows the session by, as its latest message gave it (for log lines).
+    session_id: str
 
     def parse_text(self, text: str) -> ClientInput:
         """One text frame: its input, or ``InvalidInput`` saying why it was refused (a frame

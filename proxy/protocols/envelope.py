@@ -74,8 +74,10 @@ class CloseCode:
 
 # The one sentence each refusal carries by default: what happened and what to do about it.
 DEFAULT_MESSAGES: dict[ErrorCode, str] = {
-    ErrorCode.UNAUTHORIZED: "Missing or wrong API key: send it as ?api_key=, X-API-Key or "
-    "Authorization: Bearer.",
+    ErrorCode.UNAUTHORIZED: "No API key or client token was sent: send the key in the "
+    "X-API-Key header (or Authorization: Bearer), or from a browser a client token as the "
+    "subprotocol voxtral-stt.auth.<token>; ?api_key= works too, but puts the key in URLs and "
+    "logs.",
     ErrorCode.SERVER_AT_CAPACITY: "The server is at its connection limit: retry shortly or use "
     "another instance.",
     ErrorCode.IDLE_TIMEOUT: "No message arrived within the idle timeout: reconnect, and send a "
@@ -129,6 +131,9 @@ ID_REQUIRED_TYPES = (COMMIT, CANCEL)
 UNLIMITED_TYPES = (PING, END)
 # Metrics labels of frames that are not a message type.
 INVALID_LABEL, BINARY_LABEL = "invalid", "binary"
+
+# The unauthorized refusal of a key that is none of the server's.
+WRONG_API_KEY = "Wrong API key: the key sent is none of the server's keys; check it."
 
 # What each situation behind an error asks of an envelope client, when the code's default
 # sentence would not say enough.

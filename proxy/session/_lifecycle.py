@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
+from proxy.audio_format import AudioFormat
 from proxy.audio_input import UtteranceAudio
 from proxy.session._feed import UpstreamFeed
 from proxy.session._utterance import Phase, Utterance
@@ -127,11 +128,18 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ steps
 
-    def open_utterance(self, request_id: str, audio: UtteranceAudio) -> Utterance:
+    def open_utterance(
+        self, request_id: str, audio: UtteranceAudio, turn_format: AudioFormat | None = None
+    ) -> Utterance:
         """Opens ``request_id`` at the end of the line (it goes upstream at the end of the input
-        when the line is empty)."""
+        when the line is empty); ``turn_format``: the stream's format when turn detection
+        opened it."""
         utterance = Utterance(
-            request_id, opened_at=self.now, previous_request_id=self._last_opened, audio=audio
+            request_id,
+            opened_at=self.now,
+            previous_request_id=self._last_opened,
+            audio=audio,
+            turn_format=turn_format,
         )
         self._last_opened = request_id
         self.out.append(UtteranceStarted(request_id, self.now))

@@ -17,8 +17,6 @@ the actions are handed out.
 
 from __future__ import annotations
 
-import uuid
-
 from proxy.audio_clock import DEFAULT_PAUSE_MS
 from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE, AudioFormat
@@ -166,9 +164,10 @@ class Session:
             self.client_limits,
         )
 
-    def created(self) -> SessionCreated:
-        """The session's first event, sent before anything else."""
-        return SessionCreated(f"sess_{uuid.uuid4().hex}", self.settings())
+    def created(self, created_id: str) -> SessionCreated:
+        """The session's first event, sent before anything else; ``created_id`` names this
+        session uniquely (the connection's id, which its log lines carry)."""
+        return SessionCreated(created_id, self.settings())
 
     # ------------------------------------------------------------------ inputs
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat
+from proxy.containers import STREAM_RESTART, FirstAudioCheck
 from proxy.turns import TurnDetector, TurnOptions
 from proxy.vad import WINDOW_MS
 from proxy.vllm_wire import PCM_BYTES_PER_MS
@@ -30,6 +31,7 @@ MAX_TURN_LEAD_MS = 300
 
 class TurnStream:
     __slots__ = (
+        "_files",
         "_ring",
         "_ring_start",
         "converter",
@@ -42,6 +44,7 @@ class TurnStream:
     def __init__(self, options: TurnOptions, fmt: AudioFormat) -> None:
         self.detector = TurnDetector(options)
         self.converter = AudioConverter(fmt)
+        self._files = FirstAudioCheck(fmt, STREAM_RESTART)
         # Stream bytes received (converted) and scored by the VAD.
         self.received = 0
         self.scored = 0
@@ -69,8 +72,12 @@ class TurnStream:
 
     def take(self, data: bytes) -> list[bytes]:
         """One piece of client audio, in the session's format; returns the 16 kHz chunks it
-        completes (kept here too). Raises ``InvalidAudio``."""
-        chunks = self.converter.feed(data)
+        completes (kept here too). Raises ``InvalidAudio`` (a file header at the stream's start
+        included; a WAV header of the stream's format is stripped)."""
+        samples = self._files.check(data)
+        if data and not samples:
+            return []  # a piece that was only a WAV header
+        chunks = self.converter.feed(samples)
         for chunk in chunks:
             self._ring += chunk
             self.received += len(chunk)

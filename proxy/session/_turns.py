@@ -94,7 +94,11 @@ class TurnDetection:
         while lifecycle.find(request_id) is not None:
             request_id = stream.next_request_id()  # a client utterance from before has its name
         # The turn's audio comes from the stream, already at 16 kHz.
-        utterance = lifecycle.open_utterance(request_id, UtteranceAudio(NATIVE))
+        utterance = lifecycle.open_utterance(
+            request_id,
+            UtteranceAudio(NATIVE, client=False),
+            turn_format=stream.converter.format,
+        )
         lifecycle.send(SpeechStarted(request_id, event.audio_start_ms))
         start = event.turn_start_ms * PCM_BYTES_PER_MS
         self._turn_audio(utterance, stream.audio(start, stream.turn_end))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from proxy.audio_clock import AudioClock
-from proxy.audio_format import NATIVE
+from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
 from proxy.session.actions import Outcome, UtteranceEnded
 from proxy.session.events import Done, ErrorCode, TextSegment, TokenUsage
@@ -106,6 +106,9 @@ class Utterance:
     first_audio_at: float | None = None
     first_delta_at: float | None = None
     final_at: float | None = None
+    # Set for a turn that server VAD opened: the format the client sent (the turn's audio
+    # arrives here already converted).
+    turn_format: AudioFormat | None = None
 
     def ended(
         self, outcome: Outcome, error_code: ErrorCode | None, text: str, now: float
@@ -121,6 +124,8 @@ class Utterance:
             self.first_delta_at,
             self.final_at,
             now,
+            self.audio.format if self.turn_format is None else self.turn_format,
+            self.turn_format is not None,
         )
 
     def add_usage(self, usage: dict[str, int]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from proxy.audio_format import NATIVE, AudioFormat
 from proxy.session.events import ClientEvent, ErrorCode
 
 
@@ -121,6 +122,9 @@ class UtteranceEnded:
     first_delta_at: float | None
     final_at: float | None
     ended_at: float
+    # The format the client sent its audio in, and whether server VAD opened the utterance.
+    audio_format: AudioFormat = NATIVE
+    server_vad: bool = False
 
 
 Action = (

@@ -128,6 +128,11 @@ const TOKENS_URL = new URL("api/tokens", window.location.href).toString();
 /** Connects when there is no usable connection; false when the server refused. */
 async function ensureConnected() {
   const key = keyInput.value.trim();
+  if (!key) {
+    // A person at this page types a key; header advice (the server's answer) is for programs.
+    showError({ code: "no key", message: "Type an API key into the key box, then press Start." });
+    return false;
+  }
   if (client && !client.closed && clientKey === key) return true;
   if (client && !client.closed) client.close();
   clearProblem();

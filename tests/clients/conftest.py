@@ -31,11 +31,17 @@ class ToolRun:
 
 
 async def run_tool(
-    tool: str, *args: str, api_key: str | None = None, package: str = "clients"
+    tool: str,
+    *args: str,
+    api_key: str | None = None,
+    package: str = "clients",
+    env_file: Path | None = None,
 ) -> ToolRun:
     """`python -m <package>.<tool> args...` as a child process; the event loop keeps serving the
-    proxy meanwhile. The key travels in VOXTRAL_API_KEY, as users are told to pass it."""
+    proxy meanwhile. The key travels in VOXTRAL_API_KEY, as users are told to pass it; a .env
+    in the clone is never read (`env_file` names the one to read)."""
     env = {k: v for k, v in os.environ.items() if k not in ("VOXTRAL_API_KEY", "VOXTRAL_SERVER")}
+    env["VOXTRAL_ENV_FILE"] = str(env_file or ROOT / "tests" / "no-such.env")
     if api_key is not None:
         env["VOXTRAL_API_KEY"] = api_key
     proc = await asyncio.create_subprocess_exec(

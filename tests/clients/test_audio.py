@@ -97,12 +97,24 @@ def test_empty_audio_is_refused(tmp_path: Path) -> None:
 def test_other_formats_without_ffmpeg_name_ffmpeg(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "clip.mp3"
-    path.write_bytes(b"\xff\xfb" + b"\0" * 100)
+    path = tmp_path / "clip.m4a"
+    path.write_bytes(b"\0\0\0\x18ftypM4A " + b"\0" * 100)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(AudioError, match="ffmpeg") as info:
         load_pcm(path)
     assert "\n" not in str(info.value)
+
+
+def test_mp3_is_decoded_by_libsndfile_without_ffmpeg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "clip.mp3"
+    speech = np.frombuffer(load_pcm(sample("short.wav")), dtype="<i2")[:16000]
+    sf.write(path, speech.astype(np.float32) / 32768, 16000, format="MP3")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    pcm = load_pcm(path)
+    # A lossy codec's frames: about a second of audio, not the same samples.
+    assert abs(len(pcm) - 32000) <= 2 * 1152 * 2
 
 
 def _stub_ffmpeg(tmp_path: Path, body: str) -> Path:

@@ -18,8 +18,13 @@ FILE_TOOLS = ["warmup", "remote", "convo", "bench"]
 UNUSED_SERVER = "127.0.0.1:9"  # never reached: decoding fails first
 
 
-def _run(tool: str, *args: str, path_env: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def _run(
+    tool: str, *args: str, path_env: str | None = None, key: str | None = "k"
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "VOXTRAL_API_KEY"}
+    env["VOXTRAL_ENV_FILE"] = "tests/no-such.env"
+    if key is not None:
+        env["VOXTRAL_API_KEY"] = key
     if path_env is not None:
         env["PATH"] = path_env
     return run_in_repo(
@@ -61,3 +66,10 @@ def test_unreachable_server_is_one_line() -> None:
     # Port 9 (discard) on loopback has no listener here: the connection is refused.
     proc = _run("warmup", "--no-pace")
     _assert_one_line_error(proc, "cannot connect")
+
+
+@pytest.mark.parametrize("tool", ["warmup", "convo", "bench", "idle"])
+def test_no_api_key_is_said_before_connecting(tool: str) -> None:
+    # The server address is unreachable: the key is missing before any connection is tried.
+    proc = _run(tool, key=None)
+    _assert_one_line_error(proc, "no API key: set VOXTRAL_API_KEY", "--api-key")

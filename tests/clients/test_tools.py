@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from clients.audio import TELEPHONY_FORMAT, load_audio, load_pcm
+from clients.bench import auto_levels
 from clients.cli import sample
 from clients.report import CSV_COLUMNS, STAT_METRICS
 from clients.stats import STAT_KEYS
+from clients.warmup import NO_WORDS_RIGHT, NO_WORDS_RIGHT_WER
 from devtools.fake_vllm import FakeVllm, predict_text
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat, Encoding
@@ -64,6 +66,24 @@ async def test_warmup_prints_the_predicted_text(proxy: RunningProxy) -> None:
     assert lines["status"] == "done"
     for label in ("ttfw", "finalize", "rtf", "wer"):
         assert lines[label] != "-"
+    # The fake's words, like the dummy model's, match nothing: the report says why.
+    wer = float(lines["wer"].split()[0])
+    assert wer >= NO_WORDS_RIGHT_WER
+    assert lines["wer"] == f"{wer:.3f} ({NO_WORDS_RIGHT})"
+
+
+async def test_the_tools_read_the_key_from_the_env_file_as_make_up_does(
+    proxy: RunningProxy, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"# the service's settings\nexport VOXTRAL_API_KEY='{proxy.api_key},old'\n")
+    args = ("--server", proxy.ws_url, "--file", str(sample("short.wav")), "--no-pace", "--json")
+    run = await run_tool("warmup", *args, env_file=env_file)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "done"
+    # The environment wins over the file, as it does for `make up`.
+    refused = await run_tool("warmup", *args, env_file=env_file, api_key="k-wrong")
+    assert "unauthorized" in refused.stderr
 
 
 async def test_warmup_json_and_default_file(proxy: RunningProxy) -> None:
@@ -194,6 +214,41 @@ async def test_bench_sweep_writes_json_csv_png(proxy: RunningProxy, tmp_path: Pa
     table = run.stdout.splitlines()
     assert any(line.split()[:3] == ["3", "3", "3"] for line in table)
     assert f"wrote {tmp_path / 'tiny.png'}" in run.stdout
+
+
+async def test_bench_auto_sweeps_up_to_the_servers_capacity(fake: FakeVllm, tmp_path: Path) -> None:
+    async with serve_proxy(fake.url, max_connections=3) as proxy:
+        run = await run_tool(
+            "bench",
+            "--server",
+            proxy.ws_url,
+            "--file",
+            str(sample("short.wav")),
+            "--sweep",
+            "auto",
+            "--no-pace",
+            "--settle",
+            "0.2",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "auto",
+            "--quiet",
+            api_key=proxy.api_key,
+        )
+    assert run.returncode == 0, run.stderr
+    assert "sweep 1,3: up to the server's capacity, 3 streams" in run.stderr
+    document, _, _ = _read_outputs(tmp_path, "auto")
+    levels = document["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 3]
+    assert all(level["capacity_refusals"] == 0 for level in levels)
+
+
+def test_auto_levels_stop_at_the_capacity() -> None:
+    assert auto_levels(1) == [1]
+    assert auto_levels(21) == [1, 8, 21]
+    assert auto_levels(110) == [1, 8, 32, 64, 100, 110]
+    assert auto_levels(100) == [1, 8, 32, 64, 100]
 
 
 async def test_bench_counts_capacity_refusals_apart(fake: FakeVllm, tmp_path: Path) -> None:

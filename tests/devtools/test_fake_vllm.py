@@ -251,6 +251,19 @@ async def test_silence_gives_empty_deltas(fake: FakeVllm) -> None:
     assert done["text"] == ""
 
 
+@pytest.mark.parametrize("pcm", [speech(2.0), bytes(32000)], ids=["speech", "silence"])
+async def test_a_word_every_step_when_asked(fake: FakeVllm, pcm: bytes) -> None:
+    fake.word_every_step = True
+    client = await open_client(fake)
+    deltas, done = await utterance(client, pcm)
+    frames = -(-len(pcm) // FRAME_BYTES)
+    # Every step with audio writes a word, silence too; the right padding stays empty.
+    assert all(re.fullmatch(r" [a-z]+", d) for d in deltas[:frames])
+    assert deltas == predict_deltas(pcm, every_step=True)
+    assert done["text"] == "".join(deltas)
+    assert deltas[:frames] != predict_deltas(pcm)[:frames]
+
+
 async def test_predict_deltas_pure_function() -> None:
     pcm = speech(2.0)
     assert predict_deltas(pcm) == predict_deltas(bytes(pcm))

@@ -44,3 +44,11 @@ def test_capacity_matches_vllms_own_count_and_caps_the_proxy(stack: Stack) -> No
     assert logged(stack, "MAX_CONCURRENT_CONNECTIONS=auto")["max_connections"] == streams
     health = httpx.get(f"{stack.http_url}/healthz", timeout=5).json()
     assert health["capacity"] == streams
+
+
+def test_vllms_health_polls_leave_no_access_line_in_the_log(stack: Stack) -> None:
+    """The supervisor and the proxy poll vLLM's /health every second; the launcher turns those
+    access lines off (and only those: the capacity reads stay)."""
+    text = stack.log_path.read_text(errors="replace")
+    assert "GET /metrics HTTP" in text, stack.log_tail()
+    assert "GET /health HTTP" not in text

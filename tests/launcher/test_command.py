@@ -41,13 +41,17 @@ def test_gpu_defaults() -> None:
     assert value_of(argv, "--tokenizer-mode") == "mistral"
     assert value_of(argv, "--config-format") == "mistral"
     assert value_of(argv, "--load-format") == "mistral"
+    # The supervisor's and the proxy's health polls leave no access line in the log.
+    assert value_of(argv, "--disable-access-log-for-endpoints") == "/health"
     assert json.loads(value_of(argv, "--compilation-config")) == {"cudagraph_mode": "PIECEWISE"}
     # Voxtral's causal encoder has no FlashInfer path; vLLM would pick FlashInfer on sm100.
     assert value_of(argv, "--attention-backend") == "FLASH_ATTN"
     assert "--enforce-eager" not in argv
     assert "--api-key" not in argv
-    for absent in ("--max-model-len", "--max-num-seqs", "--gpu-memory-utilization"):
+    for absent in ("--max-num-seqs", "--gpu-memory-utilization"):
         assert absent not in argv
+    # One generation of SEGMENT_MAX_S (300 s at 12.5 tokens/s, the prompt and the flush).
+    assert value_of(argv, "--max-model-len") == str(3750 + 33 + 6 + 11 + 1)
     assert command.env["VLLM_DISABLE_COMPILE_CACHE"] == "1"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in command.env
 

@@ -56,7 +56,10 @@ def test_defaults() -> None:
     assert config.transcription_delay_ms == 480
     assert config.vllm_port == 8001
     assert config.device == "cpu"
-    assert config.max_concurrent_connections is None
+    # The cap follows the KV cache under the launcher; the proxy default until vLLM is ready.
+    assert config.connections_auto
+    assert config.max_concurrent_connections == 100
+    assert config.max_model_len == 3801  # one generation of SEGMENT_MAX_S=300
     assert config.extra_args == ()
     assert config.warnings == ()
     assert config.upstream_url == "ws://127.0.0.1:8001/v1/realtime"
@@ -120,6 +123,16 @@ def test_auto_connection_cap_starts_at_the_proxy_default_until_vllm_is_ready() -
         == 8
     )
     assert not load(MAX_CONCURRENT_CONNECTIONS="8").connections_auto
+
+
+def test_segment_max_s_sizes_vllms_model_length_unless_that_is_given() -> None:
+    assert load(SEGMENT_MAX_S="60").max_model_len == 750 + 33 + 6 + 11 + 1
+    assert load(SEGMENT_MAX_S="60", VOXTRAL_TRANSCRIPTION_DELAY_MS="960").max_model_len == (
+        750 + 33 + 12 + 11 + 1
+    )
+    assert load(SEGMENT_MAX_S="60", VLLM_MAX_MODEL_LEN="2048").max_model_len == 2048
+    with pytest.raises(ConfigError, match=r"^SEGMENT_MAX_S='5' is invalid: use a number >= 10"):
+        load(SEGMENT_MAX_S="5")
 
 
 def test_proxy_alone_refuses_auto_with_what_to_do() -> None:

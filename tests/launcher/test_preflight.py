@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.preflight import Host, Report, memory_mib, run_checks
+from launcher.preflight import Host, Report, memory_mib, run_checks, running_service
 from tests.ports import free_port
 from tests.processes import run_in_repo
 
@@ -238,3 +238,81 @@ def test_cli_healthy_cpu_host_exits_0(environ: dict[str, str], vllm: Path) -> No
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "all checks passed" in result.stdout
+
+
+def test_the_real_model_on_cpu_is_refused_naming_the_fix(
+    environ: dict[str, str], include: Path
+) -> None:
+    environ["VLLM_DEVICE"] = "cpu"
+    problem = only_problem(run_checks(environ, healthy(include)))
+    assert "mistralai/Voxtral-Mini-4B-Realtime-2602 on the CPU" in problem
+    assert "9 GB" in problem
+    assert "VOXTRAL_MODEL_ID=dummy" in problem
+    assert "VOXTRAL_ALLOW_CPU_MODEL=1" in problem
+
+
+def test_the_real_model_on_cpu_when_allowed_is_a_warning(
+    environ: dict[str, str], include: Path
+) -> None:
+    environ |= {"VLLM_DEVICE": "cpu", "VOXTRAL_ALLOW_CPU_MODEL": "1"}
+    report = run_checks(environ, healthy(include))
+    assert report.problems == []
+    assert any("on the CPU" in line for line in report.warnings)
+
+
+def test_cli_on_a_cpu_host_with_the_real_model_exits_1_naming_the_fix(
+    environ: dict[str, str], vllm: Path
+) -> None:
+    environ |= {"VLLM_DEVICE": "cpu", "VOXTRAL_VLLM_CPU_ENV": str(vllm.parent.parent)}
+    del environ["VLLM_BIN"]
+    result = check_cli(environ)
+    assert result.returncode == 1
+    assert "all checks passed" not in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "VOXTRAL_MODEL_ID=dummy" in errors[0]
+
+
+@pytest.mark.parametrize("variable", ["SERVER_PORT", "VLLM_PORT"])
+def test_a_port_held_by_this_running_service_is_ok(
+    environ: dict[str, str], include: Path, busy_port: int, variable: str
+) -> None:
+    environ[variable] = str(busy_port)
+    service = {variable: str(busy_port), "PID": "4242"}
+    host = dataclasses.replace(healthy(include), running_service=lambda env: service)
+    report = run_checks(environ, host)
+    assert report.problems == []
+    assert f"port {busy_port} ({variable}) is held by this service, running (pid 4242" in (
+        "\n".join(report.passed)
+    )
+    # Another port of the same number in the state file of a service on other ports: in use.
+    other = dataclasses.replace(
+        healthy(include), running_service=lambda env: {variable: "1", "PID": "4242"}
+    )
+    assert "is in use" in only_problem(run_checks(environ, other))
+
+
+def test_the_running_service_is_read_from_the_pid_and_state_files(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "launcher.state").write_text("SERVER_PORT=8123\nVLLM_PORT=8124\n")
+    environ = {"VOXTRAL_RUN_DIR": str(run)}
+    assert running_service(environ) is None  # no pid file
+    # A live process whose command line runs `-m launcher` (as `make up` starts it).
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "launcher"]
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "launcher.pid").write_text(f"{sleeper.pid}\n")
+        service = running_service(environ)
+        assert service == {"SERVER_PORT": "8123", "VLLM_PORT": "8124", "PID": str(sleeper.pid)}
+        (run / "launcher.pid").write_text(f"{other.pid}\n")  # a recycled pid, not a launcher
+        assert running_service(environ) is None
+    finally:
+        sleeper.kill()
+        other.kill()
+        sleeper.wait()
+        other.wait()
+    (run / "launcher.pid").write_text(f"{sleeper.pid}\n")
+    assert running_service(environ) is None  # gone

@@ -5,10 +5,13 @@ both kinds in order, every refusal, and format changes."""
 from __future__ import annotations
 
 import asyncio
+import io
+import wave
 from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from devtools.fake_vllm import predict_text
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
@@ -21,6 +24,7 @@ from tests.harness import (
     fake_and_proxy,
     load_pcm,
     texts,
+    wait_for,
 )
 from tests.tones import (
     ALAW_8K,
@@ -87,7 +91,7 @@ async def test_a_1khz_tone_arrives_at_16khz_with_its_length(fmt: AudioFormat) ->
     assert [e for e in events if e["type"] == "error"] == []
     assert events[-1]["payload"]["audio_ms"] == TONE_S * 1000
     received = samples(upstream_audio(fake))
-    # soxr's tail flush gives the whole signal: the length is the input's, at 16 kHz.
+    # The resampler's tail flush gives the whole signal: the length is the input's, at 16 kHz.
     assert abs(received.size - TONE_S * UPSTREAM_RATE) <= 1
     assert abs(dominant_hz(received) - TONE_HZ) <= 2
     snr = tone_snr_db(received, TONE_HZ)
@@ -125,6 +129,34 @@ async def test_a_telephony_bridge_streaming_binary_ulaw_gets_its_done() -> None:
     assert done["text"] == predict_text(expected)
     assert done["text"]
     assert done["audio_ms"] == ULAW_8K.duration_ms(len(speech))
+
+
+SHAPES = [
+    NATIVE,
+    ULAW_8K,
+    AudioFormat(Encoding.PCM16, 8000, 1),
+    AudioFormat(Encoding.PCM16, 24000, 1),
+    AudioFormat(Encoding.PCM16, 48000, 1),
+]
+
+
+@pytest.mark.parametrize("fmt", SHAPES, ids=str)
+async def test_each_20_ms_frame_reaches_vllm_before_the_next_is_sent(fmt: AudioFormat) -> None:
+    # Nothing waits for 80 ms to gather: each frame's audio (less the resampler's 2 ms at most)
+    # is at vLLM while the client still holds the next one.
+    parts = pieces(fmt, encode(fmt, tone(fmt.sample_rate, TONE_HZ, 0.2)))
+    owed_slack = UPSTREAM_RATE * 2 * 2 // 1000
+    async with fake_and_proxy() as (fake, proxy), connected(proxy, query=query(fmt)) as client:
+        await client.open("r1")
+        sent = 0
+        for part in parts:
+            await client.send_raw(part)
+            sent += len(part)
+            owed = UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second
+            await wait_for(lambda owed=owed: len(upstream_audio(fake)) >= owed - owed_slack)
+        await client.final("r1")
+        await client.recv_until("transcription.done", "r1")
+    assert len(upstream_audio(fake)) == UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second
 
 
 # ---------------------------------------------------------------- order
@@ -336,3 +368,61 @@ async def test_binary_frames_keep_the_session_from_idling() -> None:
         await client.final("r1")
         events = await client.recv_until("transcription.done", "r1")
     assert [e for e in events if e["type"] == "error"] == []
+
+
+# ---------------------------------------------------------------- files sent as audio
+
+
+def wav_file(fmt: AudioFormat, seconds: float) -> bytes:
+    """A WAV file (header and samples) of a tone in `fmt`."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(fmt.channels)
+        wav.setsampwidth(2)
+        wav.setframerate(fmt.sample_rate)
+        wav.writeframes(encode(fmt, tone(fmt.sample_rate, TONE_HZ, seconds)))
+    return out.getvalue()
+
+
+async def test_a_wav_file_of_another_format_is_refused_naming_it_and_ends_with_done() -> None:
+    data = wav_file(AudioFormat(Encoding.PCM16, 44100, 2), 1.0)
+    async with fake_and_proxy() as (fake, proxy), connected(proxy) as client:
+        await client.open("r1")
+        await send_binary(client, [data[i : i + 2560] for i in range(0, len(data), 2560)])
+        await client.final("r1")
+        events = await client.recv_until("transcription.done", "r1")
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors, events
+    first = assert_error(errors[0], "invalid_audio")
+    assert "a file (WAV of pcm16 44100 Hz stereo)" in first["message"]
+    assert "pcm16 16000 Hz mono" in first["message"]
+    # Every piece of it was refused: nothing reached vLLM, nothing was billed.
+    assert all(e["payload"]["message"] == first["message"] for e in errors)
+    assert events[-1]["payload"]["usage"]["audio_seconds"] == 0
+    assert upstream_audio(fake) == b""
+
+
+async def test_a_wav_file_of_the_sessions_format_is_taken_without_its_header() -> None:
+    data = wav_file(NATIVE, 1.0)
+    async with fake_and_proxy() as (fake, proxy), connected(proxy) as client:
+        await client.open("r1")
+        await client.append("r1", data[:2604])
+        await send_binary(client, [data[i : i + 2560] for i in range(2604, len(data), 2560)])
+        await client.final("r1")
+        events = await client.recv_until("transcription.done", "r1")
+    assert [e for e in events if e["type"] == "error"] == []
+    assert events[-1]["payload"]["audio_ms"] == 1000
+    assert upstream_audio(fake) == data[44:]
+
+
+async def test_a_file_at_the_start_of_the_turn_stream_is_refused() -> None:
+    mp3 = io.BytesIO()
+    sf.write(mp3, tone(16000, TONE_HZ, 1.0).astype(np.float32) / 32768, 16000, format="MP3")
+    async with (
+        fake_and_proxy() as (_, proxy),
+        connected(proxy, query="turn_detection=server_vad") as client,
+    ):
+        await client.send_raw(mp3.getvalue()[:2560])
+        refused = assert_error(await client.recv(), "invalid_audio")
+    assert "a file (MP3)" in refused["message"]
+    assert "session.update" in refused["message"]

@@ -100,6 +100,30 @@ async def test_wrong_partial_or_missing_key_is_unauthorized(how: dict[str, Any])
         assert fake.connections_total == 0  # vLLM is never dialled for a refused client
 
 
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ({"headers": {}}, "No API key or client token was sent"),
+        ({"headers": {"X-API-Key": "k-wrong"}}, "Wrong API key"),
+        ({"query": "api_key=k-wrong"}, "Wrong API key"),
+    ],
+    ids=["missing", "header-wrong", "query-wrong"],
+)
+async def test_unauthorized_says_missing_or_wrong_and_names_the_header_first(
+    how: dict[str, Any], says: str
+) -> None:
+    async with fake_and_proxy() as (_, proxy):
+        message = assert_refusal(await refused(proxy, **how), "unauthorized", 4001)["message"]
+    assert message.startswith(says)
+    if says.startswith("No API key"):
+        # The forms to use first; the query last, with why it is the worse one.
+        assert message.index("X-API-Key") < message.index("voxtral-stt.auth.")
+        assert message.index("voxtral-stt.auth.") < message.index("?api_key=")
+        assert "logs" in message
+    else:
+        assert "X-API-Key" not in message  # they sent one: the form was not the problem
+
+
 async def test_query_key_wins_over_headers() -> None:
     """First match wins: a wrong key in the query is not rescued by a right one in a header."""
     async with fake_and_proxy() as (_, proxy):
@@ -231,7 +255,7 @@ async def test_session_created_payload() -> None:
         "limits",
         "turn_detection",
     }
-    assert re.fullmatch(r"sess_[0-9a-f]+", payload["id"])
+    assert re.fullmatch(r"[0-9a-f]{12}", payload["id"])  # the connection's id in the logs
     assert payload["model"] == MODEL
     assert payload["transcription_delay_ms"] == 480
     assert payload["segment_pause_ms"] == 720

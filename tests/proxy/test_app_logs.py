@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -87,7 +88,7 @@ async def test_a_key_as_session_or_request_id_never_reaches_the_logs() -> None:
 
 
 async def test_no_token_or_token_secret_in_any_line() -> None:
-    secret = "token-secret-c0ffee-31337"
+    secret = "token-secret-c0ffee-31337-0123456789abcdef"
     lines: list[str] = []
     async with (
         FakeVllm() as fake,
@@ -105,3 +106,30 @@ async def test_no_token_or_token_secret_in_any_line() -> None:
     for line in lines:
         for leaked in (*minted, secret):
             assert leaked not in line, line
+
+
+async def test_the_apps_session_id_and_the_connection_id_reach_the_log_lines() -> None:
+    """The connect-time id (the query's, or a generated one) is on every line of the connection;
+    the app's own id from its messages on each utterance's line and the closing one; the
+    connection_id on every line is session.created's payload.id."""
+    lines: list[str] = []
+    async with (
+        FakeVllm() as fake,
+        proxy_process(fake.url, "INFO", lines) as proxy,
+        connected(
+            proxy, headers={"X-API-Key": KEYS[0]}, expect_created=False, session_id="app-7"
+        ) as client,
+    ):
+        created = await client.recv()
+        await client.utterance("r1", load_pcm()[:32000])
+        await client.recv_until("transcription.done", "r1")
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    [utterance] = [r for r in records if r.get("event") == "utterance"]
+    [closed] = [r for r in records if r.get("event") == "session_closed"]
+    [opened] = [r for r in records if r.get("event") == "session_opened"]
+    assert utterance["session_id"] == closed["session_id"] == "app-7"
+    assert opened["session_id"] == created["session_id"]  # generated at connect
+    assert created["session_id"] != "app-7"
+    connection = created["payload"]["id"]
+    assert utterance["connection_id"] == closed["connection_id"] == connection
+    assert opened["connection_id"] == connection

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from proxy.auth import AUTH_SUBPROTOCOL_PREFIX, SUBPROTOCOL
+from proxy.tokens import EXPIRY_LEEWAY_S
 from tests.harness import TEST_KEY, Client, RunningProxy, assert_error, fake_and_proxy
 
 # -- helpers --------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ async def test_a_bound_token_names_its_session_and_refuses_another() -> None:
 async def test_an_expired_token_is_refused() -> None:
     async with fake_and_proxy() as (_, proxy):
         token = await token_for(proxy, expires_in=1)
-        await asyncio.sleep(2.1)  # past its expiry (whole seconds)
+        # Past its expiry (rounded up to a whole second) and the leeway for clock skew.
+        await asyncio.sleep(2.1 + EXPIRY_LEEWAY_S)
         message = refused_with(await attempt(proxy, subprotocols=offer(token)), "unauthorized")
         assert "expired" in message
 
@@ -191,8 +193,12 @@ async def test_a_token_signed_elsewhere_is_refused() -> None:
 
 async def test_minting_needs_an_api_key_in_a_header() -> None:
     async with fake_and_proxy() as (_, proxy):
-        assert (await mint(proxy, {})).status_code == 401
-        assert (await mint(proxy, {"X-API-Key": "wrong"})).status_code == 401
+        missing = await mint(proxy, {})
+        assert missing.status_code == 401
+        assert "X-API-Key" in missing.json()["error"]["message"]
+        wrong = await mint(proxy, {"X-API-Key": "wrong"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["message"].startswith("Wrong API key")
         token = await token_for(proxy)
         by_token = await mint(proxy, {"X-API-Key": token})
         assert by_token.status_code == 401
@@ -200,7 +206,12 @@ async def test_minting_needs_an_api_key_in_a_header() -> None:
         async with httpx.AsyncClient(base_url=proxy.http_url) as http:
             in_url = await http.post(f"/api/tokens?api_key={TEST_KEY}")
             assert in_url.status_code == 401
-            assert (await http.get("/api/tokens")).status_code == 405
+            for method in ("GET", "PUT", "DELETE"):
+                other = await http.request(method, "/api/tokens")
+                assert other.status_code == 405
+                assert other.headers["allow"] == "POST"
+                assert other.json()["error"]["code"] == "method_not_allowed"
+                assert "POST /api/tokens" in other.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -398,6 +398,25 @@ async def test_rollover_before_the_length_cap() -> None:
     assert upstream_commits(fake, final=True) == fake.generations_started
 
 
+async def test_rollover_at_the_proxys_own_bound_segment_max_s() -> None:
+    """vLLM's length (131072) is far off: SEGMENT_MAX_S alone cuts the generations, each one of
+    that much audio, the utterance still one done."""
+    async with fake_and_proxy(segment_max_s=10.0) as (fake, proxy), connected(proxy) as client:
+        await client.open("r1")
+        for piece in chunks(LONG, 8 * FRAME_BYTES):
+            await client.append("r1", piece)
+        await client.final("r1")
+        events = await client.recv_until("transcription.done", "r1")
+        events += await ping_barrier(client)
+    assert len(done_of(events, "r1")) == 1
+    assert [e for e in events if e["type"] == "error"] == []
+    segments = chunks(LONG, 10 * 1000 * 32)
+    expected = [d for segment in segments for d in predict_deltas(segment) if d]
+    assert texts(events, "r1") == expected
+    assert fake.generations_started == len(segments) == -(-len(LONG) // (10 * 1000 * 32))
+    assert upstream_commits(fake, final=True) == fake.generations_started
+
+
 async def test_rollover_after_vllm_ends_a_generation_by_itself() -> None:
     """vLLM enforces a shorter max_model_len than it advertises: it sends done unasked, and the
     proxy continues the utterance in a new generation, still with one done."""

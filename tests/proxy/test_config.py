@@ -168,6 +168,10 @@ INT_VARIABLES = {
     # Below the default WS_MAX_MESSAGE_BYTES (1 MiB) one message could never be held.
     "WS_INBOUND_QUEUE_MAX_BYTES": ["1023", "0", "x", "1048575"],
     "WS_OUTBOUND_QUEUE_MAX_BYTES": ["65535", "0", "-1", "2MiB"],
+    # The WebSocket layer parses at most 128 headers; the guard's cap stays within it.
+    "HTTP_MAX_HEADERS": ["7", "129", "x"],
+    "WS_MAX_FRAGMENTS": ["0", "-1", "many"],
+    "WS_MAX_CONTROL_FRAMES_PER_S": ["0", "2.5", "x"],
 }
 FLOAT_VARIABLES = {
     "WS_IDLE_TIMEOUT_S": ["-1", "abc", "nan"],
@@ -193,6 +197,7 @@ BAD_VALUES = [
     ("VOXTRAL_UPSTREAM_URL", "127.0.0.1:8001"),
     ("VOXTRAL_UPSTREAM_URL", "ws:///v1/realtime"),
     ("VOXTRAL_UPSTREAM_URL", "ftp://host/v1/realtime"),
+    ("VOXTRAL_TOKEN_SECRET", "31-characters-are-one-too-short"),
 ]
 
 
@@ -310,28 +315,32 @@ def test_security_defaults() -> None:
         0,
     )
     assert (config.max_header_count, config.max_header_bytes) == (64, 16_384)
+    assert (config.ws_max_fragments, config.ws_max_control_frames_per_s) == (64, 20)
 
 
 def test_security_values_are_read() -> None:
     config = load_config(
         env(
             TRUSTED_PROXIES=" 127.0.0.1 , 10.0.0.0/8,::1",
-            VOXTRAL_TOKEN_SECRET="sign-with-this",
+            VOXTRAL_TOKEN_SECRET="sign-with-this-secret-of-32-chars",
             TOKEN_MAX_TTL_S="120",
             HTTP_HEAD_TIMEOUT_S="2.5",
             MAX_PENDING_SOCKETS="10",
             MAX_OPEN_SOCKETS="500",
             HTTP_MAX_HEADERS="20",
             HTTP_MAX_HEADER_BYTES="4096",
+            WS_MAX_FRAGMENTS="8",
+            WS_MAX_CONTROL_FRAMES_PER_S="5",
         )
     )
     assert config.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
-    assert config.secrets == (config.api_keys[0], "sign-with-this")
+    assert config.secrets == (config.api_keys[0], "sign-with-this-secret-of-32-chars")
     assert "sign-with-this" not in repr(config)
     assert config.token_max_ttl_s == 120
     assert config.http_head_timeout_s == 2.5
     assert (config.max_pending_sockets, config.max_open_sockets) == (10, 500)
     assert (config.max_header_count, config.max_header_bytes) == (20, 4096)
+    assert (config.ws_max_fragments, config.ws_max_control_frames_per_s) == (8, 5)
 
 
 @pytest.mark.parametrize("raw", ["*", "localhost", "10.0.0.0/33", "127.0.0.1,nope"])

@@ -246,8 +246,27 @@ async def test_demo_page_shows_unauthorized(
     assert await page.locator("#start").is_enabled()
     assert await page.locator("#utterances tr.utterance").count() == 0
     assert message == refusal["error"]["message"]
+    assert message.startswith("Wrong API key")
+    assert "X-API-Key" not in message  # no header advice for a person who typed a key
     assert wire.of("error") == []
     assert wire.sent == []
+    assert fake.connections_total == 0
+    await page.close()
+
+
+async def test_demo_page_asks_for_a_key_before_asking_the_server(
+    browser: Browser, proxy: RunningProxy, fake: FakeVllm
+) -> None:
+    page = await browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    await page.goto(proxy.http_url + "/")
+    await page.fill("#key", "  ")
+    await page.click("#start")
+    await expect(page.locator("#error-code")).to_have_text("no key", timeout=WAIT_MS)
+    message = await page.locator("#error-message").text_content()
+    assert message == "Type an API key into the key box, then press Start."
+    assert not [url for url in requests if "/api/" in url]
     assert fake.connections_total == 0
     await page.close()
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 
-from tests.harness import RunningProxy, fake_and_proxy
+from devtools.fake_vllm import FakeVllm
+from tests.harness import TEST_KEY, RunningProxy, fake_and_proxy, proxy_subprocess
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
 
@@ -77,3 +79,37 @@ async def test_waiting_sockets_beyond_the_bound_evict_the_oldest() -> None:
             assert not reader.at_eof()
         async with httpx.AsyncClient(base_url=proxy.http_url) as http:
             assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_pipelined_requests_read_slowly_get_every_response_and_no_408_mid_stream() -> None:
+    """The keep-alive head deadline runs only while nothing is queued or in flight, and an idle
+    kept-alive socket is closed without a 408 that a slow reader would find after its
+    responses (issue 24, L5)."""
+    lines: list[str] = []
+    count = 200
+    async with (
+        FakeVllm() as fake,
+        proxy_subprocess(fake.url, (TEST_KEY,), lines, HTTP_HEAD_TIMEOUT_S="1") as proxy,
+    ):
+        port = int(proxy.http_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        writer.write(b"GET /demo/demo.js HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        await asyncio.sleep(3)  # a slow reader: nothing taken for three head deadlines
+        answer = b""
+        async with asyncio.timeout(60):
+            while chunk := await reader.read(65536):
+                answer += chunk
+        writer.close()
+    assert answer.count(b"HTTP/1.1 200 ") == count
+    # Once idle it is closed without a 408: one would land behind responses still being read.
+    assert b"HTTP/1.1 408 " not in answer
+    for line in lines:
+        assert "Traceback" not in line, line
+        assert '"level": "error"' not in line, line
+
+
+async def test_a_header_line_longer_than_the_websocket_layer_allows_gets_431() -> None:
+    async with fake_and_proxy() as (_, proxy), raw_socket(proxy) as (reader, writer):
+        writer.write(HEAD + b"X-Pad: " + b"p" * 8200 + b"\r\n\r\n")
+        assert (await until_closed(reader)).startswith(b"HTTP/1.1 431 ")

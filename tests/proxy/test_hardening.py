@@ -367,7 +367,8 @@ async def test_one_summary_line_per_utterance_and_no_transcript_by_default(
 ) -> None:
     async with (
         fake_and_proxy() as (fake, proxy),
-        connected(proxy, query="session_id=logs-1") as c,
+        # The app names its session on every message, as at connect.
+        connected(proxy, query="session_id=logs-1", session_id="logs-1") as c,
     ):
         await served(c, "r1", SHORT)
         await served(c, "r2", MID)
@@ -422,7 +423,7 @@ async def test_json_log_lines_of_a_connection_carry_its_session_id(
 ) -> None:
     async with (
         fake_and_proxy(upstream_timeout_s=1.0) as (fake, proxy),
-        connected(proxy, query="session_id=json-a") as a,
+        connected(proxy, query="session_id=json-a", session_id="json-a") as a,
     ):
         await served(a, "r1", SHORT[: 20 * FRAME_BYTES])
         fake.hang()  # makes the relay log a warning of its own (upstream_silent)
@@ -531,7 +532,8 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     assert value(samples, "voxtral_proxy_upstream_state", state="down") == 0
     assert value(samples, "voxtral_proxy_draining") == 0
     assert value(samples, "voxtral_proxy_upstream_reconnects_total") == 1  # the cancel
-    assert value(samples, "voxtral_proxy_time_to_first_word_seconds_count") == 2
+    ttfw = "voxtral_proxy_time_to_first_word_seconds_count"
+    assert value(samples, ttfw, audio_format="pcm16_16000", turn_detection="client") == 2
     assert value(samples, "voxtral_proxy_finalization_latency_seconds_count") == 2
     assert value(samples, "voxtral_proxy_finalization_latency_seconds_sum") > 0
     assert value(samples, "voxtral_proxy_inbound_queue_high_water") >= 0

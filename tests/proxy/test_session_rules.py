@@ -143,8 +143,7 @@ def test_settings_freeze_at_the_first_audio() -> None:
 
 def test_session_created_carries_the_full_settings() -> None:
     session = Harness(OPENS_ON_AUDIO).session
-    created = session.created()
-    assert created.id.startswith("sess_")
+    created = session.created("c0ffee")
+    assert created.id == "c0ffee"
     assert created.settings == session.settings()
     assert created.settings.limits.inbound_queue_max == LIMITS.inbound_queue_max
-    assert session.created().id != created.id

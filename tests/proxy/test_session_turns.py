@@ -338,3 +338,16 @@ def test_binary_frames_feed_the_stream_converted_from_the_session_format() -> No
     assert [type(a) for a in restarted if not isinstance(a, ClientFrame)] == [StopVad, StartVad]
     fed = harness.send(Append(None, None, bytes(1280), 1280))  # 160 ms of μ-law at 8 kHz
     assert sum(len(a.pcm) for a in fed if isinstance(a, FeedVad)) >= 2560  # now 16 kHz PCM16
+
+
+def test_a_turn_ends_filed_under_server_vad_and_the_clients_format() -> None:
+    harness = Harness()
+    ulaw = make_format("g711_ulaw", 8000)
+    harness.send(SessionUpdate(SID, "u1", None, audio=ulaw))
+    harness.audio(bytes(range(256)) * 64)  # 2 s of μ-law
+    harness.windows(512, 0.0)
+    harness.windows(512, 0.9)
+    harness.send(Cancel(SID, "turn-1", "client_request"))
+    [ended] = [a for a in harness.log if isinstance(a, UtteranceEnded)]
+    # Not the 16 kHz PCM16 the turn's audio was converted to: what the client sent.
+    assert (ended.server_vad, ended.audio_format) == (True, ulaw)

@@ -10,6 +10,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from proxy import telemetry as telemetry_module
+from proxy.audio_format import AudioFormat, Encoding
 from proxy.metrics import Metrics
 from proxy.session.actions import Outcome, UtteranceEnded, UtteranceRolledOver, UtteranceStarted
 from proxy.session.events import ErrorCode
@@ -45,10 +46,10 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 def test_facts_are_counted_by_outcome(logs: list[dict[str, Any]]) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=False)
-    telemetry.record(UtteranceStarted("r1", 10.0))
-    telemetry.record(UtteranceRolledOver("r1"))
-    telemetry.record(ended(Outcome.DONE))
-    telemetry.record(ended(Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT))
+    telemetry.record(UtteranceStarted("r1", 10.0), "app-s1")
+    telemetry.record(UtteranceRolledOver("r1"), "app-s1")
+    telemetry.record(ended(Outcome.DONE), "app-s1")
+    telemetry.record(ended(Outcome.ERRORED, ErrorCode.IDLE_TIMEOUT), "app-s1")
     assert len(logs) == 2
     name = "voxtral_proxy_utterances_total"
     assert sample(metrics, name, outcome="started") == 1
@@ -65,11 +66,12 @@ def test_a_done_utterance_logs_its_summary(
 ) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=log_transcripts)
-    telemetry.record(ended(Outcome.DONE))
+    telemetry.record(ended(Outcome.DONE), "app-s1")
     [line] = logs
     expected = {
         "event": "utterance",
         "log_level": "info",
+        "session_id": "app-s1",
         "request_id": "r1",
         "outcome": "done",
         "audio_ms": 1000,
@@ -81,7 +83,8 @@ def test_a_done_utterance_logs_its_summary(
     if log_transcripts:
         expected["text"] = " hi"
     assert line == expected
-    assert sample(metrics, "voxtral_proxy_time_to_first_word_seconds_count") == 1
+    ttfw = "voxtral_proxy_time_to_first_word_seconds_count"
+    assert sample(metrics, ttfw, audio_format="pcm16_16000", turn_detection="client") == 1
     assert sample(metrics, "voxtral_proxy_finalization_latency_seconds_count") == 1
 
 
@@ -90,10 +93,31 @@ def test_an_errored_utterance_names_its_code_and_has_no_finalization_latency(
 ) -> None:
     metrics = Metrics()
     telemetry = UtteranceTelemetry(metrics, log_transcripts=True)
-    telemetry.record(ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None))
+    telemetry.record(
+        ended(Outcome.ERRORED, ErrorCode.UPSTREAM_ERROR, first_delta_at=None), "app-s1"
+    )
     [line] = logs
     assert line["outcome"] == "error:upstream_error"
     assert line["ttfw_ms"] is None
     assert "text" not in line
     assert sample(metrics, "voxtral_proxy_finalization_latency_seconds_count") == 0
-    assert sample(metrics, "voxtral_proxy_time_to_first_word_seconds_count") == 0
+    assert sample(metrics, "voxtral_proxy_time_to_first_word_seconds_count") is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "server_vad", "label"),
+    [
+        (AudioFormat(Encoding.G711_ULAW, 8000, 1), False, "g711_ulaw_8000"),
+        (AudioFormat(Encoding.PCM16, 48000, 2), True, "pcm16_48000"),
+        (AudioFormat(Encoding.PCM16, 12345, 1), False, "pcm16_other"),
+    ],
+)
+def test_time_to_first_word_is_by_audio_format_and_turn_mode(
+    fmt: AudioFormat, server_vad: bool, label: str, logs: list[dict[str, Any]]
+) -> None:
+    metrics = Metrics()
+    telemetry = UtteranceTelemetry(metrics, log_transcripts=False)
+    telemetry.record(ended(Outcome.DONE, audio_format=fmt, server_vad=server_vad), "app-s1")
+    mode = "server_vad" if server_vad else "client"
+    name = "voxtral_proxy_time_to_first_word_seconds_sum"
+    assert sample(metrics, name, audio_format=label, turn_detection=mode) == pytest.approx(0.3)

@@ -4,41 +4,55 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.tokens import TOKEN_PATTERN, TokenError, TokenIssuer, looks_like_token, token_secret
+from proxy.tokens import (
+    EXPIRY_LEEWAY_S,
+    TOKEN_PATTERN,
+    TokenError,
+    TokenIssuer,
+    looks_like_token,
+    token_secret,
+)
 
-KEYS = ("key-alpha-0001", "key-bravo-0002")
+SECRET = "a-shared-secret-of-more-than-32-characters"
 NOW = 1_800_000_000.0
 
 
-def issuer(secret: str = "", keys: tuple[str, ...] = KEYS, max_ttl_s: int = 900) -> TokenIssuer:
-    return TokenIssuer(token_secret(secret, keys), max_ttl_s)
+def issuer(secret: str = SECRET, max_ttl_s: int = 900) -> TokenIssuer:
+    return TokenIssuer(token_secret(secret), max_ttl_s)
 
 
 def test_a_minted_token_verifies_with_its_claims() -> None:
     token, claims = issuer().mint(60, "s1", NOW)
     assert looks_like_token(token)
     assert TOKEN_PATTERN.fullmatch(token)
-    verified = issuer().verify(token, NOW + 59)  # another replica, same keys
+    verified = issuer().verify(token, NOW + 59)  # another replica, same secret
     assert verified == claims
     assert (verified.expires_at, verified.session_id) == (int(NOW) + 60, "s1")
 
 
-def test_replicas_listing_the_keys_in_another_order_agree() -> None:
-    token, _ = issuer().mint(60, None, NOW)
-    assert issuer(keys=tuple(reversed(KEYS))).verify(token, NOW).session_id is None
+def test_expiry_is_rounded_up_so_a_token_lives_its_whole_ttl() -> None:
+    _, claims = issuer().mint(1, None, NOW + 0.99)
+    assert claims.expires_at == int(NOW) + 2
 
 
-def test_an_expired_token_is_refused() -> None:
+def test_an_expired_token_is_refused_after_the_leeway() -> None:
     token, _ = issuer().mint(60, None, NOW)
+    issuer().verify(token, NOW + 60 + EXPIRY_LEEWAY_S - 0.5)  # a replica whose clock is ahead
     with pytest.raises(TokenError, match="expired"):
-        issuer().verify(token, NOW + 60)
+        issuer().verify(token, NOW + 60 + EXPIRY_LEEWAY_S)
+
+
+def test_without_a_configured_secret_each_process_has_its_own_random_one() -> None:
+    token, _ = issuer("").mint(60, None, NOW)
+    with pytest.raises(TokenError, match="not valid"):
+        issuer("").verify(token, NOW)
 
 
 @pytest.mark.parametrize(
     "other",
     [
-        issuer(keys=("key-other-0003",)),  # other keys
-        issuer(secret="dedicated-secret"),  # a dedicated secret instead of the keys
+        issuer(secret="another-secret-of-more-than-32-characters"),
+        issuer(secret=""),  # a random one
     ],
 )
 def test_a_token_signed_with_another_secret_is_refused(other: TokenIssuer) -> None:
@@ -74,8 +88,8 @@ def test_used_tokens_are_forgotten_once_expired() -> None:
     for n in range(50):
         token, _ = tokens.mint(10, None, NOW + n)
         tokens.use_once(tokens.verify(token, NOW + n), NOW + n)
-    # Only the tokens still unexpired are remembered, so memory is bounded by expiry.
-    assert tokens.remembered <= 11
+    # Only the tokens still unexpired (leeway included) are remembered: bounded by expiry.
+    assert tokens.remembered <= 11 + EXPIRY_LEEWAY_S
 
 
 @pytest.mark.parametrize("ttl", [0, -1, 901])

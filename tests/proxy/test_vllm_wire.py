@@ -11,15 +11,18 @@ from proxy.vllm_wire import (
     FRAME_BYTES,
     FRAME_MS,
     LEFT_PAD_FRAMES,
+    PCM_BYTES_PER_MS,
     TranscriptionDelta,
     TranscriptionDone,
     UpstreamError,
     decode_event,
+    generation_tokens,
     max_steps,
     owed_audio_bytes,
     prompt_tokens,
     right_pad_frames,
     segment_audio_limit,
+    segment_limit,
     steps_sent,
 )
 
@@ -43,6 +46,22 @@ def test_token_clock() -> None:
     assert right_pad_frames(80) == 12
     # vLLM owes an event once its delay plus two frames of audio went up unanswered.
     assert owed_audio_bytes(480) == 8 * FRAME_BYTES
+
+
+def test_a_generation_of_n_seconds_fits_the_model_length_made_for_it() -> None:
+    for seconds, delay in ((300.0, 480), (60.0, 2400), (12.34, 80)):
+        tokens = generation_tokens(seconds, delay)
+        limit = segment_audio_limit(tokens, delay)
+        assert limit is not None
+        assert limit >= seconds * 1000 * PCM_BYTES_PER_MS
+        assert limit - FRAME_BYTES < seconds * 1000 * PCM_BYTES_PER_MS
+
+
+def test_the_segment_limit_is_the_proxys_bound_or_vllms_if_shorter() -> None:
+    assert segment_limit(None, 480, 300.0) == 300 * 1000 * PCM_BYTES_PER_MS
+    assert segment_limit(131072, 480, 300.0) == 300 * 1000 * PCM_BYTES_PER_MS
+    assert segment_limit(2048, 480, 300.0) == segment_audio_limit(2048, 480)
+    assert segment_limit(40, 480, 300.0) == 300 * 1000 * PCM_BYTES_PER_MS  # vLLM's is none
 
 
 def test_segment_audio_limit_formula() -> None:
