@@ -4,10 +4,12 @@ For each stream count N: N concurrent streams at real-time pace (one 80 ms frame
 starts staggered over `--ramp-seconds`) go first straight to a fresh fake vLLM in vLLM's own
 protocol, then through the real proxy (`python -m proxy`, its own process) in front of another
 fresh fake, in the envelope protocol, once per mode (`--modes`): base64 JSON appends, binary
-frames, 8 kHz μ-law binary frames (resampled by the proxy), and a voice-agent mix (utterances of
-`--utterance-seconds` back to back). Every mode streams the same audio on the same streams. The
-load comes from `--workers` separate processes that report their own CPU time and how late
-their sends were, so it is visible whether the generator (or the machine) kept up.
+frames, 8 kHz μ-law binary frames (resampled by the proxy), base64 appends of 24 kHz PCM16
+(resampled too), and a voice-agent mix (utterances of `--utterance-seconds` back to back); and in
+OpenAI's Realtime protocol, the same 24 kHz audio as base64 appends on `/v1/realtime`. Every mode
+streams the same audio on the same streams. The load comes from `--workers` separate processes
+that report their own CPU time and how late their sends were, so it is visible whether the
+generator (or the machine) kept up.
 
 Per N and mode it reports: per-delta latency (from sending the frame that releases a token to
 receiving its delta; the fake's transcript is a pure function of the audio, so the releasing
@@ -153,7 +155,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=list(DEFAULT_MODES),
         help="proxied modes to run, in this order: json (base64 appends), binary (binary "
         "frames), ulaw (8 kHz G.711 binary frames), pcm8k, pcm24k, pcm48k (binary PCM16 at "
-        "those rates), agent (binary, utterances back to back); "
+        "those rates), json24k (base64 appends of 24 kHz PCM16), agent (binary, utterances "
+        "back to back), openai (json24k's audio in OpenAI's Realtime protocol); "
         f"default {','.join(DEFAULT_MODES)}",
     )
     parser.add_argument(
@@ -241,7 +244,10 @@ class Clip:
     def frames_for(self, mode: Mode) -> tuple[str, ...] | tuple[bytes, ...]:
         """The clip's frames as `mode` sends them."""
         if mode in CONVERTED:
-            return self.frames_converted[mode]
+            frames = self.frames_converted[mode]
+            if mode in BINARY_MODES:
+                return frames
+            return tuple(base64.b64encode(frame).decode() for frame in frames)
         return self.frames_pcm if mode in BINARY_MODES else self.frames_b64
 
     def stream_pcm(self, plan: StreamPlan, first: int = 0, chunks: int | None = None) -> bytes:

@@ -4,12 +4,15 @@ Each stream is one WebSocket carrying audio at real-time pace (one 80 ms frame p
 either straight to vLLM's realtime protocol (``direct``) or in the envelope protocol through the
 proxy, in one of the proxied modes: ``json`` (base64 appends of 16 kHz PCM16), ``binary`` (binary
 frames of the same), ``ulaw`` (binary frames of 8 kHz G.711 μ-law, resampled by the proxy),
-``pcm8k``, ``pcm24k`` and ``pcm48k`` (binary PCM16 at those rates, resampled too) and
+``pcm8k``, ``pcm24k`` and ``pcm48k`` (binary PCM16 at those rates, resampled too), ``json24k``
+(base64 appends of 24 kHz PCM16) and
 ``agent`` (binary 16 kHz PCM16 cut into utterances of a few seconds, spoken back to back as a
 voice agent's caller does: each final commit is followed at once by the next utterance's
-opening commit). A worker connects all its streams first, tells the parent, waits
-for the common start time, streams, and sends back every send and receive timestamp together
-with its own CPU time, so the parent can tell whether the generator kept up.
+opening commit); or in OpenAI's Realtime protocol, ``openai`` (``json24k``'s audio in base64
+``input_audio_buffer.append`` events on ``/v1/realtime``, one commit at the end). A worker
+connects all its streams first, tells the parent, waits for the common start time, streams, and
+sends back every send and receive timestamp together with its own CPU time, so the parent can
+tell whether the generator kept up.
 """
 
 from __future__ import annotations
@@ -31,18 +34,39 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from proxy.audio_format import AudioFormat, Encoding
 
-Mode = Literal["direct", "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent"]
-PROXIED_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "agent")
-DEFAULT_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "agent")
+Mode = Literal[
+    "direct", "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "json24k", "agent", "openai"
+]
+PROXIED_MODES: tuple[Mode, ...] = (
+    "json", "binary", "ulaw", "pcm8k", "pcm24k", "pcm48k", "json24k", "agent", "openai"
+)  # fmt: skip
+# The OpenAI protocol beside the envelope carrying the same 24 kHz audio the same way (base64
+# in JSON text frames).
+DEFAULT_MODES: tuple[Mode, ...] = ("json", "binary", "ulaw", "json24k", "agent", "openai")
 # The modes whose audio the proxy converts, and the format each sends.
 CONVERTED: dict[Mode, AudioFormat] = {
     "ulaw": AudioFormat(Encoding.G711_ULAW, 8000, 1),
     "pcm8k": AudioFormat(Encoding.PCM16, 8000, 1),
     "pcm24k": AudioFormat(Encoding.PCM16, 24000, 1),
     "pcm48k": AudioFormat(Encoding.PCM16, 48000, 1),
+    "json24k": AudioFormat(Encoding.PCM16, 24000, 1),
+    "openai": AudioFormat(Encoding.PCM16, 24000, 1),
 }
 # Modes whose audio goes as binary frames (the others send base64 text).
-BINARY_MODES: frozenset[Mode] = frozenset({"binary", "agent", *CONVERTED})
+BINARY_MODES: frozenset[Mode] = frozenset({"binary", "agent", *CONVERTED} - {"json24k", "openai"})
+OPENAI_PATH = "/v1/realtime?intent=transcription"
+# The OpenAI session: commit mode, OpenAI's audio format.
+OPENAI_UPDATE = {
+    "type": "session.update",
+    "session": {
+        "type": "transcription",
+        "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}
+        },
+    },
+}
+OPENAI_DELTA = "conversation.item.input_audio_transcription.delta"
+OPENAI_COMPLETED = "conversation.item.input_audio_transcription.completed"
 CHUNK_S = 0.080
 CLOSE_TIMEOUT_S = 2.0
 
@@ -126,7 +150,12 @@ class _Stream:
         # After this chunk index: the final commit of one utterance and the opening of the next.
         self.turns = {start + length - 1: u for u, (start, length) in enumerate(self.utterances)}
         self.done_texts: list[str] = []
-        if plan.mode != "direct":
+        if plan.mode == "openai":
+            self.append_heads = ['{"type":"input_audio_buffer.append","audio":"']
+            self.append_tail = '"}'
+            self.opening = [json_text(OPENAI_UPDATE)]
+            self.final = json_text({"type": "input_audio_buffer.commit"})
+        elif plan.mode != "direct":
             self.append_heads = [
                 f'{{"type":"input_audio_buffer.append","session_id":"{self.session_id}",'
                 f'"request_id":"{rid}","payload":{{"audio":"'
@@ -163,7 +192,11 @@ class _Stream:
         plan = self.plan
         url = plan.url
         headers: dict[str, str] = {}
-        if plan.mode != "direct":
+        if plan.mode == "openai":
+            url = url.replace("/api/asr-streaming", OPENAI_PATH)
+            if plan.api_key:
+                headers["Authorization"] = f"Bearer {plan.api_key}"
+        elif plan.mode != "direct":
             url = f"{url}?session_id={self.session_id}"
             if plan.mode in CONVERTED:
                 url += "".join(f"&{k}={v}" for k, v in CONVERTED[plan.mode].query_params().items())
@@ -249,11 +282,14 @@ class _Stream:
     async def _receive(self, ws: ClientConnection) -> None:
         result = self.result
         proxied = self.plan.mode != "direct"
+        openai = self.plan.mode == "openai"
         try:
             async for raw in ws:
                 now = time.monotonic()
                 event: Any = orjson.loads(raw)
                 kind = event.get("type")
+                if openai:
+                    kind, event = _as_envelope(kind, event)
                 body = (event.get("payload") or {}) if proxied else event
                 if kind == "transcription.delta":
                     delta = body.get("delta")
@@ -281,6 +317,18 @@ class _Stream:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.ws.close()
+
+
+def _as_envelope(kind: object, event: dict[str, Any]) -> tuple[object, dict[str, Any]]:
+    """An OpenAI server event as the envelope event the counting above reads."""
+    if kind == OPENAI_DELTA:
+        return "transcription.delta", {"payload": {"delta": event.get("delta")}}
+    if kind == OPENAI_COMPLETED:
+        return "transcription.done", {"payload": {"text": event.get("transcript")}}
+    if kind == "error":
+        error = event.get("error") or {}
+        return "error", {"request_id": None, "payload": {"code": error.get("code")}}
+    return kind, event
 
 
 def json_text(value: dict[str, Any]) -> str:

@@ -1,30 +1,67 @@
 """Admission of a client WebSocket: accepting the upgrade, then admitting or refusing it
 (draining, origin, credential, capacity), and the connect query's options (audio format, turn
-detection). Every refusal comes after the upgrade, so browsers can read why.
+detection). Every refusal comes after the upgrade, so browsers can read why. Each route is a
+``Door``: its protocol's codec, the subprotocol it selects, where its clients put their
+credential, and what its connect query may ask for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import structlog
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
 from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
+from proxy.client_secrets import is_client_secret, verify_client_secret
 from proxy.limits import auth_failure_details
 from proxy.protocols.codec import Codec
-from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY
+from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY, EnvelopeCodec
 from proxy.session.events import ErrorCode, SessionError
 from proxy.state import ProxyState
 from proxy.tokens import Claims, TokenError, looks_like_token
 from proxy.turns import TurnOptions
 
-# A connection's codec, given the connection's session id.
-CodecFactory = Callable[[str], Codec]
+log = structlog.get_logger("proxy.admission")
+
+
+class CodecFactory(Protocol):
+    """Makes a connection's codec: its session id in (``bound_session``: the id came with the
+    client's token, and the connection keeps it)."""
+
+    def __call__(self, session_id: str, *, bound_session: bool = False) -> Codec: ...
+
+
+# A session's audio format and turn detection when it opens.
+ConnectOptions = tuple[AudioFormat, TurnOptions | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """How one route admits its clients."""
+
+    make_codec: CodecFactory
+    # The subprotocol selected when the client offers it (never a credential offer).
+    subprotocol: str
+    # The credential the client presented (the request, and the subprotocols it offered).
+    present: Callable[[WebSocket, Sequence[str]], str | None]
+    # The session's options from the connect query; None when refused (the client was told).
+    options: Callable[[WebSocket, ProxyState, Codec], Awaitable[ConnectOptions | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    session_id: str
+    # The session id came with the client's token: no message may name another.
+    bound_session: bool
+
 
 # The connect query parameter that turns turn detection on with its defaults, and its value.
 TURN_DETECTION_QUERY = "turn_detection"
@@ -43,7 +80,9 @@ async def refuse(
 ) -> None:
     """Refusal after the upgrade, so browsers can read why: the error in the connection's
     protocol, then its close code."""
-    state.metrics.refusals.labels(reason or code.value).inc()
+    label = reason or code.value
+    state.metrics.refusals.labels(label).inc()
+    log.info("connection_refused", reason=label)
     with contextlib.suppress(Exception):
         error = SessionError(code, None, message=message, details=details or {}, closes=True)
         for text in codec.render(error):
@@ -67,12 +106,19 @@ class Unauthorized(Exception):
 
 
 def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
-    """Checks an API key (constant time) or a client token; returns the token's claims (None
-    for a key). Raises ``Unauthorized``."""
+    """Checks an API key (constant time), a client secret (reusable until it expires) or a
+    client token; returns the token's claims (None for a key or a secret). Raises
+    ``Unauthorized``."""
     if key_is_valid(credential, state.config.api_keys):
         return None
     if credential is None:
         raise Unauthorized  # the protocol's default message for unauthorized: where to send one
+    if is_client_secret(credential):
+        try:
+            verify_client_secret(state.client_secrets, credential, time.time())
+        except TokenError as exc:
+            raise Unauthorized(str(exc)) from None
+        return None
     if not looks_like_token(credential):
         raise Unauthorized(WRONG_API_KEY)
     try:
@@ -81,13 +127,20 @@ def authenticate(state: ProxyState, credential: str | None) -> Claims | None:
         raise Unauthorized(str(exc)) from None
 
 
-async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactory) -> str | None:
-    """Accepts the upgrade, then refuses (an error in the protocol of ``make_codec`` and a
-    close) or admits: returns the session id when admitted."""
+def envelope_credential(websocket: WebSocket, offered: Sequence[str]) -> str | None:
+    """Where an envelope client may put its key or token (see ``proxy.auth.presented_key``)."""
+    return presented_key(websocket.query_params, websocket.headers, offered)
+
+
+async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> Admitted | None:
+    """Accepts the upgrade, then refuses (an error in the door's protocol and a close) or
+    admits: returns the session id, and whether the client's token bound it, when admitted."""
     config = state.config
+    make_codec = door.make_codec
     offered = websocket.scope.get("subprotocols", [])
     # Only the plain name is echoed: the credential offer is never sent back.
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    subprotocol = door.subprotocol if door.subprotocol in offered else None
+    await websocket.accept(subprotocol=subprotocol)
     query_session = websocket.query_params.get("session_id")
     session_id = (
         query_session
@@ -109,8 +162,9 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
             reason="origin_not_allowed",
         )
         return None
+    bound = False
     try:
-        credential = presented_key(websocket.query_params, websocket.headers, offered)
+        credential = door.present(websocket, offered)
         claims = authenticate(state, credential)
         if claims is not None:
             if claims.session_id is not None and query_session not in (None, claims.session_id):
@@ -120,6 +174,7 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
                 )
             state.tokens.use_once(claims, time.time())
             session_id = claims.session_id or session_id
+            bound = claims.session_id is not None
     except (AmbiguousCredential, Unauthorized, TokenError) as exc:
         blocked = state.auth_failed(address)
         if blocked is not None:
@@ -137,12 +192,12 @@ async def admit(websocket: WebSocket, state: ProxyState, make_codec: CodecFactor
         await refuse(websocket, state, make_codec(session_id), ErrorCode.SERVER_AT_CAPACITY)
         return None
 
-    return session_id
+    return Admitted(session_id, bound)
 
 
 async def connect_options(
     websocket: WebSocket, state: ProxyState, codec: Codec
-) -> tuple[AudioFormat, TurnOptions | None] | None:
+) -> ConnectOptions | None:
     """The audio format and turn detection the connect query asks for; None when refused (the
     client was told why)."""
     turns_query = websocket.query_params.get(TURN_DETECTION_QUERY)
@@ -171,3 +226,15 @@ async def connect_options(
         )
         return None
     return audio_format, turns
+
+
+def envelope_door(max_message_bytes: int) -> Door:
+    """``/api/asr-streaming``'s door: the envelope, its ``voxtral-stt`` subprotocol, a key or
+    token wherever ``proxy.auth.presented_key`` looks, the format and turn detection in the
+    connect query."""
+    return Door(
+        make_codec=functools.partial(EnvelopeCodec, max_message_bytes=max_message_bytes),
+        subprotocol=SUBPROTOCOL,
+        present=envelope_credential,
+        options=connect_options,
+    )

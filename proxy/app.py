@@ -21,11 +21,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from proxy.admission import CodecFactory, admit, connect_options, refuse
+from proxy import openai_route
+from proxy.admission import Door, admit, envelope_door, refuse
+from proxy.client_secrets import mint_client_secret, mint_transcription_session
 from proxy.config import ProxyConfig
 from proxy.metrics import STARTED
 from proxy.protocols.codec import Codec
-from proxy.protocols.envelope import EnvelopeCodec
 from proxy.relay import Relay
 from proxy.security_headers import SecurityHeaders
 from proxy.session import Session
@@ -43,25 +44,25 @@ DEMO_DIR = Path(__file__).resolve().parent / "static"
 JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
 
 
-class AsrStreamingEndpoint:
-    """``WS /api/asr-streaming`` as a raw ASGI app: Starlette routes to it, and after admission
-    the relay uses ``receive``/``send`` without Starlette's ``WebSocket`` object in between."""
+class ClientEndpoint:
+    """A client WebSocket route (``WS /api/asr-streaming``, ``WS /v1/realtime``) as a raw ASGI
+    app: Starlette routes to it, and after admission through the route's ``door`` the relay
+    uses ``receive``/``send`` without Starlette's ``WebSocket`` object in between."""
 
-    def __init__(self, state: ProxyState) -> None:
+    def __init__(self, state: ProxyState, door: Door) -> None:
         self.state = state
-        self.make_codec: CodecFactory = functools.partial(
-            EnvelopeCodec, max_message_bytes=state.config.max_message_bytes
-        )
+        self.door = door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, websocket = self.state, WebSocket(scope, receive, send)
-        session_id = await admit(websocket, state, self.make_codec)
-        if session_id is None:
+        admitted = await admit(websocket, state, self.door)
+        if admitted is None:
             return
+        session_id = admitted.session_id
         state.slots_taken += 1
         try:
-            codec = self.make_codec(session_id)
-            await _serve_session(websocket, state, session_id, codec, receive, send)
+            codec = self.door.make_codec(session_id, bound_session=admitted.bound_session)
+            await _serve_session(websocket, state, session_id, codec, self.door, receive, send)
         finally:
             state.slots_taken -= 1
 
@@ -71,6 +72,7 @@ async def _serve_session(
     state: ProxyState,
     session_id: str,
     codec: Codec,
+    door: Door,
     receive: Receive,
     send: Send,
 ) -> None:
@@ -79,7 +81,9 @@ async def _serve_session(
     connection_id = uuid.uuid4().hex[:12]
     structlog.contextvars.bind_contextvars(session_id=session_id, connection_id=connection_id)
     try:
-        await _relay_session(websocket, state, session_id, connection_id, codec, receive, send)
+        await _relay_session(
+            websocket, state, session_id, connection_id, codec, door, receive, send
+        )
     finally:
         structlog.contextvars.unbind_contextvars("session_id", "connection_id")
 
@@ -90,11 +94,12 @@ async def _relay_session(
     session_id: str,
     connection_id: str,
     codec: Codec,
+    door: Door,
     receive: Receive,
     send: Send,
 ) -> None:
     config = state.config
-    options = await connect_options(websocket, state, codec)
+    options = await door.options(websocket, state, codec)
     if options is None:
         return
     audio_format, turns = options
@@ -137,16 +142,17 @@ async def _relay_session(
     except Exception:
         upstream.close()
         return
-    state.metrics.connections_total.inc()
-    state.metrics.connections_open.inc()
+    protocol = codec.protocol
+    state.metrics.connections_total.labels(protocol).inc()
+    state.metrics.connections_open.labels(protocol).inc()
     state.relays.add(relay)
-    log.info("session_opened")
+    log.info("session_opened", protocol=protocol)
     try:
         await relay.run()
     finally:
         state.relays.discard(relay)
         state.memory.connection_ended()
-        state.metrics.connections_open.dec()
+        state.metrics.connections_open.labels(protocol).dec()
         counts = relay.telemetry.counts
         log.info(
             "session_closed",
@@ -156,6 +162,9 @@ async def _relay_session(
             done=counts[Outcome.DONE],
             cancelled=counts[Outcome.CANCELLED],
             errored=counts[Outcome.ERRORED],
+            abandoned=counts[Outcome.ABANDONED],
+            closed_by=relay.closed_by,
+            close_code=relay.close_code,
         )
 
 
@@ -215,7 +224,16 @@ def create_app(config: ProxyConfig) -> Starlette:
             await state.vad.close()
 
     routes: list[BaseRoute] = [
-        WebSocketRoute("/api/asr-streaming", AsrStreamingEndpoint(state)),
+        WebSocketRoute(
+            "/api/asr-streaming", ClientEndpoint(state, envelope_door(config.max_message_bytes))
+        ),
+        WebSocketRoute(openai_route.PATH, ClientEndpoint(state, openai_route.door(config))),
+        Route(f"{openai_route.PATH}/client_secrets", mint_client_secret, methods=["POST"]),
+        Route(
+            f"{openai_route.PATH}/transcription_sessions",
+            mint_transcription_session,
+            methods=["POST"],
+        ),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

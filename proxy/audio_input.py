@@ -6,7 +6,8 @@ only base64-encoded, each as one append. Any other format goes through the utter
 `AudioConverter` (whatever kind of frame carried it, so mixed frames stay in order) and up as
 soon as it is converted, one append per piece; `flush()` at the final commit drains it. The first
 piece is checked for a file header (`proxy.containers`): a file is refused, a WAV header of the
-session's format stripped.
+session's format stripped. The converter is made on the first audio and dropped at the flush:
+an utterance that waits in the line without audio, or after its last, keeps none of its state.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class UtteranceAudio:
         """`client=False`: the audio is the server's own (a turn's, from the checked stream)."""
         self.format = fmt
         self.client_bytes = 0  # client audio taken so far, in its format
-        self._converter = None if fmt.is_native else AudioConverter(fmt)
+        self._converter: AudioConverter | None = None
         self._files = FirstAudioCheck(fmt) if client else None
 
     @property
@@ -47,13 +48,15 @@ class UtteranceAudio:
                 if not samples:
                     return []  # a piece that was only a WAV header
                 audio, nbytes = samples, len(samples)
-        converter = self._converter
-        if converter is None:
+        if self.format.is_native:
             problem = self.format.audio_problem(nbytes)
             if problem is not None:
                 raise InvalidAudio(problem)
             self.client_bytes += nbytes
             return [(audio if isinstance(audio, str) else encode_audio(audio), nbytes)]
+        converter = self._converter
+        if converter is None:
+            converter = self._converter = AudioConverter(self.format)
         pcm = converter.feed(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
         self.client_bytes += nbytes
         return [(encode_audio(chunk), len(chunk)) for chunk in pcm]
@@ -68,6 +71,7 @@ class UtteranceAudio:
 
     def flush(self) -> Upstream:
         """What the converter still holds, at the end of the utterance's audio."""
-        if self._converter is None:
+        converter, self._converter = self._converter, None
+        if converter is None:
             return []
-        return [(encode_audio(chunk), len(chunk)) for chunk in self._converter.flush()]
+        return [(encode_audio(chunk), len(chunk)) for chunk in converter.flush()]

@@ -15,6 +15,9 @@ from proxy.tokens import TOKEN_PATTERN
 # ``voxtral-stt.auth.<credential>`` as subprotocols, and the server echoes only the first.
 SUBPROTOCOL = "voxtral-stt"
 AUTH_SUBPROTOCOL_PREFIX = f"{SUBPROTOCOL}.auth."
+# OpenAI's browser client offers ``realtime`` plus ``openai-insecure-api-key.<credential>``.
+OPENAI_SUBPROTOCOL = "realtime"
+OPENAI_AUTH_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 # Keys shorter than this get a warning at start: a short key can be guessed.
 API_KEY_MIN_CHARS = 32
 
@@ -23,7 +26,8 @@ _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 # it), the auth headers and the subprotocol offer (the WebSocket layer's debug log prints
 # request headers).
 _KEY_IN_TEXT = re.compile(
-    r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?|voxtral-stt\.auth\.)"
+    r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?|voxtral-stt\.auth\.|"
+    r"openai-insecure-api-key\.)"
     r"[^&\s\"',]*"
 )
 
@@ -58,6 +62,26 @@ def presented_key(
     key = headers.get("x-api-key")
     if key:
         return key.strip()
+    match = _BEARER.match(headers.get("authorization", ""))
+    return match.group(1) if match else None
+
+
+def presented_openai_credential(
+    headers: Mapping[str, str], subprotocols: Sequence[str] = ()
+) -> str | None:
+    """The credential on OpenAI's Realtime route: the ``openai-insecure-api-key.`` subprotocol
+    (browsers), else ``Authorization: Bearer`` (every SDK). Never the URL."""
+    offered = [
+        p[len(OPENAI_AUTH_SUBPROTOCOL_PREFIX) :]
+        for p in subprotocols
+        if p.startswith(OPENAI_AUTH_SUBPROTOCOL_PREFIX)
+    ]
+    if len(offered) > 1:
+        raise AmbiguousCredential(
+            f"Offer one {OPENAI_AUTH_SUBPROTOCOL_PREFIX}<credential> subprotocol, not several."
+        )
+    if offered and offered[0]:
+        return offered[0]
     match = _BEARER.match(headers.get("authorization", ""))
     return match.group(1) if match else None
 

@@ -199,6 +199,10 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
 def _token_secret(value: str) -> None:
     if value and len(value) < TOKEN_SECRET_MIN_CHARS:
         raise ConfigError(
@@ -285,6 +289,15 @@ class ProxyConfig:
         "bytes of audio held for vLLM per connection",
         minimum=1024,
     )
+    # Opened and not yet ended (open, finalizing or queued behind the one vLLM runs).
+    max_utterances_in_flight: int = setting(
+        "WS_MAX_UTTERANCES_IN_FLIGHT", 16, "utterances in flight per connection", minimum=1
+    )
+    # Audio a client may send ahead of real time before the proxy stops reading its socket
+    # until real time catches up (so vLLM's queue of a connection stays this short).
+    max_audio_ahead_s: float = setting(
+        "WS_MAX_AUDIO_AHEAD_S", 30.0, "seconds of audio ahead of real time", minimum=1.0
+    )
     max_messages_per_window: int = setting(
         "WS_MAX_MESSAGES_PER_WINDOW", 5000, "message rate limit", minimum=1
     )
@@ -347,6 +360,19 @@ class ProxyConfig:
         secret=True,
     )
     token_max_ttl_s: int = setting("TOKEN_MAX_TTL_S", 900, "longest token lifetime", minimum=1)
+    # Other names a client may give the model on the OpenAI and Mistral routes, besides the
+    # served name; unless strict, each provider's own model names are accepted too.
+    model_aliases: tuple[str, ...] = setting(
+        "MODEL_ALIASES",
+        (),
+        "other names clients may give the model on the OpenAI and Mistral routes",
+        parse=_names,
+    )
+    strict_model_names: bool = setting(
+        "STRICT_MODEL_NAMES",
+        False,
+        "accept only the served name and MODEL_ALIASES, not the providers' model names",
+    )
     # Before a request head has arrived a socket costs a file handle and nothing else proves
     # it is a client: a deadline, and a bound on how many may wait at once.
     http_head_timeout_s: float = setting(

@@ -18,6 +18,8 @@ class SessionLimits:
 
     inbound_queue_max: int
     inbound_queue_max_bytes: int
+    max_utterances_in_flight: int
+    max_audio_ahead_s: float
     outbound_queue_max: int
     outbound_queue_max_bytes: int
     max_messages_per_window: int
@@ -45,6 +47,28 @@ class SessionLimits:
         return events >= self.outbound_queue_max or (
             events > 0 and nbytes + incoming > self.outbound_queue_max_bytes
         )
+
+
+class AudioAhead:
+    """How far one connection's audio runs ahead of real time, against ``bound_s``: each piece
+    adds its duration and real time takes it away, never below zero (a pause earns no credit
+    to burst later). Real-time streaming stays one chunk ahead."""
+
+    __slots__ = ("_at", "ahead_s", "bound_s")
+
+    def __init__(self, bound_s: float) -> None:
+        self.bound_s = bound_s
+        self.ahead_s = 0.0
+        self._at: float | None = None
+
+    def take(self, seconds: float, now: float) -> float:
+        """Counts ``seconds`` of audio arriving at ``now``; returns how long the client must
+        wait before it may send more (0 while within the bound)."""
+        if self._at is not None:
+            self.ahead_s = max(0.0, self.ahead_s - (now - self._at))
+        self._at = now
+        self.ahead_s += seconds
+        return max(0.0, self.ahead_s - self.bound_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ UTTERANCE_LABELS = (STARTED, *Outcome, ROLLED_OVER)
 # (any whole rate from 8 to 48 kHz is accepted: the label set must stay small).
 LABELLED_RATES = frozenset((8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000))
 TURN_MODES = {False: "client", True: "server_vad"}
+# The client close codes counted as sent (the protocol's own range); others count as "other".
+CLIENT_CODES_KEPT = (1000, 1015)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -30,10 +32,16 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections_open = Gauge(
-            f"{PREFIX}_connections_open", "Client WebSockets open now.", registry=r
+            f"{PREFIX}_connections_open",
+            "Client WebSockets open now, by protocol.",
+            ["protocol"],
+            registry=r,
         )
         self.connections_total = Counter(
-            f"{PREFIX}_connections", "Client WebSockets accepted into a session.", registry=r
+            f"{PREFIX}_connections",
+            "Client WebSockets accepted into a session, by protocol.",
+            ["protocol"],
+            registry=r,
         )
         self.refusals = Counter(
             f"{PREFIX}_refusals",
@@ -43,8 +51,15 @@ class Metrics:
         )
         self.closes = Counter(
             f"{PREFIX}_closes",
-            "Sessions closed by the server, by close code.",
-            ["code"],
+            "Sessions closed, by who closed (server, client) and close code (a client's: "
+            "1000-1015 as sent, none without a close frame or code, other beyond).",
+            ["by", "code"],
+            registry=r,
+        )
+        self.client_held_seconds = Counter(
+            f"{PREFIX}_client_held_seconds",
+            "Seconds the proxy stopped reading a client whose audio ran too far ahead of real "
+            "time.",
             registry=r,
         )
         self.utterances = Counter(
@@ -58,13 +73,13 @@ class Metrics:
         }
         self.client_messages = Counter(
             f"{PREFIX}_client_messages",
-            "Client messages received, by type (the protocol's; refused ones as invalid, "
-            "binary audio frames as binary).",
-            ["type"],
+            "Client messages received, by protocol and type (the protocol's; refused ones as "
+            "invalid, binary audio frames as binary).",
+            ["protocol", "type"],
             registry=r,
         )
         # Children are looked up once each: ``labels()`` costs more than the increment itself.
-        self._client_message_counters: dict[str, Any] = {}
+        self._client_message_counters: dict[tuple[str, str], Any] = {}
         self.upstream_state = Gauge(
             f"{PREFIX}_upstream_state",
             "1 for vLLM's current state (ready, starting, down).",
@@ -115,16 +130,28 @@ class Metrics:
             self.upstream_state.labels(name).set(1 if name == state else 0)
 
     def count_client_message(
-        self, label: str, message: ClientInput, audio_format: AudioFormat
+        self, protocol: str, label: str, message: ClientInput, audio_format: AudioFormat
     ) -> None:
-        """One client frame, by its codec's ``label``; audio is in the session's
-        ``audio_format``."""
-        counter = self._client_message_counters.get(label)
+        """One client frame of ``protocol``, by its codec's ``label``; audio is in the
+        session's ``audio_format``."""
+        key = (protocol, label)
+        counter = self._client_message_counters.get(key)
         if counter is None:
-            counter = self._client_message_counters[label] = self.client_messages.labels(label)
+            counter = self._client_message_counters[key] = self.client_messages.labels(*key)
         counter.inc()
         if isinstance(message, AppendAudio):
             self.audio_seconds.inc(message.nbytes / audio_format.bytes_per_second)
+
+    def count_close(self, by: str, code: int | None) -> None:
+        """A session closed ``by`` the server or the client, with ``code`` (None: the client
+        sent no close frame, or one without a code)."""
+        if code is None:
+            label = "none"
+        elif by == "client" and not CLIENT_CODES_KEPT[0] <= code <= CLIENT_CODES_KEPT[1]:
+            label = "other"  # a client chooses its codes: the label set stays small
+        else:
+            label = str(code)
+        self.closes.labels(by, label).inc()
 
     def note_inbound_depth(self, depth: int, nbytes: int) -> None:
         if depth > self._inbound_high_water:

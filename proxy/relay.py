@@ -41,6 +41,7 @@ from proxy.session.actions import (
     Action,
     CloseClient,
     FeedVad,
+    HoldClient,
     OpenUpstream,
     SendClient,
     SendUpstream,
@@ -62,6 +63,9 @@ log = structlog.get_logger("proxy.relay")
 CLIENT_WRITE_TIMEOUT_S = 15.0
 # Closing a client that stopped reading must not hold its slot for long.
 CLIENT_CLOSE_TIMEOUT_S = 2.0
+# What a disconnect reports when the client sent no close frame (1006) or one without a code
+# (1005): reserved codes, never on the wire.
+NO_CLIENT_CODE = (1005, 1006)
 
 OpenUpstreamFn = Callable[[], Awaitable[UpstreamConnection]]
 
@@ -108,6 +112,14 @@ class Relay:
         self._paused_upstream: UpstreamConnection | None = None
         self.done = asyncio.Event()
         self.client_gone = False
+        # Who closed the session ("server" or "client") and with which code (None: the client
+        # sent none), once it closed.
+        self.closed_by: str | None = None
+        self.close_code: int | None = None
+        # The client's disconnect code, once it is read.
+        self._client_code: int | None = None
+        # The session's back-pressure: nothing is read from the client before this time.
+        self.hold_until = 0.0
         # When the write in progress to the client started (None: not writing).
         self.writing_since: float | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -133,7 +145,10 @@ class Relay:
         writer = self._writer = asyncio.create_task(self._write())
         try:
             await asyncio.wait({receiver, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if not self.client_gone and not writer.done():
+            if not self.session.closed:
+                # Neither side failed and the session did not close: the client left.
+                self._client_left()
+            elif not self.client_gone and not writer.done():
                 # The receiver failed: let the writer deliver the error and the close.
                 await asyncio.wait({writer}, timeout=CLIENT_WRITE_TIMEOUT_S)
         finally:
@@ -165,6 +180,13 @@ class Relay:
 
     def _terminate(self, code: ErrorCode) -> None:
         self.apply(self.session.terminate(code, self.clock()))
+
+    def _client_left(self) -> None:
+        """The client closed (its code) or its socket went (no code): recorded as such, its
+        utterances abandoned, never as vLLM failing."""
+        self.closed_by, self.close_code = "client", self._client_code
+        self.metrics.count_close("client", self._client_code)
+        self.apply(self.session.client_left(self.clock()))
 
     # ------------------------------------------------------------------ actions
 
@@ -210,8 +232,13 @@ class Relay:
                 self._stop_vad()
             elif isinstance(action, CloseClient):
                 code = self.codec.close_code(action.error)
-                self.metrics.closes.labels(str(code)).inc()
+                self.closed_by, self.close_code = "server", code
+                self.metrics.count_close("server", code)
                 self.outbound.put_nowait(code)
+            elif isinstance(action, HoldClient):
+                self.hold_until = action.until
+                # Held by the server, not idle: the idle time counts from the hold's end.
+                self.last_activity = max(self.last_activity, action.until)
             else:
                 self.telemetry.record(action, self.codec.session_id)
 
@@ -246,8 +273,15 @@ class Relay:
         session, codec = self.session, self.codec
         receive = self.receive
         while True:
+            held = self.hold_until - self.clock()
+            if held > 0:
+                # Unread frames wait in the socket: the client's sending slows to real time.
+                self.metrics.client_held_seconds.inc(held)
+                await asyncio.sleep(held)
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                code = message.get("code")
+                self._client_code = None if code in NO_CLIENT_CODE else code
                 self.client_gone = True
                 return
             now = self.clock()
@@ -257,7 +291,9 @@ class Relay:
                 parsed = codec.parse_text(text)
             else:
                 parsed = codec.parse_binary(message.get("bytes") or b"")
-            self.metrics.count_client_message(codec.label(parsed), parsed, session.audio_format)
+            self.metrics.count_client_message(
+                codec.protocol, codec.label(parsed), parsed, session.audio_format
+            )
             self.apply(
                 session.on_client(
                     parsed, now, len(self.pending_upstream), self.pending_upstream_bytes
@@ -379,6 +415,9 @@ class Relay:
             now = self.clock()
             if self.writing_since is not None and now - self.writing_since > write_timeout:
                 log.warning("client_write_stalled", session_id=self.session.session_id)
+                # The server drops a client that takes nothing: a slow consumer, not one that
+                # left (its close cannot be delivered, the writer is stuck).
+                self._terminate(ErrorCode.SLOW_CONSUMER)
                 if self._writer is not None:
                     self._writer.cancel()
                 return

@@ -16,7 +16,7 @@ from proxy.memory import MemoryReleaser
 from proxy.metrics import Metrics
 from proxy.relay import Relay
 from proxy.session.events import ClientLimits
-from proxy.tokens import TokenIssuer, token_secret
+from proxy.tokens import CLIENT_SECRET_LABEL, TokenIssuer, kind_secret, token_secret
 from proxy.upstream import UpstreamMonitor
 from proxy.vad_service import VadService
 
@@ -37,7 +37,12 @@ class ProxyState:
         self.auth_failures = AuthFailureLimiter(
             config.max_auth_failures_per_window, config.auth_failure_window_s
         )
-        self.tokens = TokenIssuer(token_secret(config.token_secret), config.token_max_ttl_s)
+        token_key = token_secret(config.token_secret)
+        self.tokens = TokenIssuer(token_key, config.token_max_ttl_s)
+        # OpenAI-style client secrets (proxy.client_secrets): same secret, a key of their own.
+        self.client_secrets = TokenIssuer(
+            kind_secret(token_key, CLIENT_SECRET_LABEL), config.token_max_ttl_s
+        )
         self.limits = SessionLimits.from_config(config)
         # What each session tells its client of its bounds.
         self.client_limits = ClientLimits(
@@ -46,6 +51,8 @@ class ProxyState:
             inbound_queue_max=config.inbound_queue_max,
             inbound_queue_max_bytes=config.inbound_queue_max_bytes,
             max_message_bytes=config.max_message_bytes,
+            max_utterances_in_flight=config.max_utterances_in_flight,
+            max_audio_ahead_s=config.max_audio_ahead_s,
         )
         self.memory = MemoryReleaser()
         # Slots are taken before the upstream is dialled, so admission cannot overshoot.

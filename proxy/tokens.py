@@ -35,6 +35,9 @@ _SECRET_LABEL = b"voxtral-stt client token v1"
 TOKEN_SECRET_MIN_CHARS = 32
 # A token is still accepted this long past its expires_at: replicas' clocks differ a little.
 EXPIRY_LEEWAY_S = 2
+# OpenAI-style client secrets (proxy.client_secrets) are signed with a key of their own, so a
+# one-use client token can never pass for a reusable secret, nor the other way round.
+CLIENT_SECRET_LABEL = b"voxtral-stt openai client secret v1"
 
 
 class TokenError(ValueError):
@@ -60,6 +63,12 @@ def token_secret(configured_secret: str) -> bytes:
         )
         return secrets.token_bytes(TOKEN_SECRET_MIN_CHARS)
     return hmac.new(configured_secret.encode(), _SECRET_LABEL, hashlib.sha256).digest()
+
+
+def kind_secret(token_key: bytes, label: bytes) -> bytes:
+    """The signing key of another kind of token (``label``), derived from the client tokens'
+    key: one secret signs every kind, and no kind passes for another."""
+    return hmac.new(token_key, label, hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import io
+import json
 import os
 import re
 import resource
@@ -324,3 +326,14 @@ async def proxy_subprocess(
         async with asyncio.timeout(30):
             await process.wait()
             await collector
+
+
+def json_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    lines = [line for line in buffer.getvalue().splitlines() if line.strip()]
+    assert lines, "nothing was logged"
+    parsed = []
+    for line in lines:
+        value = json.loads(line)  # every line must be one JSON object
+        assert isinstance(value, dict), line
+        parsed.append(value)
+    return parsed

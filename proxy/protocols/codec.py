@@ -18,6 +18,8 @@ from proxy.session.inputs import ClientInput, SessionRules
 class Codec(Protocol):
     # How the session treats this protocol's inputs (given to the session by the route).
     rules: SessionRules
+    # The protocol's name in metrics and logs.
+    protocol: str
     # The id the client knows the session by, as its latest message gave it (for log lines).
     session_id: str
 

@@ -135,6 +135,12 @@ INVALID_LABEL, BINARY_LABEL = "invalid", "binary"
 # The unauthorized refusal of a key that is none of the server's.
 WRONG_API_KEY = "Wrong API key: the key sent is none of the server's keys; check it."
 
+# A message naming another session_id than the one the connection's token is bound to.
+BOUND_SESSION_MESSAGE = (
+    "This connection's token is bound to its session_id (the one session.created carries): "
+    "send that session_id on every message, or mint a token for the other one."
+)
+
 # What each situation behind an error asks of an envelope client, when the code's default
 # sentence would not say enough.
 CASE_MESSAGES: dict[ErrorCase, str] = {
@@ -165,6 +171,9 @@ CASE_MESSAGES: dict[ErrorCase, str] = {
     ErrorCase.SETTINGS_FROZEN: "The settings cannot change after the first audio: send "
     "session.update before any audio.",
     ErrorCase.NOTHING_TO_FINISH: "No utterance is open: send audio before finishing it.",
+    ErrorCase.TOO_MANY_UTTERANCES: "Too many utterances are in flight on this connection "
+    "(limits.max_utterances_in_flight, see details): wait for a transcription.done, cancelled "
+    "or error before opening another.",
 }
 
 # The close code of a session that ends with each error (None: the client's own end); codes
@@ -426,6 +435,8 @@ def _created(event: SessionCreated) -> tuple[str, str | None, dict[str, Any]]:
                 "inbound_queue_max": limits.inbound_queue_max,
                 "inbound_queue_max_bytes": limits.inbound_queue_max_bytes,
                 "max_message_bytes": limits.max_message_bytes,
+                "max_utterances_in_flight": limits.max_utterances_in_flight,
+                "max_audio_ahead_s": _number(limits.max_audio_ahead_s),
             },
         },
     )
@@ -532,17 +543,26 @@ class EnvelopeCodec:
 
     # The envelope names every utterance: the client opens each one.
     rules = NAMED_UTTERANCES
+    protocol = "envelope"
 
-    def __init__(self, session_id: str, max_message_bytes: int) -> None:
+    def __init__(
+        self, session_id: str, max_message_bytes: int, *, bound_session: bool = False
+    ) -> None:
         # Echoed in every event: the client's latest valid session_id, the connection's
-        # before the client has spoken.
+        # before the client has spoken (always the connection's when its token bound it).
         self.session_id = session_id
         self.max_message_bytes = max_message_bytes
+        self.bound_session = bound_session
 
     def parse_text(self, text: str) -> ClientInput:
         session_id, message = parse_text_frame(text, self.max_message_bytes)
-        if session_id is not None:
-            self.session_id = session_id
+        if session_id is None or session_id == self.session_id:
+            return message
+        if self.bound_session:
+            return InvalidInput(
+                ErrorCode.INVALID_MESSAGE, BOUND_SESSION_MESSAGE, message.request_id
+            )
+        self.session_id = session_id
         return message
 
     def parse_binary(self, data: bytes) -> ClientInput:

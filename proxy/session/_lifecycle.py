@@ -69,6 +69,8 @@ class Lifecycle:
         self.current: Utterance | None = None
         # Utterances waiting for the upstream, in order (the open one may be last).
         self.line: deque[Utterance] = deque()
+        # Every utterance in flight (current and line) by id: messages name one without a scan.
+        self.by_id: dict[str, Utterance] = {}
         self.winding_down: WindDown | None = None
         self.closed = False
         self._last_opened: str | None = None
@@ -82,11 +84,12 @@ class Lifecycle:
 
     def find(self, request_id: str) -> Utterance | None:
         """The utterance in flight named ``request_id``."""
-        return next((u for u in self._each() if u.request_id == request_id), None)
+        return self.by_id.get(request_id)
 
     def audio_complete(self, request_id: str) -> bool:
         """Whether ``request_id`` is in flight and its client audio is complete."""
-        return any(u.request_id == request_id and u.phase.client_final for u in self._each())
+        utterance = self.by_id.get(request_id)
+        return utterance is not None and utterance.phase.client_final
 
     @property
     def finalizing(self) -> bool:
@@ -95,8 +98,10 @@ class Lifecycle:
 
     @property
     def held_messages(self) -> int:
+        """Messages of audio held, and one for each utterance waiting in the line (its own
+        state costs memory even when it holds no audio)."""
         # On every message: no list built here, unlike in_flight.
-        held = sum(len(u.held) for u in self.line)
+        held = sum(len(u.held) for u in self.line) + len(self.line)
         return held + len(self.current.held) if self.current is not None else held
 
     @property
@@ -145,6 +150,7 @@ class Lifecycle:
         self.out.append(UtteranceStarted(request_id, self.now))
         self.send(UtteranceOpened(request_id, utterance.previous_request_id))
         self.line.append(utterance)
+        self.by_id[request_id] = utterance
         self.open = utterance
         return utterance
 
@@ -207,6 +213,7 @@ class Lifecycle:
                 return
             # The previous segment already covered every byte: no empty generation upstream.
         self.current = None
+        del self.by_id[utterance.request_id]
         done = utterance.done(self.segment_pause_ms)
         self.send(done)
         self._ended(utterance, Outcome.DONE, text=done.text)
@@ -242,6 +249,17 @@ class Lifecycle:
         self.send(SessionError(code, None, closes=True))
         self._close(code)
 
+    def abandon_all(self) -> None:
+        """The client left: every utterance in flight ends as abandoned, and the session is
+        over with nothing left to send (a running generation stops when the relay closes the
+        upstream connection)."""
+        if self.closed:
+            return
+        for utterance in self.in_flight:
+            self._ended(utterance, Outcome.ABANDONED)
+        self.closed = True
+        self._forget_all()
+
     def after_input(self) -> None:
         """The state-triggered steps, run after every input: the next utterance goes upstream
         when nothing runs there, and a session winding down closes once none is left."""
@@ -268,6 +286,7 @@ class Lifecycle:
     def _detach(self, utterance: Utterance) -> None:
         """Forget an utterance that ended early; a running generation is stopped by closing its
         upstream connection (vLLM has no cancel event; it aborts the request on close)."""
+        del self.by_id[utterance.request_id]
         if self.open is utterance:
             self.open = None
         if utterance is self.current:
@@ -278,6 +297,10 @@ class Lifecycle:
 
     def _close(self, error: ErrorCode | None) -> None:
         self.closed = True
+        self._forget_all()
+        self.out.append(CloseClient(error))
+
+    def _forget_all(self) -> None:
         self.open = self.current = None
         self.line.clear()
-        self.out.append(CloseClient(error))
+        self.by_id.clear()

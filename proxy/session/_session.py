@@ -21,13 +21,13 @@ from proxy.audio_clock import DEFAULT_PAUSE_MS
 from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
-from proxy.limits import MessageRates, SessionLimits
+from proxy.limits import AudioAhead, MessageRates, SessionLimits
 from proxy.session import _update, _upstream
 from proxy.session._feed import UpstreamFeed
 from proxy.session._lifecycle import Lifecycle, WindDown
 from proxy.session._turns import TurnDetection
 from proxy.session._utterance import Utterance
-from proxy.session.actions import Action, StartVad, StopVad
+from proxy.session.actions import Action, HoldClient, StartVad, StopVad
 from proxy.session.events import (
     AudioCleared,
     ClientLimits,
@@ -83,7 +83,13 @@ class Session:
         self.rules = rules
         # What the client is told of its bounds (unknown ones as 0, meaning none).
         self.client_limits = client_limits or ClientLimits(
-            0, 0, limits.inbound_queue_max, limits.inbound_queue_max_bytes, 0
+            0,
+            0,
+            limits.inbound_queue_max,
+            limits.inbound_queue_max_bytes,
+            0,
+            limits.max_utterances_in_flight,
+            limits.max_audio_ahead_s,
         )
         self._out: list[Action] = []
         self.feed = UpstreamFeed(
@@ -97,6 +103,7 @@ class Session:
         self.inbound_depth = 0
         self.inbound_depth_bytes = 0
         self._rates = MessageRates(limits)
+        self._ahead = AudioAhead(limits.max_audio_ahead_s)
         # Whether any audio arrived yet (some protocols freeze the settings then).
         self._audio_seen = False
         # Utterances the session opened by itself on audio (``rules.open_on_audio``).
@@ -266,6 +273,13 @@ class Session:
         self._lifecycle.wind_down(reason)
         return self._flush()
 
+    def client_left(self, now: float) -> list[Action]:
+        """The client closed its connection, or its socket went: every utterance in flight is
+        abandoned and the session is over (nothing is sent any more)."""
+        self._lifecycle.now = now
+        self._lifecycle.abandon_all()
+        return self._flush()
+
     def terminate(self, code: ErrorCode, now: float) -> list[Action]:
         """Close now (idle timeout, a deadline, a fault): every utterance in flight ends in
         error first."""
@@ -289,6 +303,9 @@ class Session:
         if lifecycle.find(request_id) is not None:
             lifecycle.refuse(ErrorCode.INVALID_MESSAGE, request_id, ErrorCase.REQUEST_ID_IN_USE)
             return
+        # The open one, if any, is superseded: one ends as this one opens.
+        if not self._room_for_one(request_id, superseding=utterance is not None):
+            return
         if utterance is not None:
             if not self._within_cancel_rate(request_id):
                 return
@@ -300,6 +317,7 @@ class Session:
         if self.turn_detection is not None:
             # The request_id, if any, is not checked: the audio is the stream's.
             self.turn_detection.stream_audio(message.audio)
+            self._pace(message.nbytes)
             return
         lifecycle = self._lifecycle
         request_id = message.request_id
@@ -321,6 +339,8 @@ class Session:
             lifecycle.take_audio(utterance, message.audio, message.nbytes)
         except InvalidAudio as exc:
             lifecycle.refuse(ErrorCode.INVALID_AUDIO, request_id, message=exc.message)
+            return
+        self._pace(message.nbytes)
 
     def _on_finish(self, message: FinishUtterance) -> None:
         lifecycle = self._lifecycle
@@ -369,18 +389,25 @@ class Session:
 
     def _on_update(self, message: UpdateSettings) -> None:
         lifecycle = self._lifecycle
+        # Where audio opens utterances by itself, the open one is only audio not yet
+        # committed: turning turn detection on drops it rather than being refused (clients
+        # stream audio from the start, before their session.update arrives).
+        buffered = lifecycle.open if self.rules.open_on_audio else None
         refusal = _update.refusal(
             message,
             served_model=self.served_model,
             audio_format=self.audio_format,
             frozen=self.rules.settings_frozen_at_audio and self._audio_seen,
             in_flight=bool(lifecycle.in_flight),
-            utterance_open=lifecycle.open is not None,
+            utterance_open=lifecycle.open is not None and buffered is None,
             turns_on=self.turn_detection is not None,
         )
         if refusal is not None:
             lifecycle.send(refusal)
             return
+        turning_on = message.turn_detection is not None and self.turn_detection is None
+        if buffered is not None and turning_on:
+            self._cancel(buffered, "superseded")
         format_changed = message.audio is not None and message.audio != self.audio_format
         if message.audio is not None:
             self.audio_format = message.audio
@@ -420,11 +447,27 @@ class Session:
         if lifecycle.winding_down is not None:
             self._refuse_while_winding_down(None)
             return None
+        if not self._room_for_one(None, superseding=False):
+            return None
         while True:
             self._opened_on_audio += 1
             request_id = f"{self.rules.utterance_id_prefix}{self._opened_on_audio}"
             if lifecycle.find(request_id) is None:
                 return lifecycle.open_utterance(request_id, UtteranceAudio(self.audio_format))
+
+    def _room_for_one(self, request_id: str | None, *, superseding: bool) -> bool:
+        """Whether one more utterance may open (``superseding``: one ends as it opens);
+        otherwise tells the client why not."""
+        bound = self.limits.max_utterances_in_flight
+        if len(self._lifecycle.by_id) - superseding < bound:
+            return True
+        self._lifecycle.refuse(
+            ErrorCode.RATE_LIMITED,
+            request_id,
+            ErrorCase.TOO_MANY_UTTERANCES,
+            details={"max_utterances_in_flight": bound},
+        )
+        return False
 
     def _refuse_while_winding_down(self, request_id: str | None) -> None:
         reason = self._lifecycle.winding_down
@@ -464,6 +507,14 @@ class Session:
         else:
             self._lifecycle.refuse(ErrorCode.RATE_LIMITED, request_id, details=verdict)
         return False
+
+    def _pace(self, nbytes: int) -> None:
+        """Audio taken: past ``max_audio_ahead_s`` ahead of real time, the client is held
+        until real time catches up."""
+        now = self._lifecycle.now
+        wait = self._ahead.take(nbytes / self.audio_format.bytes_per_second, now)
+        if wait > 0:
+            self._out.append(HoldClient(now + wait))
 
     def _backlog_full(self, backlog: int, backlog_bytes: int, message: ClientInput) -> bool:
         """Whether ``message`` comes on top of too many messages, or too many bytes of audio,

@@ -17,6 +17,8 @@ class Outcome(StrEnum):
     DONE = "done"
     CANCELLED = "cancelled"
     ERRORED = "errored"
+    # The client left (closed its connection, or its socket went) before the utterance ended.
+    ABANDONED = "abandoned"
 
 
 # ---------------------------------------------------------------- to carry out
@@ -52,6 +54,14 @@ class CloseClient:
     ``error`` (the codec gives the close code)."""
 
     error: ErrorCode | None
+
+
+@dataclass(frozen=True, slots=True)
+class HoldClient:
+    """Read nothing more from the client until monotonic time ``until``: its audio ran too far
+    ahead of real time (back-pressure: the client is slowed to real time, not cut)."""
+
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,7 @@ Action = (
     | SendUpstream
     | OpenUpstream
     | CloseClient
+    | HoldClient
     | UpstreamOwes
     | UpstreamSettled
     | StartVad

@@ -75,6 +75,9 @@ class ErrorCase(StrEnum):
     # The client asked to finish the open utterance while none is open (and empty ones are
     # not finished for this protocol).
     NOTHING_TO_FINISH = "nothing_to_finish"
+    # An utterance was opened while ``limits.max_utterances_in_flight`` were in flight
+    # (details: the bound).
+    TOO_MANY_UTTERANCES = "too_many_utterances"
 
 
 # ---------------------------------------------------------------- the session's settings
@@ -89,6 +92,9 @@ class ClientLimits:
     inbound_queue_max: int
     inbound_queue_max_bytes: int
     max_message_bytes: int
+    # 0: not told (a session built without them).
+    max_utterances_in_flight: int = 0
+    max_audio_ahead_s: float = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,7 @@ async def test_the_minimal_client_checks_the_wavs_format(
 async def test_the_telephony_bridge_is_a_complete_program(
     fake: FakeVllm, proxy: RunningProxy
 ) -> None:
-    code = python_block_after("A telephony bridge")
+    code = python_block_after("telephony bridge opens an utterance")
     run = await run_example(code, proxy)
     assert run.returncode == 0, run.stderr
     expected = predict_text(upstream_audio(fake))

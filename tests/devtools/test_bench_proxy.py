@@ -145,12 +145,12 @@ async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None
     document = json.loads((tmp_path / "bench-proxy.json").read_text())
     assert (tmp_path / "bench-proxy.png").stat().st_size > 0
     assert document["config"]["streams"] == [2]
-    assert document["config"]["modes"] == ["json", "binary", "ulaw", "agent"]
+    assert document["config"]["modes"] == ["json", "binary", "ulaw", "json24k", "agent", "openai"]
     (level,) = document["levels"]
     assert level["n"] == 2
     direct = level["direct"]
     assert direct["completed"] == 2, direct["failures"]
-    assert set(level["modes"]) == {"json", "binary", "ulaw", "agent"}
+    assert set(level["modes"]) == {"json", "binary", "ulaw", "json24k", "agent", "openai"}
     for mode, m in level["modes"].items():
         assert set(m["added_latency_ms"]) == {"p50", "p99"}
         assert isinstance(m["proxy_cpu_ms_per_audio_s"], float)
@@ -172,3 +172,8 @@ async def test_tiny_run_writes_results_with_nothing_lost(tmp_path: Path) -> None
     # The same streams and audio: as many deltas measured as straight to vLLM.
     assert level["modes"]["json"]["proxy"]["latency_ms"]["count"] == direct["latency_ms"]["count"]
     assert level["modes"]["binary"]["proxy"]["latency_ms"]["count"] == direct["latency_ms"]["count"]
+    # The same 24 kHz audio costs the same deltas in either protocol.
+    assert (
+        level["modes"]["openai"]["proxy"]["latency_ms"]["count"]
+        == level["modes"]["json24k"]["proxy"]["latency_ms"]["count"]
+    )

@@ -234,6 +234,8 @@ async def test_session_created_payload() -> None:
         "inbound_queue_max": 17,
         "inbound_queue_max_bytes": 300_000,
         "max_message_bytes": 65536,
+        "max_utterances_in_flight": 5,
+        "max_audio_ahead_s": 12.5,
         "segment_pause_ms": 720,
     }
     async with (
@@ -267,6 +269,8 @@ async def test_session_created_payload() -> None:
         "inbound_queue_max": 17,
         "inbound_queue_max_bytes": 300_000,
         "max_message_bytes": 65536,
+        "max_utterances_in_flight": 5,
+        "max_audio_ahead_s": 12.5,
     }
 
 

@@ -216,6 +216,78 @@ async def test_held_audio_past_the_byte_budget_closes_with_4004() -> None:
     assert budget - len(piece) < high_water <= budget
 
 
+# -- utterances in flight -------------------------------------------------------------------
+
+
+async def test_utterances_in_flight_are_bounded_and_announced() -> None:
+    """Issue 25: (open, final) pairs queued thousands of utterances, each with its own state.
+    One past the bound is refused by name and the connection stays."""
+    async with (
+        fake_and_proxy(max_utterances_in_flight=3) as (fake, proxy),
+        connected(proxy, expect_created=False) as client,
+    ):
+        created = await client.recv()
+        assert created["payload"]["limits"]["max_utterances_in_flight"] == 3
+        fake.hang()  # r1's done waits: r2 and r3 queue behind it
+        for request_id in ("r1", "r2", "r3"):
+            await client.utterance(request_id, OTHER[: 2 * FRAME_BYTES])
+        await client.open("r4")
+        events = await client.recv_until("error", "r4")
+        payload = assert_error(events[-1], "rate_limited", "r4")
+        assert payload["details"] == {"max_utterances_in_flight": 3}
+        assert "max_utterances_in_flight" in payload["message"]
+        fake.resume()
+        events = await client.recv_until("transcription.done", "r3")
+        assert [e["request_id"] for e in dones(events)] == ["r1", "r2", "r3"]
+        await client.utterance("r4", OTHER[: 2 * FRAME_BYTES])  # room again
+        events = await client.recv_until("transcription.done", "r4")
+    assert [e for e in events if e["type"] == "error"] == []
+
+
+# -- audio ahead of real time ---------------------------------------------------------------
+
+
+async def held_seconds(http_url: str) -> float:
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"{http_url}/metrics")).text
+    [family] = [
+        f
+        for f in text_string_to_metric_families(text)
+        if f.name == "voxtral_proxy_client_held_seconds"
+    ]
+    return float(family.samples[0].value)
+
+
+async def test_audio_ahead_of_real_time_is_slowed_not_cut() -> None:
+    """Issue 25: an unpaced client sent minutes of audio into vLLM's unbounded queue in
+    seconds. Past the bound the proxy stops reading it until real time catches up: every word
+    still arrives, without an error."""
+    async with (
+        fake_and_proxy(max_audio_ahead_s=1.0) as (_, proxy),
+        connected(proxy) as client,
+    ):
+        await client.utterance("r1", OTHER)  # 4 s of audio as fast as the socket takes it
+        events = await client.recv_until("transcription.done", "r1")
+        held = await held_seconds(proxy.http_url)
+    assert [e for e in events if e["type"] == "error"] == []
+    assert dones(events)[0]["payload"]["text"] == predict_text(OTHER)
+    assert held > 0
+
+
+async def test_audio_at_real_time_is_never_held() -> None:
+    async with (
+        fake_and_proxy(max_audio_ahead_s=1.0) as (_, proxy),
+        connected(proxy) as client,
+    ):
+        await client.open("r1")
+        for piece in chunks(OTHER[: 15 * FRAME_BYTES]):
+            await client.append("r1", piece)
+            await asyncio.sleep(0.08)
+        await client.final("r1")
+        await client.recv_until("transcription.done", "r1")
+        assert await held_seconds(proxy.http_url) == 0
+
+
 # -- rate limits ----------------------------------------------------------------------------
 
 
@@ -343,10 +415,13 @@ async def test_server_close_while_vllm_streams_frees_the_slot() -> None:
     """A server-side close (here 4004) while vLLM is still sending must not keep the slot: the
     5 s below only guards a hang (the slot comes back within milliseconds)."""
     long = load_pcm("long.wav")
-    async with fake_and_proxy({"max_model_len": 128}, max_connections=1) as (_, proxy):
+    async with fake_and_proxy(
+        {"max_model_len": 128}, max_connections=1, max_audio_ahead_s=3600.0
+    ) as (_, proxy):
         async with connected(proxy) as client:
-            # 80 ms chunks sent at once: the audio held during the first segment's flush goes
-            # over inbound_queue_max while vLLM streams that segment's deltas.
+            # 80 ms chunks sent at once (read at once: no bound on audio ahead of real time):
+            # the audio held during the first segment's flush goes over inbound_queue_max
+            # while vLLM streams that segment's deltas.
             await client.utterance("r1", long)
             events, code = await client.recv_all_until_closed(timeout=10)
         assert code == 4004

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from devtools.fake_vllm import FakeVllm
 from tests.harness import RunningProxy, connected, load_pcm, proxy_subprocess
@@ -105,6 +106,39 @@ async def test_no_token_or_token_secret_in_any_line() -> None:
     assert any("session_opened" in line for line in lines)
     for line in lines:
         for leaked in (*minted, secret):
+            assert leaked not in line, line
+
+
+async def test_no_openai_credential_or_client_secret_in_any_line() -> None:
+    """The OpenAI route's credentials (Bearer, the openai-insecure-api-key subprotocol, an ek_
+    client secret), accepted and refused, at DEBUG."""
+    lines: list[str] = []
+    wrong = "wrongkey-subprotocol-8d8d"
+    async with (
+        FakeVllm() as fake,
+        proxy_process(fake.url, "DEBUG", lines) as proxy,
+        httpx.AsyncClient(base_url=proxy.http_url) as http,
+    ):
+        minted = await http.post(
+            "/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {KEYS[0]}"}
+        )
+        secret = minted.json()["value"]
+        base = proxy.http_url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+        offers = [
+            (["realtime", f"openai-insecure-api-key.{secret}"], {}, "session.created"),
+            (["realtime"], {"Authorization": f"Bearer {KEYS[1]}"}, "session.created"),
+            (["realtime", f"openai-insecure-api-key.{wrong}"], {}, "error"),
+        ]
+        for offered, headers, first in offers:
+            async with connect(
+                base,
+                subprotocols=offered,  # type: ignore[arg-type]
+                additional_headers=headers,
+            ) as ws:
+                assert json.loads(await ws.recv())["type"] == first
+    assert any("protocol" in line and "openai" in line for line in lines)
+    for line in lines:
+        for leaked in (*KEYS, secret, secret.removeprefix("ek_"), wrong):
             assert leaked not in line, line
 
 

@@ -172,6 +172,37 @@ async def test_a_bound_token_names_its_session_and_refuses_another() -> None:
         assert events[0]["session_id"] == "call-42"
 
 
+async def test_a_bound_token_keeps_its_session_id_for_the_whole_connection() -> None:
+    """A later message naming another session_id is refused and renames nothing; an unbound
+    connection still follows the client's latest session_id."""
+    async with fake_and_proxy() as (_, proxy):
+        token = await token_for(proxy, session_id="call-42")
+        async with connect(proxy.ws_url, subprotocols=offer(token)) as ws:  # type: ignore[arg-type]
+            assert orjson.loads(await ws.recv())["session_id"] == "call-42"
+            client = Client(ws, "call-42")
+            await client.send("ping", "p1")
+            assert (await client.recv())["type"] == "pong"
+            client.session_id = "call-43"
+            await client.send("ping", "p2")
+            refusal = await client.recv()
+            message = assert_error(refusal, "invalid_message", "p2")["message"]
+            assert "bound to its session_id" in message
+            assert refusal["session_id"] == "call-42"
+            client.session_id = "call-42"
+            await client.send("ping", "p3")
+            pong = await client.recv()
+            assert (pong["type"], pong["request_id"], pong["session_id"]) == (
+                "pong",
+                "p3",
+                "call-42",
+            )
+        async with connect(proxy.ws_url, subprotocols=offer(TEST_KEY)) as ws:  # type: ignore[arg-type]
+            await ws.recv()
+            client = Client(ws, "renamed")
+            await client.send("ping", "p1")
+            assert (await client.recv())["session_id"] == "renamed"
+
+
 async def test_an_expired_token_is_refused() -> None:
     async with fake_and_proxy() as (_, proxy):
         token = await token_for(proxy, expires_in=1)

@@ -375,9 +375,13 @@ async def test_commit_after_end_is_refused() -> None:
 
 async def test_rollover_before_the_length_cap() -> None:
     """The proxy knows max_model_len from /v1/models and cuts segments before vLLM must."""
-    async with fake_and_proxy({"max_model_len": 128}) as (fake, proxy), connected(proxy) as client:
+    async with (
+        fake_and_proxy({"max_model_len": 128}, max_audio_ahead_s=3600.0) as (fake, proxy),
+        connected(proxy) as client,
+    ):
         assert proxy.server.state.monitor.max_model_len == 128
-        # 640 ms chunks: the audio held while a segment flushes stays within inbound_queue_max.
+        # 640 ms chunks, read at once: the audio held while a segment flushes stays within
+        # inbound_queue_max.
         await client.open("r1")
         for piece in chunks(LONG, 8 * FRAME_BYTES):
             await client.append("r1", piece)
@@ -401,7 +405,11 @@ async def test_rollover_before_the_length_cap() -> None:
 async def test_rollover_at_the_proxys_own_bound_segment_max_s() -> None:
     """vLLM's length (131072) is far off: SEGMENT_MAX_S alone cuts the generations, each one of
     that much audio, the utterance still one done."""
-    async with fake_and_proxy(segment_max_s=10.0) as (fake, proxy), connected(proxy) as client:
+    async with (
+        fake_and_proxy(segment_max_s=10.0, max_audio_ahead_s=3600.0) as (fake, proxy),
+        connected(proxy) as client,
+    ):
+        # 640 ms chunks, read at once (no bound on audio ahead of real time).
         await client.open("r1")
         for piece in chunks(LONG, 8 * FRAME_BYTES):
             await client.append("r1", piece)

@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import Headers, QueryParams
 
-from proxy.auth import AmbiguousCredential, key_is_valid, presented_key, redact_keys
+from proxy.auth import (
+    AmbiguousCredential,
+    key_is_valid,
+    presented_key,
+    presented_openai_credential,
+    redact_keys,
+)
 
 KEYS = ("key-alpha-0001", "key-bravo-0002", "key-charlie-0003")
 
@@ -187,3 +193,25 @@ def test_two_credentials_in_one_place_are_ambiguous(query: str, offered: list[st
 )
 def test_redact_keys_hides_subprotocol_credentials_and_tokens(line: str) -> None:
     assert "SECRET" not in redact_keys(line)
+
+
+def test_openais_browser_subprotocol_wins_over_bearer_and_the_url_is_never_read() -> None:
+    headers = Headers({"authorization": "Bearer from-header"})
+    offered = ["realtime", "openai-insecure-api-key.from-subprotocol"]
+    assert presented_openai_credential(headers, offered) == "from-subprotocol"
+    assert presented_openai_credential(headers, ["realtime"]) == "from-header"
+    assert presented_openai_credential(Headers({"x-api-key": "k"}), []) is None
+
+
+def test_two_openai_credential_offers_are_ambiguous() -> None:
+    offered = ["openai-insecure-api-key.a", "openai-insecure-api-key.b"]
+    with pytest.raises(AmbiguousCredential):
+        presented_openai_credential(Headers({}), offered)
+
+
+def test_redact_keys_hides_openais_subprotocol_credential_and_client_secrets() -> None:
+    line = "protocols realtime, openai-insecure-api-key.sk-live-123 secret ek_vxt1.abc.def"
+    redacted = redact_keys(line)
+    assert "sk-live-123" not in redacted
+    assert "abc.def" not in redacted
+    assert "realtime" in redacted

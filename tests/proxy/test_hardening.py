@@ -11,21 +11,18 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import FRAME_BYTES, predict_deltas, predict_text
 from proxy import relay as relay_module
-from proxy.logs import configure_logging
 from proxy.protocols.envelope import PING_PAYLOAD_MAX_BYTES
 from tests.harness import (
     TEST_KEY,
@@ -36,6 +33,7 @@ from tests.harness import (
     connected,
     fake_and_proxy,
     finalizing_held,
+    json_lines,
     load_pcm,
     of_request,
     texts,
@@ -100,37 +98,6 @@ async def connections(proxy: RunningProxy) -> int:
         return count
 
 
-@pytest.fixture
-def log_buffer(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
-    """The proxy's real logging setup (JSON lines, key redaction) writing into a buffer, at
-    INFO unless the test is parametrized indirectly with another level."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    configure_logging(getattr(request, "param", "INFO"), json_lines=True)
-    buffer = io.StringIO()
-    for handler in root.handlers:
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(buffer)
-    yield buffer
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in saved_handlers:
-        root.addHandler(handler)
-    root.setLevel(saved_level)
-    structlog.reset_defaults()
-
-
-def json_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
-    lines = [line for line in buffer.getvalue().splitlines() if line.strip()]
-    assert lines, "nothing was logged"
-    parsed = []
-    for line in lines:
-        value = json.loads(line)  # every line must be one JSON object
-        assert isinstance(value, dict), line
-        parsed.append(value)
-    return parsed
-
-
 def utterance_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("event") == "utterance"]
 
@@ -142,7 +109,9 @@ async def test_slow_reader_gets_slow_consumer_and_1008_with_bounded_buffer() -> 
     """The client stops reading while a long utterance streams and its pings pile up big
     pongs: the proxy holds at most WS_OUTBOUND_QUEUE_MAX events for it, then drops them and
     ends it with slow_consumer / 1008; another client meanwhile gets every word."""
-    async with fake_and_proxy({"step_delay_s": 0.002}, outbound_queue_max=16) as (_, proxy):
+    async with fake_and_proxy(
+        {"step_delay_s": 0.002}, outbound_queue_max=16, max_audio_ahead_s=3600.0
+    ) as (_, proxy):
         async with (
             connected(proxy, session_id="steady") as steady,
             raw_client(proxy, max_queue=1, max_size=None) as slow,
@@ -509,11 +478,12 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     names = {family.name for family in text_string_to_metric_families(text)}
     for name in DOCUMENTED:
         assert name in names, name
-    assert value(during, "voxtral_proxy_connections_open") == 1
-    assert value(samples, "voxtral_proxy_connections_open") == 0
-    assert value(samples, "voxtral_proxy_connections_total") == 1
+    envelope = {"protocol": "envelope"}
+    assert value(during, "voxtral_proxy_connections_open", **envelope) == 1
+    assert value(samples, "voxtral_proxy_connections_open", **envelope) == 0
+    assert value(samples, "voxtral_proxy_connections_total", **envelope) == 1
     assert value(samples, "voxtral_proxy_refusals_total", reason="unauthorized") == 2
-    assert value(samples, "voxtral_proxy_closes_total", code="1000") == 1
+    assert value(samples, "voxtral_proxy_closes_total", by="server", code="1000") == 1
     outcome = "voxtral_proxy_utterances_total"
     assert value(samples, outcome, outcome="started") == 3
     assert value(samples, outcome, outcome="done") == 2
@@ -521,10 +491,15 @@ async def test_metrics_after_traffic(log_buffer: io.StringIO) -> None:
     assert value(samples, outcome, outcome="errored") == 0
     appends = sum(len(chunks(pcm)) for _, pcm in utterances)
     assert (
-        value(samples, "voxtral_proxy_client_messages_total", type="input_audio_buffer.append")
+        value(
+            samples,
+            "voxtral_proxy_client_messages_total",
+            type="input_audio_buffer.append",
+            **envelope,
+        )
         == appends
     )
-    assert value(samples, "voxtral_proxy_client_messages_total", type="end") == 1
+    assert value(samples, "voxtral_proxy_client_messages_total", type="end", **envelope) == 1
     assert value(samples, "voxtral_proxy_audio_seconds_total") == pytest.approx(
         sum(len(pcm) for _, pcm in utterances) / 32000
     )

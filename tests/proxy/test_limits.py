@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import ProxyConfig
-from proxy.limits import AuthFailureLimiter, Refusal, RollingWindow, SessionLimits
+from proxy.limits import AudioAhead, AuthFailureLimiter, Refusal, RollingWindow, SessionLimits
 
 
 def test_admits_up_to_the_limit_then_refuses() -> None:
@@ -210,3 +210,12 @@ def test_inbound_full_on_either_bound(
         ProxyConfig(api_keys=("k",), inbound_queue_max=3, inbound_queue_max_bytes=2000)
     )
     assert limits.inbound_full(waiting, waiting_bytes, incoming) is full
+
+
+def test_audio_ahead_is_audio_minus_real_time_never_below_zero() -> None:
+    ahead = AudioAhead(2.0)
+    assert ahead.take(1.5, 10.0) == 0
+    assert ahead.take(1.0, 10.0) == 0.5  # 2.5 s ahead of real time: wait half a second
+    assert ahead.take(0.0, 10.5) == 0  # real time caught up
+    assert ahead.take(1.0, 100.0) == 0  # a pause leaves nothing ahead, and no credit
+    assert ahead.take(2.5, 100.0) == 1.5

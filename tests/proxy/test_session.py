@@ -26,6 +26,7 @@ from proxy.session._utterance import Utterance
 from proxy.session.actions import (
     Action,
     CloseClient,
+    HoldClient,
     OpenUpstream,
     Outcome,
     SendUpstream,
@@ -36,7 +37,14 @@ from proxy.session.actions import (
     UtteranceStarted,
 )
 from proxy.session.events import ErrorCase, ErrorCode
-from proxy.session.inputs import ClientInput, InvalidInput
+from proxy.session.inputs import (
+    AppendAudio,
+    ClientInput,
+    FinishUtterance,
+    InvalidInput,
+    SessionRules,
+)
+from proxy.turns import TurnOptions
 from proxy.vllm_wire import FRAME_BYTES, UpstreamEvent, decode_event, steps_sent
 from tests.proxy.envelope_client import (
     Append,
@@ -186,6 +194,9 @@ class Harness:
     def terminate(self, code: ErrorCode) -> list[Action]:
         return self._keep(self.session.terminate(code, self.now))
 
+    def client_left(self) -> list[Action]:
+        return self._keep(self.session.client_left(self.now))
+
 
 # Facts for telemetry and the relay's timers, left out of ``summary`` (tested on their own).
 NOT_SUMMARIZED = (
@@ -231,6 +242,8 @@ def summary(actions: list[Action]) -> list[tuple[Any, ...]]:
                 out.append(("append", action.epoch, len(audio)))
         elif isinstance(action, OpenUpstream):
             out.append(("reopen", action.epoch))
+        elif isinstance(action, HoldClient):
+            out.append(("hold",))
         else:
             out.append(("close", CLOSE_CODES[action.error]))
     return out
@@ -569,7 +582,7 @@ def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
     assert wire(harness.commit("B")) == []
     assert harness.append("B", b1) == []
     assert harness.append("B", b2) == []
-    assert harness.session.held_messages == 2
+    assert harness.session.held_messages == 3  # two appends, and B waiting in the line
     assert summary(harness.delta("a")) == [("delta", "A", "a")]
     # A's done releases B's audio, in order, on the same upstream connection.
     actions = harness.done()
@@ -1100,9 +1113,9 @@ def test_held_audio_counts_toward_the_backlog() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    for _ in range(4):
+    for _ in range(3):
         assert harness.append("B", pcm_of(2)) == []
-    assert harness.session.held_messages == 4
+    assert harness.session.held_messages == 4  # three appends, and B waiting in the line
     assert summary(harness.append("B", pcm_of(2))) == [
         ("error", "A", "inbound_queue_full"),
         ("error", "B", "inbound_queue_full"),
@@ -1119,9 +1132,10 @@ def test_inbound_depth_is_the_backlog_plus_held_audio_at_the_last_audio_message(
     harness.commit("B")
     for _ in range(3):
         harness.append("B", pcm_of(2), backlog=2)
-    assert harness.session.inbound_depth == 2 + 2  # two appends held before the third
+    # Two appends held before the third, and B waiting in the line.
+    assert harness.session.inbound_depth == 2 + 2 + 1
     harness.send(Ping(SID, "p1", {}), backlog=50)  # not an audio message: not measured
-    assert harness.session.inbound_depth == 4
+    assert harness.session.inbound_depth == 5
 
 
 def test_default_backlog_limit_is_256() -> None:
@@ -1179,7 +1193,7 @@ def test_held_audio_past_the_byte_budget_closes_4004_below_the_message_bound() -
         ("error", None, "inbound_queue_full"),
         ("close", 4004),
     ]
-    assert harness.session.inbound_depth == 3  # far from the 256 messages
+    assert harness.session.inbound_depth == 3 + 1  # and B: far from the 256 messages
 
 
 def test_bytes_waiting_in_the_relay_count_toward_the_byte_budget() -> None:
@@ -1212,9 +1226,126 @@ def test_three_minutes_held_behind_a_finalizing_utterance_fit_the_default_budget
     harness.commit("B")
     second = pcm_of(32_000)
     for _ in range(180):
+        harness.now += 1.0  # at real-time pace
         assert harness.append("B", second) == []
     assert not harness.session.closed
     assert harness.session.held_bytes == 180 * len(b64(second))
+
+
+# ====================================================================== utterances in flight
+
+
+def test_utterances_in_flight_are_bounded_and_the_refusal_names_the_bound() -> None:
+    harness = Harness(max_utterances_in_flight=2)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    # At the bound, an open that supersedes the open one keeps the count: it goes through.
+    assert summary(harness.commit("C")) == [("cancelled", "B", "superseded")]
+    harness.commit("C", final=True)
+    [refusal] = client_events(harness.commit("D"))
+    assert (refusal["type"], refusal["request_id"]) == ("error", "D")
+    assert refusal["payload"]["code"] == "rate_limited"
+    assert refusal["payload"]["details"] == {"max_utterances_in_flight": 2}
+    assert "limits.max_utterances_in_flight" in refusal["payload"]["message"]
+    assert not harness.session.closed
+    harness.done()  # A ends: room for one
+    assert client_events(harness.commit("D")) == []
+    assert [u.request_id for u in harness.session.in_flight] == ["C", "D"]
+
+
+def test_session_opened_utterances_are_bounded_too() -> None:
+    """With ``open_on_audio`` (OpenAI, Mistral) an append or an empty finish that would open
+    one more is refused the same way."""
+    harness = Harness(max_utterances_in_flight=1)
+    harness.session.rules = SessionRules(open_on_audio=True)
+    harness.send(AppendAudio(None, b64(pcm_of(320)), 320))
+    harness.send(FinishUtterance(None))
+    [refusal] = client_events(harness.send(AppendAudio(None, b64(pcm_of(320)), 320)))
+    assert refusal["payload"]["details"] == {"max_utterances_in_flight": 1}
+    [refusal] = client_events(harness.send(FinishUtterance(None, empty_done=True)))
+    assert refusal["payload"]["details"] == {"max_utterances_in_flight": 1}
+
+
+def test_cancelling_a_queued_utterance_frees_its_place_and_its_id() -> None:
+    harness = Harness(max_utterances_in_flight=2)
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    harness.cancel("B")
+    assert client_events(harness.commit("B")) == []
+    assert [u.request_id for u in harness.session.in_flight] == ["A", "B"]
+
+
+# ====================================================================== the client leaves
+
+
+def test_a_client_leaving_abandons_every_utterance_and_sends_nothing() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.append("A", pcm_of(640))
+    harness.commit("A", final=True)
+    harness.commit("B")
+    actions = harness.client_left()
+    assert summary(actions) == []  # nothing for a client that is gone, no close of ours
+    assert harness.outcomes() == Counter({Outcome.ABANDONED: 2})
+    assert [fact.error_code for fact in harness.facts(UtteranceEnded)] == [None, None]
+    assert harness.session.closed
+    # The upstream socket the relay closes next is no upstream failure.
+    assert harness.lost() == []
+    assert harness.outcomes() == Counter({Outcome.ABANDONED: 2})
+
+
+def test_a_client_leaving_after_the_session_closed_changes_nothing() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.terminate(ErrorCode.IDLE_TIMEOUT)
+    assert harness.client_left() == []
+    assert harness.outcomes() == Counter({Outcome.ERRORED: 1})
+
+
+# ====================================================================== audio ahead of real time
+
+
+def holds(actions: list[Action]) -> list[float]:
+    return [action.until for action in actions if isinstance(action, HoldClient)]
+
+
+def test_audio_past_the_bound_ahead_of_real_time_holds_the_client_until_it_catches_up() -> None:
+    harness = Harness(max_audio_ahead_s=1.0)
+    harness.commit("A")
+    half = pcm_of(16_000)  # 0.5 s
+    assert holds(harness.append("A", half)) == []
+    assert holds(harness.append("A", half)) == []  # 0.99 s ahead: within
+    actions = harness.append("A", half)  # 1.48 s ahead
+    assert [round(until - harness.now, 6) for until in holds(actions)] == [0.48]
+    assert summary(actions) == [("append", 0, len(half)), ("hold",)]  # taken, then held
+
+
+def test_audio_at_real_time_is_never_held_and_a_pause_earns_no_burst() -> None:
+    harness = Harness(max_audio_ahead_s=1.0)
+    harness.commit("A")
+    chunk = pcm_of(FRAME_BYTES)  # 80 ms
+    for _ in range(100):
+        harness.now += 0.07  # with the harness's 0.01 per message: real time
+        assert holds(harness.append("A", chunk)) == []
+    harness.now += 60.0  # a long pause, then 2 s at once: held as if it had not paused
+    [until] = holds(harness.append("A", pcm_of(64_000)))
+    assert round(until - harness.now, 6) == 1.0
+
+
+def test_audio_for_turn_detection_is_paced_too() -> None:
+    session = Session(
+        session_id=SERVER_SID,
+        served_model=MODEL,
+        limits=SessionLimits.from_config(ProxyConfig(api_keys=("k",), max_audio_ahead_s=1.0)),
+        transcription_delay_ms=DELAY_MS,
+        turn_options=TurnOptions(),
+    )
+    session.on_upstream_ready(session.upstream_epoch, 1.0)
+    two_seconds = pcm_of(64_000)
+    actions = session.on_client(AppendAudio(None, two_seconds, len(two_seconds)), 1.0)
+    assert holds(actions) == [2.0]
 
 
 # ====================================================================== rate limits

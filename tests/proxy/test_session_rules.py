@@ -32,6 +32,7 @@ from proxy.session.inputs import (
     SessionRules,
     UpdateSettings,
 )
+from proxy.turns import TurnOptions
 from proxy.vllm_wire import COMMIT_FINAL, COMMIT_OPEN, decode_event
 
 OPENS_ON_AUDIO = SessionRules(open_on_audio=True, utterance_id_prefix="item-")
@@ -143,7 +144,28 @@ def test_settings_freeze_at_the_first_audio() -> None:
 
 def test_session_created_carries_the_full_settings() -> None:
     session = Harness(OPENS_ON_AUDIO).session
-    created = session.created("c0ffee")
-    assert created.id == "c0ffee"
+    created = session.created("c0ffee123456")
+    assert created.id == "c0ffee123456"  # the connection's id, as its log lines carry it
     assert created.settings == session.settings()
     assert created.settings.limits.inbound_queue_max == LIMITS.inbound_queue_max
+
+
+def test_turning_turns_on_drops_audio_that_opened_an_utterance_by_itself() -> None:
+    harness = Harness(OPENS_ON_AUDIO)
+    harness.audio()
+    events = harness.send(
+        UpdateSettings("u1", turn_detection_given=True, turn_detection=TurnOptions())
+    )
+    assert events[0] == Cancelled("item-1", "superseded")
+    assert isinstance(events[-1], SessionUpdated)
+    assert events[-1].settings.turn_detection == TurnOptions()
+
+
+def test_a_client_opened_utterance_still_refuses_turns() -> None:
+    harness = Harness(SessionRules())
+    harness.send(OpenUtterance("r1"))
+    (refusal,) = harness.send(
+        UpdateSettings("u1", turn_detection_given=True, turn_detection=TurnOptions())
+    )
+    assert isinstance(refusal, SessionError)
+    assert refusal.case is ErrorCase.TURNS_NEED_NO_OPEN_UTTERANCE

@@ -662,7 +662,7 @@ def test_frame_too_large_matches_encoded_size(text: str, limit: int) -> None:
 
 TURNS = TurnOptions()
 SETTINGS = SessionSettings(
-    "m", 480, 480, AudioFormat(), TURNS, ClientLimits(150.0, 5400.5, 256, 1024, 2048)
+    "m", 480, 480, AudioFormat(), TURNS, ClientLimits(150.0, 5400.5, 256, 1024, 2048, 16, 30.0)
 )
 
 
@@ -707,6 +707,8 @@ def test_session_created_and_updated_carry_the_settings() -> None:
                 "inbound_queue_max": 256,
                 "inbound_queue_max_bytes": 1024,
                 "max_message_bytes": 2048,
+                "max_utterances_in_flight": 16,
+                "max_audio_ahead_s": 30,
             },
         },
     }
