@@ -549,6 +549,8 @@ ERROR_CODES_FROM_PARSING = {
     ErrorCode.INVALID_MESSAGE,
     ErrorCode.UNKNOWN_TYPE,
     ErrorCode.INVALID_AUDIO,
+    # session.update's payload.audio that names no supported format (a string, say).
+    ErrorCode.UNSUPPORTED_AUDIO_FORMAT,
 }
 
 
