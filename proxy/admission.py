@@ -39,6 +39,16 @@ class CodecFactory(Protocol):
     def __call__(self, session_id: str, *, bound_session: bool = False) -> Codec: ...
 
 
+def sessionless(make: Callable[[str], Codec]) -> CodecFactory:
+    """The codec factory of a protocol whose events name no session: a token's bound session
+    changes nothing in its codec."""
+
+    def make_codec(session_id: str, *, bound_session: bool = False) -> Codec:
+        return make(session_id)
+
+    return make_codec
+
+
 # A session's audio format and turn detection when it opens.
 ConnectOptions = tuple[AudioFormat, TurnOptions | None]
 

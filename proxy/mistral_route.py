@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, Unauthorized, refuse
+from proxy.admission import ConnectOptions, Door, Unauthorized, refuse, sessionless
 from proxy.audio_format import NATIVE
 from proxy.auth import (
     OPENAI_SUBPROTOCOL,
@@ -108,14 +108,9 @@ async def connect_options(
     return NATIVE, None
 
 
-def _codec(config: ProxyConfig, session_id: str, *, bound_session: bool = False) -> Codec:
-    # A token's bound session changes nothing here: Mistral's events name no session.
-    return codec_for(config, session_id)
-
-
 def door(config: ProxyConfig) -> Door:
     return Door(
-        make_codec=functools.partial(_codec, config),
+        make_codec=sessionless(functools.partial(codec_for, config)),
         subprotocol=OPENAI_SUBPROTOCOL,
         present=credential,
         options=connect_options,

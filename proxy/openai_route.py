@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, refuse
+from proxy.admission import ConnectOptions, Door, refuse, sessionless
 from proxy.auth import OPENAI_SUBPROTOCOL, presented_openai_credential
 from proxy.config import ProxyConfig
 from proxy.protocols.codec import Codec
@@ -63,14 +63,9 @@ async def connect_options(
     return DEFAULT_FORMAT, None
 
 
-def _codec(config: ProxyConfig, session_id: str, *, bound_session: bool = False) -> Codec:
-    # A token's bound session changes nothing here: OpenAI's events name no session.
-    return codec_for(config, session_id)
-
-
 def door(config: ProxyConfig) -> Door:
     return Door(
-        make_codec=functools.partial(_codec, config),
+        make_codec=sessionless(functools.partial(codec_for, config)),
         subprotocol=OPENAI_SUBPROTOCOL,
         present=credential,
         options=connect_options,
