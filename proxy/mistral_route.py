@@ -26,12 +26,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, Unauthorized, refuse, sessionless
+from proxy.admission import ConnectOptions, Door, Unauthorized, realtime_door, refuse
 from proxy.audio_format import NATIVE
-from proxy.auth import (
-    OPENAI_SUBPROTOCOL,
-    presented_mistral_credential,
-)
+from proxy.auth import presented_mistral_credential
 from proxy.config import ProxyConfig
 from proxy.minting import capped_body, refused_key, wait_then_retry
 from proxy.protocols.codec import Codec
@@ -106,9 +103,8 @@ async def connect_options(
 
 
 def door(config: ProxyConfig) -> Door:
-    return Door(
-        make_codec=sessionless(functools.partial(codec_for, config)),
-        subprotocol=OPENAI_SUBPROTOCOL,
+    return realtime_door(
+        functools.partial(codec_for, config),
         present=credential,
         options=connect_options,
         own_credential=session_token,

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, refuse, sessionless
-from proxy.auth import OPENAI_SUBPROTOCOL, presented_openai_credential
+from proxy.admission import ConnectOptions, Door, realtime_door, refuse
+from proxy.auth import presented_openai_credential
 from proxy.config import ProxyConfig
 from proxy.protocols.codec import Codec
 from proxy.protocols.openai import DEFAULT_FORMAT, OpenAICodec, codec_for
@@ -64,9 +64,6 @@ async def connect_options(
 
 
 def door(config: ProxyConfig) -> Door:
-    return Door(
-        make_codec=sessionless(functools.partial(codec_for, config)),
-        subprotocol=OPENAI_SUBPROTOCOL,
-        present=credential,
-        options=connect_options,
+    return realtime_door(
+        functools.partial(codec_for, config), present=credential, options=connect_options
     )
