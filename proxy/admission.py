@@ -100,6 +100,15 @@ async def refuse(
         await websocket.close(codec.close_code(code))
 
 
+async def refuse_model(
+    websocket: WebSocket, state: ProxyState, codec: Codec, model: str | None, remedy: str
+) -> None:
+    """Refuses the connect query's model (None or empty: it named none); the client's name is
+    quoted back cut short, then ``remedy`` says what to connect with."""
+    shown = f"model={model[:80]!r} is not served here" if model else "model is required"
+    await refuse(websocket, state, codec, ErrorCode.UNSUPPORTED_MODEL, message=f"{shown}: {remedy}")
+
+
 async def _refuse_unauthorized(
     websocket: WebSocket,
     state: ProxyState,

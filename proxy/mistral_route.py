@@ -26,14 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, Unauthorized, realtime_door, refuse
+from proxy.admission import ConnectOptions, Door, Unauthorized, realtime_door, refuse_model
 from proxy.audio_format import NATIVE
 from proxy.auth import presented_mistral_credential
 from proxy.config import ProxyConfig
 from proxy.minting import capped_body, refused_key, wait_then_retry
 from proxy.protocols.codec import Codec
 from proxy.protocols.mistral import MistralCodec, codec_for, model_names
-from proxy.session.events import ErrorCode
 from proxy.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -90,13 +89,8 @@ async def connect_options(
     assert isinstance(codec, MistralCodec)
     model = websocket.query_params.get("model")
     if not model or not codec.name_model(model):
-        shown = f"model={model[:80]!r} is not served here" if model else "model is required"
-        await refuse(
-            websocket,
-            state,
-            codec,
-            ErrorCode.UNSUPPORTED_MODEL,
-            message=f"{shown}: connect with ?model= one of {codec.model_names()}.",
+        await refuse_model(
+            websocket, state, codec, model, f"connect with ?model= one of {codec.model_names()}."
         )
         return None
     return NATIVE, None

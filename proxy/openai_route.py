@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, realtime_door, refuse
+from proxy.admission import ConnectOptions, Door, realtime_door, refuse, refuse_model
 from proxy.auth import presented_openai_credential
 from proxy.config import ProxyConfig
 from proxy.protocols.codec import Codec
@@ -51,13 +51,12 @@ async def connect_options(
         return None
     model = query.get("model")
     if model is not None and not codec.name_model(model):
-        await refuse(
+        await refuse_model(
             websocket,
             state,
             codec,
-            ErrorCode.UNSUPPORTED_MODEL,
-            message=f"model={model[:80]!r} is not served here: use one of "
-            f"{codec.model_names()}, or leave model out.",
+            model,
+            f"use one of {codec.model_names()}, or leave model out.",
         )
         return None
     return DEFAULT_FORMAT, None
