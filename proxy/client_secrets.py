@@ -24,7 +24,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.minting import capped_body, refused_key, wait_then_retry
+from proxy.minting import BodyRefused, capped_body, refused_key, wait_then_retry
 from proxy.protocols.openai import DEFAULT_FORMAT, codec_for
 from proxy.session.events import SessionSettings, SessionUpdated
 from proxy.session.inputs import InvalidInput, UpdateSettings
@@ -116,7 +116,15 @@ async def _mint(request: Request, *, beta: bool) -> Response:
             "invalid_api_key",
         )
     raw = await capped_body(request, REQUEST_MAX_BYTES)
-    if raw is None:
+    if raw is BodyRefused.GONE:
+        return Response(status_code=400)  # nobody is left to read it
+    if raw is BodyRefused.LATE:
+        return _error(
+            408,
+            "The request body did not arrive in time: send it with the request.",
+            "invalid_value",
+        )
+    if raw is BodyRefused.TOO_LARGE:
         return _error(400, f"The body is over {REQUEST_MAX_BYTES} bytes.", "invalid_value")
     try:
         body = orjson.loads(raw) if raw else {}

@@ -1,15 +1,17 @@
 """What the HTTP endpoints that sell a credential for an API key share (``POST /api/tokens``,
 OpenAI's client secrets, Mistral's client sessions): the key check, where every failure counts
-toward its address's block, and the body read within a byte bound. Each endpoint words its
-answers in its own protocol."""
+toward its address's block, and the body read within a byte bound and the head's deadline. Each
+endpoint words its answers in its own protocol."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from proxy.auth import key_is_valid, presented_key
 from proxy.limits import Refusal, auth_failure_details
@@ -46,11 +48,28 @@ def wait_then_retry(blocked: Refusal) -> str:
     )
 
 
-async def capped_body(request: Request, max_bytes: int) -> bytes | None:
-    """The request body; None as soon as it is over ``max_bytes``."""
+class BodyRefused(Enum):
+    """Why a request body was not read."""
+
+    TOO_LARGE = "too_large"
+    LATE = "late"
+    # The client closed its connection mid-body: nobody is left to read an answer.
+    GONE = "gone"
+
+
+async def capped_body(request: Request, max_bytes: int) -> bytes | BodyRefused:
+    """The request body, or why not: over ``max_bytes``, not whole within the head's deadline
+    (a key must not buy a socket held open for ever), or the client left."""
+    state: ProxyState = request.app.state.proxy
     raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
-            return None
+    try:
+        async with asyncio.timeout(state.config.http_head_timeout_s):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > max_bytes:
+                    return BodyRefused.TOO_LARGE
+    except TimeoutError:
+        return BodyRefused.LATE
+    except ClientDisconnect:
+        return BodyRefused.GONE
     return raw

@@ -30,7 +30,7 @@ from proxy.admission import ConnectOptions, Door, Unauthorized, realtime_door, r
 from proxy.audio_format import NATIVE
 from proxy.auth import presented_mistral_credential
 from proxy.config import ProxyConfig
-from proxy.minting import capped_body, refused_key, wait_then_retry
+from proxy.minting import BodyRefused, capped_body, refused_key, wait_then_retry
 from proxy.protocols.codec import Codec
 from proxy.protocols.mistral import MistralCodec, codec_for, model_names
 from proxy.tokens import TokenError
@@ -157,7 +157,11 @@ async def mint_session(request: Request) -> Response:
             "authentication_error",
         )
     raw = await capped_body(request, REQUEST_MAX_BYTES)
-    if raw is None:
+    if raw is BodyRefused.GONE:
+        return Response(status_code=400)  # nobody is left to read it
+    if raw is BodyRefused.LATE:
+        return _error(408, "The request body did not arrive in time: send it with the request.")
+    if raw is BodyRefused.TOO_LARGE:
         return _error(400, f"The body is over {REQUEST_MAX_BYTES} bytes.")
     try:
         body: Any = orjson.loads(raw)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.limits import auth_failure_details
-from proxy.minting import capped_body, refused_key
+from proxy.minting import BodyRefused, capped_body, refused_key
 from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY
 from proxy.session.events import ErrorCode
 from proxy.state import ProxyState
@@ -63,20 +62,17 @@ async def mint_token(request: Request) -> Response:
         else:
             why = WRONG_API_KEY
         return _http_error(401, ErrorCode.UNAUTHORIZED.value, why)
-    try:
-        # The body has the head's deadline: a key must not buy a socket held open for ever.
-        async with asyncio.timeout(state.config.http_head_timeout_s):
-            raw = await capped_body(request, TOKEN_REQUEST_MAX_BYTES)
-    except TimeoutError:
+    raw = await capped_body(request, TOKEN_REQUEST_MAX_BYTES)
+    if raw is BodyRefused.GONE:
+        return Response(status_code=400)  # nobody is left to read it
+    if raw is BodyRefused.LATE:
         return _http_error(
             408,
             ErrorCode.INVALID_MESSAGE.value,
             "The request body did not arrive in time: send it with the request.",
         )
-    except ClientDisconnect:
-        return Response(status_code=400)  # nobody is left to read it
     try:
-        if raw is None:
+        if raw is BodyRefused.TOO_LARGE:
             raise ValueError
         body = orjson.loads(raw) if raw else {}
         expires_in = body.get("expires_in", DEFAULT_TOKEN_TTL_S)

@@ -12,6 +12,7 @@ import hmac
 import time
 
 import httpx
+import pytest
 
 from devtools.fake_vllm import FakeVllm
 from tests.harness import proxy_subprocess
@@ -66,7 +67,12 @@ async def test_a_token_lives_at_least_the_seconds_asked_for() -> None:
             assert expires_at >= asked_at + 1
 
 
-async def test_a_stalled_body_gets_408_and_a_vanished_client_no_traceback() -> None:
+# Every endpoint that sells a credential for a key reads its body the same way.
+MINTING_PATHS = ("/api/tokens", "/v1/realtime/client_secrets", "/v1/client/sessions")
+
+
+@pytest.mark.parametrize("path", MINTING_PATHS)
+async def test_a_stalled_body_gets_408_and_a_vanished_client_no_traceback(path: str) -> None:
     lines: list[str] = []
     async with (
         FakeVllm() as fake,
@@ -74,7 +80,7 @@ async def test_a_stalled_body_gets_408_and_a_vanished_client_no_traceback() -> N
     ):
         port = int(proxy.http_url.rsplit(":", 1)[1])
         head = (
-            f"POST /api/tokens HTTP/1.1\r\nHost: x\r\nX-API-Key: {WEAK_KEY}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {WEAK_KEY}\r\n"
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
         ).encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
