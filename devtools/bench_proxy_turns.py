@@ -9,7 +9,10 @@ sends appends without a request_id and no commits, and the server opens one turn
 clip. Every stream also sends a ping every half second: its round trip shows how long the
 proxy's event loop makes a message wait. Reported per stream count and mode: the proxy's CPU per
 second of audio per stream (from /proc, over the steady window), the ping round trip p50/p99,
-the turns and done events seen, and the machine's load average.
+the turns and done events seen, the time from each turn's speech onset to its
+`speech_started` (onset→turn-open: when the stream reached `audio_start_ms` in real time to when
+the event arrived; `min_speech_ms` of it is the rule, the rest is the VAD's wait and work), and
+the machine's load average.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Plan:
 @dataclass(slots=True)
 class Result:
     rtts_s: list[float] = field(default_factory=list)
+    onset_to_open_s: list[float] = field(default_factory=list)
     turns: int = 0
     done: int = 0
     errors: list[str] = field(default_factory=list)
@@ -77,10 +81,11 @@ async def _stream(plan: Plan, index: int, result: Result) -> None:
         proxy=None,
     )
     await ws.recv()  # session.created
-    reader = asyncio.create_task(_read(ws, result))
+    # Frame i (audio from i * 80 ms) is sent at start + i * 80 ms.
+    start = plan.start + plan.ramp_s * index / plan.total_streams
+    reader = asyncio.create_task(_read(ws, result, start))
     rid = None if plan.turns else f"utt-{index}"
     envelope: dict[str, Any] = {"session_id": session, "request_id": rid}
-    start = plan.start + plan.ramp_s * index / plan.total_streams
     first = index * 7919 % len(plan.frames)
     await sleep_until(start)
     if rid is not None:
@@ -109,7 +114,7 @@ def _commit(envelope: dict[str, Any], *, final: bool) -> str:
     return json_text({"type": "input_audio_buffer.commit", **envelope, "payload": {"final": final}})
 
 
-async def _read(ws: ClientConnection, result: Result) -> None:
+async def _read(ws: ClientConnection, result: Result, start: float) -> None:
     async for raw in ws:
         event = orjson.loads(raw)
         kind = event["type"]
@@ -117,6 +122,8 @@ async def _read(ws: ClientConnection, result: Result) -> None:
             result.rtts_s.append(time.monotonic() - event["payload"]["t"])
         elif kind == "input_audio_buffer.speech_started":
             result.turns += 1
+            onset = start + event["payload"]["audio_start_ms"] / 1000
+            result.onset_to_open_s.append(time.monotonic() - onset)
         elif kind == "transcription.done":
             result.done += 1
         elif kind == "error":
@@ -194,6 +201,7 @@ def run_level(n: int, turns: bool, args: argparse.Namespace, out: Path) -> dict[
     cpu_s = last.cpu_s[pid] - first.cpu_s[pid]
     audio_s = n * (last.at - first.at)
     rtts = [rtt for result in collected for rtt in result.rtts_s]
+    opens = [delay for result in collected for delay in result.onset_to_open_s]
     errors = [error for result in collected for error in result.errors]
     return {
         "streams": n,
@@ -201,6 +209,7 @@ def run_level(n: int, turns: bool, args: argparse.Namespace, out: Path) -> dict[
         "cpu_ms_per_audio_s_per_stream": round(cpu_s / audio_s * 1000, 2),
         "proxy_cores": round(cpu_s / (last.at - first.at), 2),
         "ping_ms": summary_ms(rtts),
+        "onset_to_open_ms": summary_ms(opens),
         "turns": sum(result.turns for result in collected),
         "done": sum(result.done for result in collected),
         "errors": sorted(set(errors))[:10],
@@ -212,15 +221,17 @@ def run_level(n: int, turns: bool, args: argparse.Namespace, out: Path) -> dict[
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         "streams  turns  CPU ms/audio s/stream  proxy cores  ping p50  ping p99  "
-        "turns  done  errors  load",
+        "turns  onset→open p50  p99  done  errors  load",
     ]
     for row in rows:
-        ping = row["ping_ms"]
+        ping, opened = row["ping_ms"], row["onset_to_open_ms"]
         lines.append(
             f"{row['streams']:>7}  {row['turn_detection']:>5}  "
             f"{row['cpu_ms_per_audio_s_per_stream']:>21.2f}  {row['proxy_cores']:>11.2f}  "
             f"{ping.get('p50', float('nan')):>8.1f}  {ping.get('p99', float('nan')):>8.1f}  "
-            f"{row['turns']:>5}  {row['done']:>4}  {row['error_count']:>6}  "
+            f"{row['turns']:>5}  {opened.get('p50') or float('nan'):>14.1f}  "
+            f"{opened.get('p99') or float('nan'):>4.0f}  "
+            f"{row['done']:>4}  {row['error_count']:>6}  "
             f"{row['load_1min']:>4.1f}"
         )
     return "\n".join(lines)

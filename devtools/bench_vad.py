@@ -1,8 +1,9 @@
 """`python -m devtools.bench_vad`: what batched turn detection costs per stream, in this process.
 
 For each stream count N, N simulated sessions get real speech at real-time pace (one 80 ms
-frame each per 80 ms, each stream starting at its own place in the clip) for `--seconds`,
-twice back to back: fed into `proxy.vad.VadEngine` with its tick loop running, and fed into a
+frame each per 80 ms, each stream starting at its own place in the clip, and sending at its own
+moment within the 80 ms, as clients that connected at different times do) for `--seconds`,
+twice back to back: fed into `proxy.vad.VadEngine` with its step loop running, and fed into a
 plain buffer (the pacing alone). It reports the process CPU (all threads) per audio second per
 stream for both and the difference (what the VAD adds), whether the engine kept up (windows
 scored against windows fed while measuring), and how late a 10 ms timer on the event loop fired
@@ -26,10 +27,12 @@ from clients.audio import CHUNK_BYTES, AudioError, load_pcm, pcm_seconds
 from clients.stats import summarize
 from devtools.bench_proxy_procs import ROOT
 from proxy.audio_format import CHUNK_MS
-from proxy.vad import WINDOW_MS, WINDOW_SAMPLES, VadEngine, VadModel, Window
+from proxy.vad import STEP_INTERVAL_S, WINDOW_MS, WINDOW_SAMPLES, VadEngine, VadModel, Window
 
 _LAG_PROBE_S = 0.01
 _WARMUP_S = 1.0
+# The streams' frames arrive in this many groups spread over each 80 ms.
+_PHASES = 8
 
 
 @dataclass(frozen=True)
@@ -79,15 +82,17 @@ async def measure(
             cpu0 = time.process_time()
             fed, scored_before = 0, scored
             prober = asyncio.create_task(_probe_lag(lags, stop))
-        for sink, offset in zip(sinks, offsets, strict=True):
-            at = (offset + tick) % frames * CHUNK_BYTES
-            frame = pcm[at : at + CHUNK_BYTES]
-            if isinstance(sink, bytearray):
-                sink[:] = frame
-            else:
-                sink.feed(frame)
-            fed += len(frame)
-        await asyncio.sleep(max(0.0, start + (tick + 1) * chunk_s - loop.time()))
+        for phase in range(_PHASES):
+            for sink, offset in zip(sinks[phase::_PHASES], offsets[phase::_PHASES], strict=True):
+                at = (offset + tick) % frames * CHUNK_BYTES
+                frame = pcm[at : at + CHUNK_BYTES]
+                if isinstance(sink, bytearray):
+                    sink[:] = frame
+                else:
+                    sink.feed(frame)
+                fed += len(frame)
+            due = start + (tick + (phase + 1) / _PHASES) * chunk_s
+            await asyncio.sleep(max(0.0, due - loop.time()))
     cpu = time.process_time() - cpu0
     stop.set()
     await prober
@@ -127,7 +132,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="measured seconds per run (after 1 s warm-up)"
     )
-    parser.add_argument("--tick-ms", type=float, default=100.0, help="the engine's step interval")
+    parser.add_argument(
+        "--tick-ms",
+        type=float,
+        default=STEP_INTERVAL_S * 1000,
+        help="the engine's step interval (default: the engine's own)",
+    )
     parser.add_argument("--audio", type=Path, default=ROOT / "samples" / "long.wav")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.tick_ms <= 0:

@@ -54,6 +54,10 @@ class Door:
     present: Callable[[WebSocket, Sequence[str]], str | None]
     # The session's options from the connect query; None when refused (the client was told).
     options: Callable[[WebSocket, ProxyState, Codec], Awaitable[ConnectOptions | None]]
+    # A reusable credential of the route's own (Mistral's client session tokens): whether the
+    # credential is one that admits this connection; raises ``Unauthorized`` for one of its
+    # kind that does not. None: the route takes only keys, secrets and tokens.
+    own_credential: Callable[[WebSocket, ProxyState, str], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,11 @@ async def admit(websocket: WebSocket, state: ProxyState, door: Door) -> Admitted
     bound = False
     try:
         credential = door.present(websocket, offered)
-        claims = authenticate(state, credential)
+        own = door.own_credential
+        if own is not None and credential is not None and own(websocket, state, credential):
+            claims = None
+        else:
+            claims = authenticate(state, credential)
         if claims is not None:
             if claims.session_id is not None and query_session not in (None, claims.session_id):
                 raise Unauthorized(

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from proxy import openai_route
+from proxy import mistral_route, openai_route
 from proxy.admission import Door, admit, envelope_door, refuse
 from proxy.client_secrets import mint_client_secret, mint_transcription_session
 from proxy.config import ProxyConfig
@@ -45,9 +45,10 @@ JS_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
 
 
 class ClientEndpoint:
-    """A client WebSocket route (``WS /api/asr-streaming``, ``WS /v1/realtime``) as a raw ASGI
-    app: Starlette routes to it, and after admission through the route's ``door`` the relay
-    uses ``receive``/``send`` without Starlette's ``WebSocket`` object in between."""
+    """A client WebSocket route (``WS /api/asr-streaming``, ``WS /v1/realtime``,
+    ``WS /v1/audio/transcriptions/realtime``) as a raw ASGI app: Starlette routes to it, and
+    after admission through the route's ``door`` the relay uses ``receive``/``send`` without
+    Starlette's ``WebSocket`` object in between."""
 
     def __init__(self, state: ProxyState, door: Door) -> None:
         self.state = state
@@ -234,6 +235,8 @@ def create_app(config: ProxyConfig) -> Starlette:
             mint_transcription_session,
             methods=["POST"],
         ),
+        WebSocketRoute(mistral_route.PATH, ClientEndpoint(state, mistral_route.door(config))),
+        Route(mistral_route.SESSIONS_PATH, mistral_route.mint_session, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

@@ -8,11 +8,11 @@ sent, never which frame it belongs to. A final commit adds right padding, so a r
 lie past its audio: their time is clamped to the run's end. An utterance longer than one
 generation goes on in the next run, whose index 0 sits where the previous run's audio ended.
 
-How the session uses it, per utterance: ``clock.steps += 1`` for each empty delta (nothing
-else: they stay as cheap as before), ``clock.add_text(delta, run_bytes)`` for each delta with
-text (it returns the delta's ``audio_ms``), ``clock.end_run(run_bytes)`` when a run of the
-utterance ends and another follows, and ``clock.text()`` / ``clock.segments(pause_ms)`` once, at
-``done``.
+How the session uses it, per utterance: ``clock.steps += 1`` for each empty delta,
+``clock.add_text(delta, run_bytes)`` for each delta with text (it returns the delta's
+``audio_ms``), ``clock.close_segment(pause_ms, run_bytes)`` around each step (a segment as soon
+as a pause has closed it), ``clock.end_run(run_bytes)`` when a run of the utterance ends and
+another follows, and ``clock.text()`` / ``clock.segments(pause_ms)`` once, at ``done``.
 
 The emission arithmetic (how many deltas vLLM has sent after so much audio) is vLLM's clock and
 lives with the rest of it in ``proxy.vllm_wire``.
@@ -41,7 +41,7 @@ class AudioClock:
     """One utterance's token clock. Positions are kept in bytes of 16 kHz PCM16 (exact) and
     given out in whole milliseconds from the utterance's first sample."""
 
-    __slots__ = ("_base", "_pieces", "steps")
+    __slots__ = ("_base", "_open_from", "_pieces", "steps")
 
     def __init__(self) -> None:
         # Deltas of the current run so far, empty ones included; the session adds the empty ones.
@@ -50,6 +50,9 @@ class AudioClock:
         self._base = 0
         # (start byte, end byte, text) of each delta with text, in order.
         self._pieces: list[tuple[int, int, str]] = []
+        # The first piece of the segment not yet closed (``close_segment``); past the end when
+        # none is open.
+        self._open_from = 0
 
     def add_text(self, delta: str, run_bytes: int) -> int:
         """Records a delta with text as the current run's next step and returns its ``audio_ms``.
@@ -69,6 +72,21 @@ class AudioClock:
         self._base += run_bytes
         self.steps = 0
 
+    def close_segment(self, pause_ms: int, run_bytes: int) -> Segment | None:
+        """The open segment, once it is known to be closed: called before a delta with text is
+        recorded and after an empty one is counted, when the next text can start no earlier than
+        the next step (within the ``run_bytes`` received), so at least ``pause_ms`` from the
+        segment's last text closes it. ``segments`` later splits the text the same way."""
+        pieces = self._pieces
+        if self._open_from >= len(pieces):
+            return None
+        earliest = self._base + min(self.steps * FRAME_BYTES, run_bytes)
+        if earliest - pieces[-1][1] < pause_ms * PCM_BYTES_PER_MS:
+            return None
+        segment = _segment(pieces[self._open_from :])
+        self._open_from = len(pieces)
+        return segment
+
     def text(self) -> str:
         return "".join(piece for _, _, piece in self._pieces)
 
@@ -81,11 +99,13 @@ class AudioClock:
             if not groups or piece[0] - groups[-1][-1][1] >= pause:
                 groups.append([])
             groups[-1].append(piece)
-        return [
-            Segment(
-                "".join(text for _, _, text in group),
-                group[0][0] // PCM_BYTES_PER_MS,
-                group[-1][1] // PCM_BYTES_PER_MS,
-            )
-            for group in groups
-        ]
+        return [_segment(group) for group in groups]
+
+
+def _segment(pieces: list[tuple[int, int, str]]) -> Segment:
+    """Pieces as one segment, timed from its first frame to its last."""
+    return Segment(
+        "".join(text for _, _, text in pieces),
+        pieces[0][0] // PCM_BYTES_PER_MS,
+        pieces[-1][1] // PCM_BYTES_PER_MS,
+    )

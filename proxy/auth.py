@@ -15,7 +15,8 @@ from proxy.tokens import TOKEN_PATTERN
 # ``voxtral-stt.auth.<credential>`` as subprotocols, and the server echoes only the first.
 SUBPROTOCOL = "voxtral-stt"
 AUTH_SUBPROTOCOL_PREFIX = f"{SUBPROTOCOL}.auth."
-# OpenAI's browser client offers ``realtime`` plus ``openai-insecure-api-key.<credential>``.
+# OpenAI's browser client offers ``realtime`` plus ``openai-insecure-api-key.<credential>``;
+# Mistral's offers ``realtime`` plus the credential itself.
 OPENAI_SUBPROTOCOL = "realtime"
 OPENAI_AUTH_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 # Keys shorter than this get a warning at start: a short key can be guessed.
@@ -24,10 +25,10 @@ API_KEY_MIN_CHARS = 32
 _BEARER = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
 # Where a credential can show up in a log line: a query string (uvicorn's access log prints
 # it), the auth headers and the subprotocol offer (the WebSocket layer's debug log prints
-# request headers).
+# request headers; Mistral's browsers offer the bare credential right after ``realtime``).
 _KEY_IN_TEXT = re.compile(
     r"(?i)(api_key=|x-api-key:\s*|authorization:\s*(?:bearer\s+)?|voxtral-stt\.auth\.|"
-    r"openai-insecure-api-key\.)"
+    r"openai-insecure-api-key\.|realtime,\s*)"
     r"[^&\s\"',]*"
 )
 
@@ -81,6 +82,23 @@ def presented_openai_credential(
             f"Offer one {OPENAI_AUTH_SUBPROTOCOL_PREFIX}<credential> subprotocol, not several."
         )
     if offered and offered[0]:
+        return offered[0]
+    match = _BEARER.match(headers.get("authorization", ""))
+    return match.group(1) if match else None
+
+
+def presented_mistral_credential(
+    headers: Mapping[str, str], subprotocols: Sequence[str] = ()
+) -> str | None:
+    """The credential on Mistral's realtime route: offered beside the ``realtime`` subprotocol
+    (browsers: ``new WebSocket(url, ["realtime", token])``), else ``Authorization: Bearer``.
+    Never the URL."""
+    offered = [p for p in subprotocols if p != OPENAI_SUBPROTOCOL]
+    if len(offered) > 1:
+        raise AmbiguousCredential(
+            f"Offer {OPENAI_SUBPROTOCOL!r} and one credential as subprotocols, not several."
+        )
+    if offered:
         return offered[0]
     match = _BEARER.match(headers.get("authorization", ""))
     return match.group(1) if match else None

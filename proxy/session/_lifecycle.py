@@ -39,8 +39,10 @@ from proxy.session.events import (
     Delta,
     ErrorCase,
     ErrorCode,
+    SegmentClosed,
     SessionEnded,
     SessionError,
+    TextSegment,
     UtteranceCommitted,
     UtteranceFailed,
     UtteranceOpened,
@@ -189,14 +191,24 @@ class Lifecycle:
 
     def model_step(self, utterance: Utterance, text: str) -> None:
         """One model step of the current utterance: its text goes to the client with where it
-        sits in the audio; a step without text is only counted (one tick of the token clock)."""
+        sits in the audio; a step without text is counted (one tick of the token clock). A
+        segment a pause has closed goes to the client first."""
+        clock = utterance.clock
         if not text:
-            utterance.clock.steps += 1
+            clock.steps += 1
+            self._segment_closed(utterance)
             return
+        self._segment_closed(utterance)
         if utterance.first_delta_at is None:
             utterance.first_delta_at = self.now
-        audio_ms = utterance.clock.add_text(text, utterance.segment_bytes)
+        audio_ms = clock.add_text(text, utterance.segment_bytes)
         self.send(Delta(utterance.request_id, text, audio_ms))
+
+    def _segment_closed(self, utterance: Utterance) -> None:
+        closed = utterance.clock.close_segment(self.segment_pause_ms, utterance.segment_bytes)
+        if closed is not None:
+            segment = TextSegment(closed.text, closed.start_ms, closed.end_ms)
+            self.send(SegmentClosed(utterance.request_id, segment))
 
     def segment_ended(self, utterance: Utterance, usage: dict[str, int]) -> None:
         """vLLM ended the current utterance's generation: the utterance ends, or goes on in a

@@ -204,7 +204,7 @@ class Session:
         elif isinstance(message, Ping):
             lifecycle.send(Pong(message.request_id, message.payload))
         elif isinstance(message, End):
-            lifecycle.wind_down(WindDown.END)
+            self._on_end(message)
         elif not self._within_rate(message.request_id):
             pass
         elif isinstance(message, UpdateSettings):
@@ -361,6 +361,14 @@ class Session:
             return
         if utterance is not None:
             lifecycle.finalize(utterance)
+
+    def _on_end(self, message: End) -> None:
+        lifecycle = self._lifecycle
+        if message.empty_done and lifecycle.open is None and lifecycle.winding_down is None:
+            utterance = self._open_on_audio()
+            if utterance is not None:
+                lifecycle.finalize(utterance)
+        lifecycle.wind_down(WindDown.END)
 
     def _on_cancel(self, message: CancelUtterance) -> None:
         lifecycle = self._lifecycle

@@ -5,7 +5,8 @@ Part of the session (the session opens and closes the turns; this holds the stre
 Positions are byte offsets of the 16 kHz PCM16 stream from its first sample, so a VAD window
 ending at ``t`` ms ends at byte ``t * PCM_BYTES_PER_MS``. The stream keeps only the audio a turn
 may still need: what the VAD has not scored yet, and before that the prefix padding and the
-speech being confirmed (``min_speech_ms``), or, in a turn, what has not gone upstream yet.
+speech being confirmed (``min_speech_ms``), or, in a turn, what has not gone upstream yet (a
+turn's audio goes up as it arrives, up to ``MAX_TURN_LEAD_MS`` ahead of the VAD).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from proxy.vllm_wire import PCM_BYTES_PER_MS
 # client far faster than real time, or an engine that cannot keep up, must not grow the
 # buffers here and in the VAD stream without bound.
 MAX_UNSCORED_MS = 10_000
+# How far a turn's audio may go upstream ahead of the VAD. A real-time client's audio is never
+# held (in a turn the VAD lags it by at most a partial window, the 100 ms between rounds and a
+# round: about 0.2 s on a busy machine); a client far faster than real time is held to the VAD's
+# pace, so the turn it ends gets at most this much audio past the moment its end is known.
+MAX_TURN_LEAD_MS = 300
 
 
 class TurnStream:
@@ -53,6 +59,12 @@ class TurnStream:
     @property
     def unscored_ms(self) -> int:
         return (self.received - self.scored) // PCM_BYTES_PER_MS
+
+    @property
+    def turn_end(self) -> int:
+        """Where an open turn's audio ends now: all received, up to ``MAX_TURN_LEAD_MS`` past
+        the VAD."""
+        return min(self.received, self.scored + MAX_TURN_LEAD_MS * PCM_BYTES_PER_MS)
 
     @property
     def ring_bytes(self) -> int:

@@ -1,5 +1,7 @@
 """Server-side turn detection, as lifecycle steps: the session's audio stream goes to the VAD,
 and its scored windows open and finalize the turns, each an utterance named by the server.
+Once a turn is open its audio goes upstream as it arrives, before the VAD has scored it; the
+VAD, beside the stream, finds where the turn ends.
 
 The stream's own state (its audio, its detector) is ``TurnStream``; the utterances are the
 lifecycle's, changed only through its steps.
@@ -43,7 +45,13 @@ class TurnDetection:
         except InvalidAudio as exc:
             lifecycle.refuse(ErrorCode.INVALID_AUDIO, None, message=exc.message)
             return
-        lifecycle.out.extend(FeedVad(chunk) for chunk in chunks)
+        utterance = lifecycle.open
+        if utterance is not None:
+            self._turn_audio(utterance, stream.audio(0, stream.turn_end))
+        # The audio that may open a turn is scored at once, the rest at the engine's next round.
+        opens_at = stream.detector.opens_at_ms
+        urgent = opens_at is not None and stream.received >= opens_at * PCM_BYTES_PER_MS
+        lifecycle.out.extend(FeedVad(chunk, urgent) for chunk in chunks)
         if stream.unscored_ms > MAX_UNSCORED_MS:
             lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
 
@@ -59,7 +67,7 @@ class TurnDetection:
                 self._close_turn(event)
         utterance = self._lifecycle.open
         if utterance is not None:
-            self._turn_audio(utterance, stream.audio(0, stream.scored))
+            self._turn_audio(utterance, stream.audio(0, stream.turn_end))
         else:
             stream.trim_idle()
 
@@ -93,14 +101,14 @@ class TurnDetection:
         )
         lifecycle.send(SpeechStarted(request_id, event.audio_start_ms))
         start = event.turn_start_ms * PCM_BYTES_PER_MS
-        self._turn_audio(utterance, stream.audio(start, stream.scored))
+        self._turn_audio(utterance, stream.audio(start, stream.turn_end))
 
     def _close_turn(self, event: TurnStopped) -> None:
         lifecycle, stream = self._lifecycle, self.stream
         utterance = lifecycle.open
         if utterance is None:
             return  # the client ended or cancelled it already
-        self._turn_audio(utterance, stream.audio(0, stream.scored))
+        self._turn_audio(utterance, stream.audio(0, stream.turn_end))
         lifecycle.send(SpeechStopped(utterance.request_id, event.audio_end_ms))
         lifecycle.finalize(utterance)
 

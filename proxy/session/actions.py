@@ -87,9 +87,13 @@ class StartVad:
 
 @dataclass(frozen=True, slots=True)
 class FeedVad:
-    """16 kHz mono PCM16 for the session's voice-activity stream, in stream order."""
+    """16 kHz mono PCM16 for the session's voice-activity stream, in stream order. ``urgent``:
+    speech is being confirmed and this audio reaches the window that would open a turn: score
+    the stream's windows as soon as they are complete rather than at the engine's next round of
+    every stream."""
 
     pcm: bytes
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,6 +217,15 @@ class TextSegment:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentClosed:
+    """A pause of at least the session's segment pause closed a segment of the utterance's
+    text; its ``Done`` lists it again, among all of them."""
+
+    request_id: str
+    segment: TextSegment
+
+
+@dataclass(frozen=True, slots=True)
 class TokenUsage:
     """vLLM's token counts, summed over the utterance's generations."""
 
@@ -267,6 +276,7 @@ ClientEvent = (
     | SpeechStopped
     | UtteranceCommitted
     | Delta
+    | SegmentClosed
     | Done
     | Cancelled
     | UtteranceFailed

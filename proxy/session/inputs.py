@@ -111,9 +111,11 @@ class Ping:
 @dataclass(frozen=True, slots=True)
 class End:
     """Finish the open utterance, deliver every one in flight, then ``SessionEnded`` and a
-    normal close."""
+    normal close. With nothing open, ``empty_done`` finishes an empty utterance first, so the
+    end is answered by a ``Done`` (Mistral's end)."""
 
     request_id: str | None = None
+    empty_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,3 +33,7 @@ async def test_tiny_run_measures_both_modes_with_no_errors(tmp_path: Path) -> No
     assert (off["turns"], off["done"]) == (0, 2)
     assert on["turns"] >= 2
     assert on["done"] >= 2
+    # Each turn's onset→turn-open, and none with turn detection off.
+    assert on["onset_to_open_ms"]["count"] == on["turns"]
+    assert on["onset_to_open_ms"]["p50"] > 0
+    assert off["onset_to_open_ms"]["count"] == 0

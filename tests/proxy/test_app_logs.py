@@ -142,6 +142,45 @@ async def test_no_openai_credential_or_client_secret_in_any_line() -> None:
             assert leaked not in line, line
 
 
+async def test_no_mistral_credential_or_session_token_in_any_line() -> None:
+    """The Mistral route's credentials (Bearer, the credential offered beside the realtime
+    subprotocol, an rt_ client session token), accepted and refused, at DEBUG."""
+    lines: list[str] = []
+    wrong = "wrongkey-mistral-9e9e"
+    model = "voxtral-mini-transcribe-realtime-2602"
+    async with (
+        FakeVllm() as fake,
+        proxy_process(fake.url, "DEBUG", lines) as proxy,
+        httpx.AsyncClient(base_url=proxy.http_url) as http,
+    ):
+        minted = await http.post(
+            "/v1/client/sessions",
+            json={"model": model, "purpose": "realtime"},
+            headers={"Authorization": f"Bearer {KEYS[0]}"},
+        )
+        token = minted.json()["client_secret"]["value"]
+        base = proxy.http_url.replace("http://", "ws://")
+        url = f"{base}/v1/audio/transcriptions/realtime?model={model}"
+        offers = [
+            (["realtime", token], {}, "session.created"),
+            (["realtime", KEYS[1]], {}, "session.created"),
+            ([], {"Authorization": f"Bearer {KEYS[0]}"}, "session.created"),
+            (["realtime", wrong], {}, "error"),
+            ([], {"Authorization": f"Bearer {wrong}"}, "error"),
+        ]
+        for offered, headers, first in offers:
+            async with connect(
+                url,
+                subprotocols=offered or None,  # type: ignore[arg-type]
+                additional_headers=headers,
+            ) as ws:
+                assert json.loads(await ws.recv())["type"] == first
+    assert any("protocol" in line and "mistral" in line for line in lines)
+    for line in lines:
+        for leaked in (*KEYS, token, token.removeprefix("rt_"), wrong):
+            assert leaked not in line, line
+
+
 async def test_the_apps_session_id_and_the_connection_id_reach_the_log_lines() -> None:
     """The connect-time id (the query's, or a generated one) is on every line of the connection;
     the app's own id from its messages on each utterance's line and the closing one; the

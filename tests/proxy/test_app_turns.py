@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from devtools.fake_vllm import predict_text
+from proxy.session._turn_stream import MAX_TURN_LEAD_MS
 from proxy.turns import TurnOptions
 from proxy.vad import WINDOW_MS, Float32Array, VadEngine, VadModel
 from tests.harness import (
@@ -92,12 +94,18 @@ async def stream(client: Client, pcm: bytes, *, request_id: str | None = None) -
         await asyncio.sleep(PACE_S)
 
 
-def turn_audio(pcm: bytes, started: dict[str, Any], stopped: dict[str, Any]) -> bytes:
+def turn_audio(
+    pcm: bytes, started: dict[str, Any], stopped: dict[str, Any], done: dict[str, Any]
+) -> bytes:
     """A turn's audio as the protocol defines it: from the prefix padding before the start to
-    the moment the stop was known (silence_ms after the end, in whole VAD windows)."""
+    the moment the stop was known (silence_ms after the end, in whole VAD windows), and past it
+    what had arrived by then, up to the lead a turn may go ahead of the VAD. Where in that span
+    it ends depends on the pacing: ``done`` says how long it was."""
     start_ms = max(0, started["payload"]["audio_start_ms"] - OPTIONS.prefix_padding_ms)
     windows = -(-OPTIONS.silence_ms // WINDOW_MS)
-    end_ms = stopped["payload"]["audio_end_ms"] + windows * WINDOW_MS
+    known_ms = stopped["payload"]["audio_end_ms"] + windows * WINDOW_MS
+    end_ms = start_ms + done["payload"]["audio_ms"]
+    assert known_ms <= end_ms <= known_ms + MAX_TURN_LEAD_MS
     return pcm[start_ms * PCM_BYTES_PER_MS : end_ms * PCM_BYTES_PER_MS]
 
 
@@ -131,9 +139,8 @@ async def test_one_turn_per_spoken_clip_with_its_boundaries_and_text() -> None:
                 stopped["payload"]["audio_end_ms"] - true_end,
             )
         )
-        audio = turn_audio(recording.pcm, started, stopped)
+        audio = turn_audio(recording.pcm, started, stopped, done)
         assert done["payload"]["text"] == predict_text(audio)
-        assert done["payload"]["audio_ms"] == len(audio) // PCM_BYTES_PER_MS
         sent += len(audio)
     print(f"boundary errors through the proxy (start, end) in ms per clip: {errors}")
     for start_error, end_error in errors:
@@ -243,8 +250,7 @@ async def test_a_turn_past_max_model_len_rolls_over_with_one_done() -> None:
     assert events.of_type("error") == []
     started = events.of_type("input_audio_buffer.speech_started")[0]
     stopped = events.of_type("input_audio_buffer.speech_stopped")[0]
-    audio = turn_audio(recording.pcm, started, stopped)
-    assert done["payload"]["audio_ms"] == len(audio) // PCM_BYTES_PER_MS
+    turn_audio(recording.pcm, started, stopped, done)
     assert fake.generations_started > 2
 
 
@@ -317,5 +323,110 @@ async def test_binary_frames_stream_the_turns_too() -> None:
         done = await events.until("transcription.done", "turn-1")
     started = events.of_type("input_audio_buffer.speech_started")[0]
     stopped = events.of_type("input_audio_buffer.speech_stopped")[0]
-    assert done["payload"]["text"] == predict_text(turn_audio(recording.pcm, started, stopped))
+    audio = turn_audio(recording.pcm, started, stopped, done)
+    assert done["payload"]["text"] == predict_text(audio)
     assert events.of_type("error") == []
+
+
+# Stream positions on whole VAD windows and whole 80 ms pieces: what is sent is all scored.
+ALIGN_BYTES = 5 * WINDOW_MS * PCM_BYTES_PER_MS
+
+
+def aligned(ms: int) -> int:
+    return ms * PCM_BYTES_PER_MS // ALIGN_BYTES * ALIGN_BYTES
+
+
+class GatedModel(VadModel):
+    """The real model behind a gate: while ``gate`` is shut an inference waits for it. Counts
+    the windows it has scored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.windows_scored = 0
+
+    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
+        self.gate.wait()
+        result = super().run(audio, state)
+        self.windows_scored += len(audio)
+        return result
+
+
+async def test_once_a_turn_is_open_its_audio_reaches_vllm_before_the_vad_scores_it() -> None:
+    recording = spoken_recording(("long",), max_clip_s=8.0)
+    cut = aligned(recording.truth[0][0] + 2000)
+    frame = recording.pcm[cut : cut + 80 * PCM_BYTES_PER_MS]
+    model = GatedModel()
+    async with fake_and_proxy() as (fake, proxy):
+        # A deadline the gate never reaches: the engine must not fail (which would end the turn
+        # and send its audio) while the test holds it.
+        proxy.server.state.vad._engine_factory = lambda: VadEngine(model, step_deadline_s=60)
+        async with turn_client(proxy) as (client, events):
+            await stream(client, recording.pcm[:cut])
+            await events.until("input_audio_buffer.speech_started")
+            await wait_for(lambda: model.windows_scored * WINDOW_MS * PCM_BYTES_PER_MS == cut)
+            model.gate.clear()  # the VAD scores nothing more until the gate opens
+            try:
+                await client.send_raw(frame)
+                await wait_for(lambda: upstream_audio(fake).endswith(frame))
+                scored_when_forwarded = model.windows_scored
+            finally:
+                model.gate.set()
+            await client.final("ptt")
+            done = await events.until("transcription.done", "turn-1")
+    assert scored_when_forwarded * WINDOW_MS * PCM_BYTES_PER_MS == cut
+    assert upstream_audio(fake).endswith(frame)
+    assert done["payload"]["text"]
+    assert events.of_type("error") == []
+
+
+class HangingModel(VadModel):
+    """The real model until ``hang`` is set; from then on an inference never returns (until
+    ``release``, at the end of the test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
+        if self.hang.is_set():
+            self.release.wait()
+        return super().run(audio, state)
+
+
+async def test_a_hung_vad_fails_turn_detection_at_its_deadline_and_a_fresh_engine_follows() -> None:
+    recording = spoken_recording(("long",), max_clip_s=8.0)
+    cut = aligned(recording.truth[0][0] + 2000)
+    more = recording.pcm[cut : cut + PIECE_BYTES]
+    model = HangingModel()
+    async with fake_and_proxy() as (_, proxy):
+        service = proxy.server.state.vad
+        service._engine_factory = lambda: VadEngine(model, step_deadline_s=0.2)
+        try:
+            async with turn_client(proxy) as (client, events):
+                await stream(client, recording.pcm[:cut])
+                started = await events.until("input_audio_buffer.speech_started")
+                model.hang.set()
+                await client.send_raw(more)  # its windows' step never returns
+                error = await events.until("error")
+                done = await events.until("transcription.done", "turn-1")
+            assert service.streams == 0
+            # The next session to turn detection on gets a fresh engine.
+            service._engine_factory = VadEngine
+            short = spoken_recording(("short",), lead_s=0.5, trailer_s=1.0)
+            async with turn_client(proxy) as (client, later):
+                await stream(client, short.pcm)
+                later_done = await later.until("transcription.done", "turn-1")
+        finally:
+            model.release.set()
+    # The engine is blamed, not the client, and the open turn ends with all the audio received.
+    assert (error["request_id"], error["payload"]["code"]) == (None, "internal_error")
+    assert "Turn detection stopped working" in error["payload"]["message"]
+    assert [e["payload"]["code"] for e in events.of_type("error")] == ["internal_error"]
+    start = (started["payload"]["audio_start_ms"] - OPTIONS.prefix_padding_ms) * PCM_BYTES_PER_MS
+    audio = recording.pcm[start : cut + len(more)]
+    assert done["payload"]["audio_ms"] == len(audio) // PCM_BYTES_PER_MS
+    assert done["payload"]["text"] == predict_text(audio)
+    assert later_done["payload"]["text"]

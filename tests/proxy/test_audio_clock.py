@@ -175,3 +175,61 @@ def test_segments_cover_the_text_in_order_within_the_audio(
     bounds = [t for s in segments for t in (s.start_ms, s.end_ms)]
     assert bounds == sorted(bounds)
     assert all(0 <= t <= audio_ms for t in bounds)
+
+
+def steps_closing(
+    clock: AudioClock, steps: list[str | None], run_bytes: int, pause_ms: int
+) -> list[Segment]:
+    """Plays ``steps`` as the session does, asking the clock for a closed segment around each
+    one; returns those segments in order."""
+    closed: list[Segment] = []
+    for step in steps:
+        if step is None:
+            clock.steps += 1
+            segment = clock.close_segment(pause_ms, run_bytes)
+        else:
+            segment = clock.close_segment(pause_ms, run_bytes)
+            clock.add_text(step, run_bytes)
+        if segment is not None:
+            closed.append(segment)
+    return closed
+
+
+def test_a_segment_closes_once_its_pause_has_passed() -> None:
+    clock = AudioClock()
+    run = 2000 * MS
+    assert steps_closing(clock, [" one", " two", *[None] * 5], run, 480) == []
+    # The sixth silent step: the next text can start no earlier than 480 ms after " two".
+    assert steps_closing(clock, [None], run, 480) == [Segment(" one two", 0, 160)]
+    assert steps_closing(clock, [None, None, " three", None], run, 480) == []
+    assert clock.segments() == [Segment(" one two", 0, 160), Segment(" three", 800, 880)]
+
+
+def test_text_after_a_pause_closes_the_segment_before_it() -> None:
+    clock = AudioClock()
+    closed = steps_closing(clock, [" a", None, None, " b"], 1000 * MS, 160)
+    assert closed == [Segment(" a", 0, 80)]
+    assert clock.segments(160)[0] == closed[0]
+
+
+def test_silence_past_the_audio_received_closes_nothing() -> None:
+    # Right padding of a final commit: steps past the run's audio do not count as silence.
+    clock = AudioClock()
+    assert steps_closing(clock, [" a", *[None] * 10], 160 * MS, 480) == []
+
+
+@given(
+    runs=st.lists(run_strategy, min_size=1, max_size=4),
+    pause_ms=st.integers(min_value=1, max_value=3000),
+)
+def test_segments_closed_on_the_way_are_the_done_segments_but_the_last(
+    runs: list[tuple[int, list[str | None]]], pause_ms: int
+) -> None:
+    clock = AudioClock()
+    closed: list[Segment] = []
+    for run_bytes, steps in runs:
+        closed += steps_closing(clock, steps, run_bytes, pause_ms)
+        clock.end_run(run_bytes)
+    segments = clock.segments(pause_ms)
+    assert closed == segments[: len(closed)]
+    assert len(closed) >= len(segments) - 1

@@ -11,6 +11,7 @@ from proxy.auth import (
     AmbiguousCredential,
     key_is_valid,
     presented_key,
+    presented_mistral_credential,
     presented_openai_credential,
     redact_keys,
 )
@@ -214,4 +215,25 @@ def test_redact_keys_hides_openais_subprotocol_credential_and_client_secrets() -
     redacted = redact_keys(line)
     assert "sk-live-123" not in redacted
     assert "abc.def" not in redacted
+    assert "realtime" in redacted
+
+
+def test_mistrals_browser_subprotocol_wins_over_bearer_and_the_url_is_never_read() -> None:
+    headers = Headers({"authorization": "Bearer from-header"})
+    assert presented_mistral_credential(headers, ["realtime", "from-subprotocol"]) == (
+        "from-subprotocol"
+    )
+    assert presented_mistral_credential(headers, ["realtime"]) == "from-header"
+    assert presented_mistral_credential(headers, []) == "from-header"
+    assert presented_mistral_credential(Headers({"x-api-key": "k"}), []) is None
+
+
+def test_two_mistral_credential_offers_are_ambiguous() -> None:
+    with pytest.raises(AmbiguousCredential):
+        presented_mistral_credential(Headers({}), ["realtime", "a", "b"])
+
+
+def test_redact_keys_hides_the_credential_offered_beside_realtime() -> None:
+    redacted = redact_keys("sec-websocket-protocol: realtime, rt_mistyped-credential-42")
+    assert "mistyped-credential-42" not in redacted
     assert "realtime" in redacted

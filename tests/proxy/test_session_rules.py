@@ -18,6 +18,7 @@ from proxy.session.events import (
     Done,
     ErrorCase,
     ErrorCode,
+    SessionEnded,
     SessionError,
     SessionUpdated,
     UtteranceCommitted,
@@ -27,6 +28,7 @@ from proxy.session.inputs import (
     AppendAudio,
     ClearAudio,
     ClientInput,
+    End,
     FinishUtterance,
     OpenUtterance,
     SessionRules,
@@ -112,6 +114,41 @@ def test_finishing_with_nothing_open_is_refused_or_gives_an_empty_done() -> None
     [done] = harness.done()
     assert isinstance(done, Done)
     assert (done.request_id, done.text, done.audio_ms) == ("item-1", "", 0)
+
+
+def test_an_end_with_empty_done_is_answered_by_a_done_even_with_nothing_open() -> None:
+    harness = Harness(FROZEN)
+    harness.audio()
+    harness.send(FinishUtterance(None, empty_done=True))
+    # The end comes while the flushed utterance is finalizing: its empty one waits behind it.
+    assert harness.send(End(empty_done=True)) == [
+        UtteranceOpened("utt-2", "utt-1"),
+        UtteranceCommitted("utt-2", "utt-1"),
+    ]
+    [first] = harness.done()
+    assert isinstance(first, Done)
+    assert first.request_id == "utt-1"
+    [second, ended] = harness.done()
+    assert isinstance(second, Done)
+    assert (second.request_id, second.text, second.audio_ms) == ("utt-2", "", 0)
+    assert ended == SessionEnded()
+    assert harness.session.closed
+
+
+def test_an_end_finishes_the_open_utterance_without_an_empty_one() -> None:
+    for empty_done in (False, True):
+        harness = Harness(FROZEN)
+        harness.audio()
+        assert harness.send(End(empty_done=empty_done)) == [UtteranceCommitted("utt-1", None)]
+        [done, ended] = harness.done()
+        assert isinstance(done, Done)
+        assert ended == SessionEnded()
+
+
+def test_a_plain_end_with_nothing_open_closes_without_a_done() -> None:
+    harness = Harness(FROZEN)
+    assert harness.send(End()) == [SessionEnded()]
+    assert harness.session.closed
 
 
 def test_clear_cancels_the_open_utterance_and_is_answered_either_way() -> None:

@@ -14,7 +14,7 @@ from proxy.config import ProxyConfig
 from proxy.limits import SessionLimits
 from proxy.protocols.envelope import EnvelopeCodec
 from proxy.session import Session
-from proxy.session._turn_stream import MAX_UNSCORED_MS
+from proxy.session._turn_stream import MAX_TURN_LEAD_MS, MAX_UNSCORED_MS
 from proxy.session.actions import (
     Action,
     CloseClient,
@@ -125,7 +125,25 @@ def test_turn_detection_from_the_start_asks_for_a_vad_stream_and_fed_audio_goes_
     assert harness.upstream() == []  # nothing goes to vLLM before speech
 
 
-def test_a_turn_gets_its_padding_its_speech_and_the_confirming_silence() -> None:
+def test_audio_that_may_open_a_turn_goes_to_the_vad_as_urgent() -> None:
+    harness = Harness()
+
+    def urgent(actions: list[Action]) -> list[bool]:
+        return [a.urgent for a in actions if isinstance(a, FeedVad)]
+
+    assert urgent(harness.audio(stream_pcm(480))) == [False]
+    harness.windows(320, 0.0)
+    harness.windows(128, 0.9)  # speech from 320 ms: a window ending at 570 ms or later opens
+    assert urgent(harness.audio(stream_pcm(80))) == [False]  # to 560 ms: it cannot yet
+    assert urgent(harness.audio(stream_pcm(80))) == [True]  # to 640 ms: it may
+    harness.windows(160, 0.9)  # the turn opens
+    assert harness.events("input_audio_buffer.speech_started") != []
+    assert urgent(harness.audio(stream_pcm(80))) == [False]
+
+
+def test_a_turn_gets_its_padding_its_speech_the_confirming_silence_and_the_lead() -> None:
+    """The client is far ahead of the VAD: the turn's audio ends where the stop is known plus
+    the most a turn may go ahead of the VAD."""
     harness = Harness()
     pcm = stream_pcm(3200)
     harness.audio(pcm)
@@ -148,11 +166,34 @@ def test_a_turn_gets_its_padding_its_speech_and_the_confirming_silence() -> None
     ]
     assert kinds == ["input_audio_buffer.commit"] * 2
     start = (1024 - OPTIONS.prefix_padding_ms) * PCM_BYTES_PER_MS
-    assert harness.upstream_audio() == pcm[start : (2048 + 512) * PCM_BYTES_PER_MS]
+    end_ms = 2048 + 512 + MAX_TURN_LEAD_MS
+    assert harness.upstream_audio() == pcm[start : end_ms * PCM_BYTES_PER_MS]
     harness.done()
     done = harness.events("transcription.done")
     assert [e["request_id"] for e in done] == ["turn-1"]
-    assert done[0]["payload"]["audio_ms"] == 2048 + 512 - 724
+    assert done[0]["payload"]["audio_ms"] == end_ms - 724
+
+
+def test_in_a_turn_audio_goes_upstream_as_it_arrives_before_the_vad_scores_it() -> None:
+    harness = Harness()
+    pcm = stream_pcm(2000)
+    harness.audio(pcm[: 1280 * PCM_BYTES_PER_MS])
+    harness.windows(512, 0.0)
+    harness.windows(768, 0.9)  # speech from 512 ms: the turn opens at 768, the VAD is at 1280
+    start = (512 - OPTIONS.prefix_padding_ms) * PCM_BYTES_PER_MS
+    assert harness.upstream_audio() == pcm[start : 1280 * PCM_BYTES_PER_MS]
+    piece = pcm[1280 * PCM_BYTES_PER_MS : 1360 * PCM_BYTES_PER_MS]
+    actions = harness.audio(piece)
+    kinds = [type(a) for a in actions if isinstance(a, SendUpstream | FeedVad)]
+    assert kinds == [SendUpstream, FeedVad]  # up before the VAD has it
+    assert harness.upstream_audio() == pcm[start : 1360 * PCM_BYTES_PER_MS]
+    # With no score coming, the turn's audio stops at the lead past the VAD's position.
+    for at_ms in range(1360, 1840, 80):
+        harness.audio(pcm[at_ms * PCM_BYTES_PER_MS : (at_ms + 80) * PCM_BYTES_PER_MS])
+    lead_end = (1280 + MAX_TURN_LEAD_MS) * PCM_BYTES_PER_MS
+    assert harness.upstream_audio() == pcm[start:lead_end]
+    harness.windows(320, 0.9)  # the VAD catches up: the rest goes
+    assert harness.upstream_audio() == pcm[start : 1840 * PCM_BYTES_PER_MS]
 
 
 def test_short_speech_opens_no_turn_and_the_kept_audio_stays_bounded() -> None:

@@ -50,6 +50,18 @@ def test_one_turn_with_its_boundaries() -> None:
     ]
 
 
+def test_where_a_turn_would_open_while_speech_is_being_confirmed() -> None:
+    detector = TurnDetector(TurnOptions())
+    states = []
+    for probability in [0.1] * 3 + [0.9] * 8 + [0.9] * 3 + [0.1] * 20 + [0.9]:
+        window_end = (len(states) + 1) * WINDOW
+        detector.push(window_end, probability)
+        states.append(detector.opens_at_ms)
+    # Silence: none; speech from 96 ms being confirmed (7 windows): at 96 + 250; the 8th opens
+    # the turn: none, in it or out of it; speech from 1088 ms after the turn ended: again.
+    assert states == [None] * 3 + [96 + 250] * 7 + [None] * 24 + [1088 + 250]
+
+
 def test_speech_shorter_than_min_speech_opens_no_turn() -> None:
     # 224 ms bursts (7 windows) separated by silence never reach 250 ms.
     burst = [0.9] * 7 + [0.1] * 10

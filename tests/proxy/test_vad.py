@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -17,8 +18,10 @@ from proxy.vad import (
     SAMPLE_RATE,
     WINDOW_MS,
     WINDOW_SAMPLES,
+    Float32Array,
     VadEngine,
     VadModel,
+    VadStalled,
     VadStream,
     Window,
     default_model_path,
@@ -246,6 +249,70 @@ async def test_the_tick_loop_delivers_without_explicit_steps(engine: VadEngine) 
     finally:
         runner.cancel()
     assert [end for end, _ in got] == [WINDOW_MS, 2 * WINDOW_MS, 3 * WINDOW_MS]
+
+
+async def test_urgent_windows_are_scored_without_waiting_for_the_next_round(
+    engine: VadEngine,
+) -> None:
+    rounds_apart = 3600.0  # no second round comes during the test
+    urgent_scored = asyncio.Event()
+    calm, hurried = Collected(), Collected()
+    calm_stream = engine.open(calm)
+
+    def on_urgent(windows: list[Window]) -> None:
+        hurried(windows)
+        urgent_scored.set()
+
+    hurried_stream = engine.open(on_urgent)
+    runner = asyncio.create_task(engine.run(interval_s=rounds_apart))
+    try:
+        calm_stream.feed(bytes(2 * WINDOW_SAMPLES))  # wakes the loop: the first round
+        await wait_for_windows(calm, 1)
+        calm_stream.feed(bytes(2 * WINDOW_SAMPLES))
+        hurried_stream.feed(bytes(2 * WINDOW_SAMPLES), urgent=True)
+        async with asyncio.timeout(10):  # a hang guard
+            await urgent_scored.wait()
+    finally:
+        runner.cancel()
+    assert [end for end, _ in hurried.windows] == [WINDOW_MS]
+    # The other stream's window waits for the next round.
+    assert len(calm.windows) == 1
+    assert calm_stream.pending_windows == 1
+
+
+async def wait_for_windows(got: Collected, count: int) -> None:
+    async with asyncio.timeout(10):  # a hang guard
+        while len(got.windows) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
+class HungModel:
+    """A model whose inference never returns until ``release``."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
+        self.entered.set()
+        self.release.wait()
+        return np.zeros(len(audio), dtype=np.float32), state
+
+
+async def test_a_step_past_the_deadline_fails_the_engine_and_close_does_not_wait_forever() -> None:
+    model = HungModel()
+    engine = VadEngine(model, step_deadline_s=0.05)
+    got = Collected()
+    engine.open(got).feed(bytes(2 * WINDOW_SAMPLES))
+    try:
+        with pytest.raises(VadStalled, match=r"took more than 0\.05 s"):
+            async with asyncio.timeout(10):  # a hang guard: the deadline ends it long before
+                await engine.run()
+        assert model.entered.is_set()
+        assert got.windows == []
+        engine.close()  # returns with the inference still hung
+    finally:
+        model.release.set()
 
 
 async def detect_turns(engine: VadEngine, pcm: bytes) -> list[TurnEvent]:

@@ -35,6 +35,7 @@ from proxy.session.events import (
     ErrorCase,
     ErrorCode,
     Pong,
+    SegmentClosed,
     SessionCreated,
     SessionEnded,
     SessionError,
@@ -548,6 +549,8 @@ ERROR_CODES_FROM_PARSING = {
     ErrorCode.INVALID_MESSAGE,
     ErrorCode.UNKNOWN_TYPE,
     ErrorCode.INVALID_AUDIO,
+    # session.update's payload.audio that names no supported format (a string, say).
+    ErrorCode.UNSUPPORTED_AUDIO_FORMAT,
 }
 
 
@@ -771,7 +774,12 @@ def test_utterance_events() -> None:
 
 def test_events_without_an_envelope_word_send_nothing() -> None:
     codec = EnvelopeCodec("s", 1024)
-    for event in (UtteranceOpened("r", None), UtteranceCommitted("r", "q"), AudioCleared()):
+    for event in (
+        UtteranceOpened("r", None),
+        UtteranceCommitted("r", "q"),
+        AudioCleared(),
+        SegmentClosed("r", TextSegment(" hi", 0, 80)),
+    ):
         assert codec.render(event) == ()
 
 

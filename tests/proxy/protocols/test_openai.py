@@ -29,6 +29,7 @@ from proxy.session.events import (
     Done,
     ErrorCase,
     ErrorCode,
+    SegmentClosed,
     SessionCreated,
     SessionError,
     SessionSettings,
@@ -460,6 +461,7 @@ def test_cancelled_opened_and_ended_have_no_frame() -> None:
     c = codec()
     assert c.render(UtteranceOpened("item-1", None)) == ()
     assert c.render(Cancelled("item-1", "cleared")) == ()
+    assert c.render(SegmentClosed("item-1", TextSegment(" hi", 0, 80))) == ()
 
 
 def test_session_created_shows_the_whole_default_session() -> None:
