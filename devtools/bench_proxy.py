@@ -115,7 +115,7 @@ def _mode_list(text: str) -> list[Mode]:
         )
     # In the order given: swapping two modes between runs shows whether running later (on a
     # host still busy with the previous run) skews a comparison.
-    return list(dict.fromkeys(modes))
+    return sorted((m for m in PROXIED_MODES if m in modes), key=modes.index)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
