@@ -19,7 +19,13 @@ import structlog
 from starlette.websockets import WebSocket
 
 from proxy.audio_format import AudioFormat, UnsupportedAudioFormat, parse_query
-from proxy.auth import SUBPROTOCOL, AmbiguousCredential, key_is_valid, presented_key
+from proxy.auth import (
+    OPENAI_SUBPROTOCOL,
+    SUBPROTOCOL,
+    AmbiguousCredential,
+    key_is_valid,
+    presented_key,
+)
 from proxy.client_secrets import is_client_secret, verify_client_secret
 from proxy.limits import auth_failure_details
 from proxy.protocols.codec import Codec
@@ -92,6 +98,15 @@ async def refuse(
         for text in codec.render(error):
             await websocket.send_text(text)
         await websocket.close(codec.close_code(code))
+
+
+async def refuse_model(
+    websocket: WebSocket, state: ProxyState, codec: Codec, model: str | None, remedy: str
+) -> None:
+    """Refuses the connect query's model (None or empty: it named none); the client's name is
+    quoted back cut short, then ``remedy`` says what to connect with."""
+    shown = f"model={model[:80]!r} is not served here" if model else "model is required"
+    await refuse(websocket, state, codec, ErrorCode.UNSUPPORTED_MODEL, message=f"{shown}: {remedy}")
 
 
 async def _refuse_unauthorized(
@@ -234,6 +249,28 @@ async def connect_options(
         )
         return None
     return audio_format, turns
+
+
+def realtime_door(
+    make_codec: Callable[[str], Codec],
+    present: Callable[[WebSocket, Sequence[str]], str | None],
+    options: Callable[[WebSocket, ProxyState, Codec], Awaitable[ConnectOptions | None]],
+    own_credential: Callable[[WebSocket, ProxyState, str], bool] | None = None,
+) -> Door:
+    """The door of a vendor's realtime route (OpenAI's, Mistral's): it selects the ``realtime``
+    subprotocol, and its protocol's events name no session, so a token's bound session changes
+    nothing in its codec."""
+
+    def codec(session_id: str, *, bound_session: bool = False) -> Codec:
+        return make_codec(session_id)
+
+    return Door(
+        make_codec=codec,
+        subprotocol=OPENAI_SUBPROTOCOL,
+        present=present,
+        options=options,
+        own_credential=own_credential,
+    )
 
 
 def envelope_door(max_message_bytes: int) -> Door:

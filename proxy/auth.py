@@ -37,23 +37,30 @@ class AmbiguousCredential(ValueError):
     """The client sent one kind of credential twice; the message says what to send instead."""
 
 
+def _offered_after(prefix: str, subprotocols: Sequence[str]) -> str | None:
+    """The credential offered as the ``prefix<credential>`` subprotocol (None when none is, or
+    it is empty); raises ``AmbiguousCredential`` when several are."""
+    offered = [p[len(prefix) :] for p in subprotocols if p.startswith(prefix)]
+    if len(offered) > 1:
+        raise AmbiguousCredential(f"Offer one {prefix}<credential> subprotocol, not several.")
+    return offered[0] if offered and offered[0] else None
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    """The credential in ``Authorization: Bearer``."""
+    match = _BEARER.match(headers.get("authorization", ""))
+    return match.group(1) if match else None
+
+
 def presented_key(
     query: QueryParams, headers: Mapping[str, str], subprotocols: Sequence[str] = ()
 ) -> str | None:
     """The key or token the client presented; first match wins: the ``voxtral-stt.auth.``
     subprotocol, query ``api_key``, ``X-API-Key``, ``Authorization: Bearer``. Two values in
     one place are refused rather than one picked."""
-    offered = [
-        p[len(AUTH_SUBPROTOCOL_PREFIX) :]
-        for p in subprotocols
-        if p.startswith(AUTH_SUBPROTOCOL_PREFIX)
-    ]
-    if len(offered) > 1:
-        raise AmbiguousCredential(
-            f"Offer one {AUTH_SUBPROTOCOL_PREFIX}<credential> subprotocol, not several."
-        )
-    if offered and offered[0]:
-        return offered[0]
+    offered = _offered_after(AUTH_SUBPROTOCOL_PREFIX, subprotocols)
+    if offered:
+        return offered
     keys = query.getlist("api_key")
     if len(keys) > 1:
         raise AmbiguousCredential("Send the api_key query parameter once, not several times.")
@@ -63,8 +70,7 @@ def presented_key(
     key = headers.get("x-api-key")
     if key:
         return key.strip()
-    match = _BEARER.match(headers.get("authorization", ""))
-    return match.group(1) if match else None
+    return _bearer(headers)
 
 
 def presented_openai_credential(
@@ -72,19 +78,7 @@ def presented_openai_credential(
 ) -> str | None:
     """The credential on OpenAI's Realtime route: the ``openai-insecure-api-key.`` subprotocol
     (browsers), else ``Authorization: Bearer`` (every SDK). Never the URL."""
-    offered = [
-        p[len(OPENAI_AUTH_SUBPROTOCOL_PREFIX) :]
-        for p in subprotocols
-        if p.startswith(OPENAI_AUTH_SUBPROTOCOL_PREFIX)
-    ]
-    if len(offered) > 1:
-        raise AmbiguousCredential(
-            f"Offer one {OPENAI_AUTH_SUBPROTOCOL_PREFIX}<credential> subprotocol, not several."
-        )
-    if offered and offered[0]:
-        return offered[0]
-    match = _BEARER.match(headers.get("authorization", ""))
-    return match.group(1) if match else None
+    return _offered_after(OPENAI_AUTH_SUBPROTOCOL_PREFIX, subprotocols) or _bearer(headers)
 
 
 def presented_mistral_credential(
@@ -100,8 +94,7 @@ def presented_mistral_credential(
         )
     if offered:
         return offered[0]
-    match = _BEARER.match(headers.get("authorization", ""))
-    return match.group(1) if match else None
+    return _bearer(headers)
 
 
 def key_is_valid(presented: str | None, configured: tuple[str, ...]) -> bool:

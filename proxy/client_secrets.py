@@ -21,12 +21,10 @@ import uuid
 from typing import TYPE_CHECKING
 
 import orjson
-from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.auth import key_is_valid, presented_key
-from proxy.limits import auth_failure_details
+from proxy.minting import capped_body, refused_key, wait_then_retry
 from proxy.protocols.openai import DEFAULT_FORMAT, codec_for
 from proxy.session.events import SessionSettings, SessionUpdated
 from proxy.session.inputs import InvalidInput, UpdateSettings
@@ -108,28 +106,18 @@ async def mint_transcription_session(request: Request) -> Response:
 
 async def _mint(request: Request, *, beta: bool) -> Response:
     state: ProxyState = request.app.state.proxy
-    address = request.client.host if request.client else "unknown"
-    key = presented_key(QueryParams(""), request.headers)
-    if not key_is_valid(key, state.config.api_keys):
-        blocked = state.auth_failed(address)
-        if blocked is not None:
-            details = auth_failure_details(blocked)
-            return _error(
-                429,
-                "Too many failed attempts from this address: wait "
-                f"{details.get('retry_in', 'a while')} s, then retry with a valid key.",
-                "rate_limited",
-            )
+    refused = refused_key(request)
+    if refused is not None:
+        if refused.blocked is not None:
+            return _error(429, wait_then_retry(refused.blocked), "rate_limited")
         return _error(
             401,
             "Send an API key in Authorization: Bearer (a client secret cannot mint another).",
             "invalid_api_key",
         )
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > REQUEST_MAX_BYTES:
-            return _error(400, f"The body is over {REQUEST_MAX_BYTES} bytes.", "invalid_value")
+    raw = await capped_body(request, REQUEST_MAX_BYTES)
+    if raw is None:
+        return _error(400, f"The body is over {REQUEST_MAX_BYTES} bytes.", "invalid_value")
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:

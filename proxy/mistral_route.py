@@ -22,24 +22,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, Unauthorized, refuse
+from proxy.admission import ConnectOptions, Door, Unauthorized, realtime_door, refuse_model
 from proxy.audio_format import NATIVE
-from proxy.auth import (
-    OPENAI_SUBPROTOCOL,
-    key_is_valid,
-    presented_key,
-    presented_mistral_credential,
-)
+from proxy.auth import presented_mistral_credential
 from proxy.config import ProxyConfig
-from proxy.limits import auth_failure_details
+from proxy.minting import capped_body, refused_key, wait_then_retry
 from proxy.protocols.codec import Codec
 from proxy.protocols.mistral import MistralCodec, codec_for, model_names
-from proxy.session.events import ErrorCode
 from proxy.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -96,27 +89,16 @@ async def connect_options(
     assert isinstance(codec, MistralCodec)
     model = websocket.query_params.get("model")
     if not model or not codec.name_model(model):
-        shown = f"model={model[:80]!r} is not served here" if model else "model is required"
-        await refuse(
-            websocket,
-            state,
-            codec,
-            ErrorCode.UNSUPPORTED_MODEL,
-            message=f"{shown}: connect with ?model= one of {codec.model_names()}.",
+        await refuse_model(
+            websocket, state, codec, model, f"connect with ?model= one of {codec.model_names()}."
         )
         return None
     return NATIVE, None
 
 
-def _codec(config: ProxyConfig, session_id: str, *, bound_session: bool = False) -> Codec:
-    # A token's bound session changes nothing here: Mistral's events name no session.
-    return codec_for(config, session_id)
-
-
 def door(config: ProxyConfig) -> Door:
-    return Door(
-        make_codec=functools.partial(_codec, config),
-        subprotocol=OPENAI_SUBPROTOCOL,
+    return realtime_door(
+        functools.partial(codec_for, config),
         present=credential,
         options=connect_options,
         own_credential=session_token,
@@ -164,29 +146,19 @@ async def mint_session(request: Request) -> Response:
     """An API key (``Authorization: Bearer``) buys a client session token for one model; the
     body is Mistral's: ``{"model", "purpose": "realtime", "ttl_seconds"?}``."""
     state: ProxyState = request.app.state.proxy
-    address = request.client.host if request.client else "unknown"
-    key = presented_key(QueryParams(""), request.headers)
-    if not key_is_valid(key, state.config.api_keys):
-        blocked = state.auth_failed(address)
-        if blocked is not None:
-            retry_in = auth_failure_details(blocked).get("retry_in", "a while")
-            return _error(
-                429,
-                f"Too many failed attempts from this address: wait {retry_in} s, then retry "
-                "with a valid key.",
-                "rate_limited",
-            )
+    refused = refused_key(request)
+    if refused is not None:
+        if refused.blocked is not None:
+            return _error(429, wait_then_retry(refused.blocked), "rate_limited")
         return _error(
             401,
             "Send an API key in Authorization: Bearer (a client session token cannot mint "
             "another).",
             "authentication_error",
         )
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > REQUEST_MAX_BYTES:
-            return _error(400, f"The body is over {REQUEST_MAX_BYTES} bytes.")
+    raw = await capped_body(request, REQUEST_MAX_BYTES)
+    if raw is None:
+        return _error(400, f"The body is over {REQUEST_MAX_BYTES} bytes.")
     try:
         body: Any = orjson.loads(raw)
         model, ttl_s = _request(body, state.config)

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from starlette.websockets import WebSocket
 
-from proxy.admission import ConnectOptions, Door, refuse
-from proxy.auth import OPENAI_SUBPROTOCOL, presented_openai_credential
+from proxy.admission import ConnectOptions, Door, realtime_door, refuse, refuse_model
+from proxy.auth import presented_openai_credential
 from proxy.config import ProxyConfig
 from proxy.protocols.codec import Codec
 from proxy.protocols.openai import DEFAULT_FORMAT, OpenAICodec, codec_for
@@ -51,27 +51,18 @@ async def connect_options(
         return None
     model = query.get("model")
     if model is not None and not codec.name_model(model):
-        await refuse(
+        await refuse_model(
             websocket,
             state,
             codec,
-            ErrorCode.UNSUPPORTED_MODEL,
-            message=f"model={model[:80]!r} is not served here: use one of "
-            f"{codec.model_names()}, or leave model out.",
+            model,
+            f"use one of {codec.model_names()}, or leave model out.",
         )
         return None
     return DEFAULT_FORMAT, None
 
 
-def _codec(config: ProxyConfig, session_id: str, *, bound_session: bool = False) -> Codec:
-    # A token's bound session changes nothing here: OpenAI's events name no session.
-    return codec_for(config, session_id)
-
-
 def door(config: ProxyConfig) -> Door:
-    return Door(
-        make_codec=functools.partial(_codec, config),
-        subprotocol=OPENAI_SUBPROTOCOL,
-        present=credential,
-        options=connect_options,
+    return realtime_door(
+        functools.partial(codec_for, config), present=credential, options=connect_options
     )

@@ -7,12 +7,11 @@ import time
 from typing import Any
 
 import orjson
-from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.auth import key_is_valid, presented_key
 from proxy.limits import auth_failure_details
+from proxy.minting import capped_body, refused_key
 from proxy.protocols.envelope import ID_MAX_CHARS, WRONG_API_KEY
 from proxy.session.events import ErrorCode
 from proxy.state import ProxyState
@@ -33,16 +32,6 @@ def _http_error(status: int, code: str, message: str, **extra: Any) -> JSONRespo
     )
 
 
-async def _body(request: Request) -> bytes | None:
-    """The request body; None when it is larger than a token request can be."""
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > TOKEN_REQUEST_MAX_BYTES:
-            return None
-    return raw
-
-
 async def mint_token(request: Request) -> Response:
     """``POST /api/tokens``: an API key (``X-API-Key`` or ``Authorization: Bearer``, never the
     URL) buys a short-lived client token; JSON body, optional: ``expires_in`` seconds (default
@@ -57,16 +46,15 @@ async def mint_token(request: Request) -> Response:
         response.headers["Allow"] = "POST"
         return response
     state: ProxyState = request.app.state.proxy
-    address = request.client.host if request.client else "unknown"
-    key = presented_key(QueryParams(""), request.headers)
-    if not key_is_valid(key, state.config.api_keys):
-        blocked = state.auth_failed(address)
-        if blocked is not None:
+    refused = refused_key(request)
+    if refused is not None:
+        key = refused.key
+        if refused.blocked is not None:
             return _http_error(
                 429,
                 ErrorCode.RATE_LIMITED.value,
                 "Too many failed attempts from this address: wait, then retry with a valid key.",
-                details=auth_failure_details(blocked),
+                details=auth_failure_details(refused.blocked),
             )
         if key is None:
             why = "Send an API key in the X-API-Key header (or Authorization: Bearer)."
@@ -78,7 +66,7 @@ async def mint_token(request: Request) -> Response:
     try:
         # The body has the head's deadline: a key must not buy a socket held open for ever.
         async with asyncio.timeout(state.config.http_head_timeout_s):
-            raw = await _body(request)
+            raw = await capped_body(request, TOKEN_REQUEST_MAX_BYTES)
     except TimeoutError:
         return _http_error(
             408,

@@ -61,3 +61,50 @@ sync_env() {
   fi
   "$uv" "${args[@]}" >&2 || die "uv ${args[*]} failed"
 }
+
+# cached_env LOCK ENV_DIR WHAT BUILD CHECK: prints ENV_DIR (and nothing else) once it is
+# complete, building it first when it is not. An env is complete only once its marker file
+# exists, so an interrupted build is never reused. The build runs under a lock (two concurrent
+# runs, say two test sessions, never build twice into the same place): BUILD fills a temporary
+# sibling directory (its one argument), which is renamed into place once every step has worked;
+# then CHECK (given ENV_DIR) verifies the env and prints what the marker records.
+cached_env() {
+  local lock="$1" env_dir="$2" what="$3" build="$4" check="$5"
+  local marker="$env_dir/.yap-complete" stem tmp contents
+  if [ -f "$marker" ]; then
+    printf '%s\n' "$env_dir"
+    return 0
+  fi
+  mkdir -p "$YAP_CACHE_DIR"
+  exec 9>"$YAP_CACHE_DIR/.$lock.lock"
+  flock 9
+  if [ -f "$marker" ]; then
+    printf '%s\n' "$env_dir"
+    return 0
+  fi
+  stem="$YAP_CACHE_DIR/.$(basename "$env_dir").tmp"
+  # Under the lock nothing else is building, so leftovers are from interrupted runs.
+  rm -rf "$stem."*
+  if [ -e "$env_dir" ]; then
+    log "removing incomplete $what $env_dir"
+    rm -rf "$env_dir"
+  fi
+  tmp="$stem.$$"
+  # shellcheck disable=SC2064 # expanded now: tmp is local, the trap may run after this returns
+  trap "rm -rf '$tmp'" EXIT
+  SECONDS=0
+  "$build" "$tmp"
+  # The venv's scripts and activate files name the temporary path; point them at the final one.
+  local f
+  while IFS= read -r -d '' f; do
+    if grep -Iq "$tmp" "$f"; then
+      sed -i "s#$tmp#$env_dir#g" "$f"
+    fi
+  done < <(find "$tmp/bin" -maxdepth 1 -type f -print0)
+  mv "$tmp" "$env_dir"
+  trap - EXIT
+  contents="$("$check" "$env_dir")" || exit 1
+  printf '%s\n' "$contents" >"$marker"
+  log "$what ready in ${SECONDS}s: $env_dir ($(du -sh "$env_dir" | cut -f1))"
+  printf '%s\n' "$env_dir"
+}

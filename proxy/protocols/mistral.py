@@ -19,7 +19,7 @@ import orjson
 from proxy.audio_format import G711_RATE, PCM16_MAX_RATE, PCM16_MIN_RATE, AudioFormat, Encoding
 from proxy.config import ProxyConfig
 from proxy.protocols.envelope import CLOSE_CODES, CloseCode, audio_bytes, frame_too_large
-from proxy.protocols.openai import ModelNames
+from proxy.protocols.models import ModelNames
 from proxy.session.events import (
     AudioCleared,
     Cancelled,
@@ -156,9 +156,12 @@ def error_code(code: ErrorCode, case: ErrorCase | None = None) -> int:
 
 def model_names(config: ProxyConfig) -> ModelNames:
     """The names a Mistral client may give the model on this deployment."""
-    aliases = config.model_aliases
-    known = aliases if config.strict_model_names else (*aliases, *MISTRAL_MODELS)
-    return ModelNames(config.served_model_name, frozenset(known))
+    return ModelNames.of(
+        config.served_model_name,
+        config.model_aliases,
+        strict=config.strict_model_names,
+        vendor=MISTRAL_MODELS,
+    )
 
 
 def codec_for(config: ProxyConfig, session_id: str) -> MistralCodec:

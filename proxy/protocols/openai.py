@@ -21,6 +21,7 @@ import orjson
 from proxy.audio_format import AudioFormat, Encoding
 from proxy.config import ProxyConfig
 from proxy.protocols.envelope import audio_bytes, frame_too_large
+from proxy.protocols.models import ModelNames
 from proxy.session.events import (
     AudioCleared,
     Cancelled,
@@ -176,26 +177,6 @@ def close_code(error: ErrorCode | None) -> int:
     return CLOSE_CODES.get(error, CLOSE_POLICY)
 
 
-@dataclass(frozen=True, slots=True)
-class ModelNames:
-    """The names a client may give the model: the served one and its aliases."""
-
-    served: str
-    aliases: frozenset[str]
-
-    @classmethod
-    def of(cls, served: str, aliases: tuple[str, ...], *, strict: bool) -> ModelNames:
-        """``strict``: only the served name and the configured aliases, not OpenAI's names."""
-        known = aliases if strict else (*aliases, *OPENAI_TRANSCRIPTION_MODELS)
-        return cls(served, frozenset(known))
-
-    def accepts(self, name: str) -> bool:
-        return name == self.served or name in self.aliases
-
-    def listed(self) -> str:
-        return ", ".join([self.served, *sorted(self.aliases)])
-
-
 def delay_name(delay_ms: int) -> str | None:
     """``transcription.delay``'s name for ``delay_ms``, if it has one."""
     return next((name for name, ms in DELAYS_MS.items() if ms == delay_ms), None)
@@ -236,7 +217,10 @@ def codec_for(config: ProxyConfig, session_id: str) -> OpenAICodec:
     return OpenAICodec(
         session_id=session_id,
         models=ModelNames.of(
-            config.served_model_name, config.model_aliases, strict=config.strict_model_names
+            config.served_model_name,
+            config.model_aliases,
+            strict=config.strict_model_names,
+            vendor=OPENAI_TRANSCRIPTION_MODELS,
         ),
         transcription_delay_ms=config.transcription_delay_ms,
         max_message_bytes=config.max_message_bytes,

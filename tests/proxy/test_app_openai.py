@@ -4,7 +4,6 @@ and the close codes. The real OpenAI clients are in tests/compat."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator
@@ -15,7 +14,6 @@ import numpy as np
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from proxy.client_secrets import CLIENT_SECRET_PREFIX
 from tests.harness import (
@@ -26,6 +24,7 @@ from tests.harness import (
     upstream_commits,
     wait_for,
 )
+from tests.proxy.realtime_client import recv, until, until_closed
 
 SHORT = load_pcm("short.wav")
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -54,29 +53,6 @@ async def opened(
         max_size=None,
     ) as ws:
         yield ws
-
-
-async def recv(ws: ClientConnection) -> dict[str, Any]:
-    async with asyncio.timeout(10):
-        event: dict[str, Any] = orjson.loads(await ws.recv())
-    return event
-
-
-async def until(ws: ClientConnection, kind: str) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        events.append(await recv(ws))
-        if events[-1]["type"] == kind:
-            return events
-
-
-async def until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int]:
-    events: list[dict[str, Any]] = []
-    try:
-        while True:
-            events.append(await recv(ws))
-    except ConnectionClosed as closed:
-        return events, closed.rcvd.code if closed.rcvd is not None else 1006
 
 
 async def send(ws: ClientConnection, **event: Any) -> None:

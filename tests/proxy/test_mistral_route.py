@@ -5,7 +5,6 @@ run against the same route in tests/compat."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -17,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from devtools.fake_vllm import predict_text
 from proxy.mistral_route import PATH, SESSIONS_PATH
 from proxy.protocols.mistral import MISTRAL_MODELS
 from tests.harness import TEST_KEY, RunningProxy, fake_and_proxy, load_pcm, wait_for
+from tests.proxy.realtime_client import recv, until, until_closed
 
 MODEL = MISTRAL_MODELS[0]
 FRAME = 2560  # 80 ms of 16 kHz PCM16
@@ -48,28 +47,6 @@ async def mistral(
         subprotocols=subprotocols,
     ) as ws:
         yield ws
-
-
-async def recv(ws: ClientConnection) -> dict[str, Any]:
-    async with asyncio.timeout(10):
-        data: dict[str, Any] = json.loads(await ws.recv())
-    return data
-
-
-async def until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int | None]:
-    events = []
-    with contextlib.suppress(ConnectionClosed):
-        while True:
-            events.append(await recv(ws))
-    return events, ws.close_code
-
-
-async def until(ws: ClientConnection, kind: str) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        events.append(await recv(ws))
-        if events[-1]["type"] == kind:
-            return events
 
 
 async def send(ws: ClientConnection, kind: str, **fields: Any) -> None:

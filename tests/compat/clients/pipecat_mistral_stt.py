@@ -13,25 +13,21 @@ frames the service pushed, in order.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipecat.frames.frames import (
     ErrorFrame,
-    InputAudioRawFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.pipeline.worker import PipelineParams
 from pipecat.services.mistral.stt import MistralSTTService
-from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.tests.utils import SleepFrame
+from pipecat_run import audio_frames, run_and_print
 
-RATE = 16_000
-FRAME_BYTES = RATE // 50 * 2  # 20 ms
 KEPT = (TranscriptionFrame, InterimTranscriptionFrame, ErrorFrame)
 
 
@@ -40,32 +36,15 @@ async def main(audio: bytes) -> None:
     service = MistralSTTService(
         api_key=key, base_url=base_url, settings=MistralSTTService.Settings(model=model)
     )
-    audio_frames = [
-        InputAudioRawFrame(audio=audio[i : i + FRAME_BYTES], sample_rate=RATE, num_channels=1)
-        for i in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES)
-    ]
     turn = [
         VADUserStartedSpeakingFrame(),
-        *audio_frames,
+        *audio_frames(audio),
         VADUserStoppedSpeakingFrame(),
         SleepFrame(sleep=2.0),
     ]
     # The service connects when the pipeline starts; its first audio waits for that.
     frames: list[Any] = [SleepFrame(sleep=0.5), *turn, *turn]
-    down, up = await run_test(
-        service,
-        frames_to_send=frames,
-        pipeline_params=PipelineParams(audio_in_sample_rate=RATE),
-    )
-    kept = []
-    for frame in [*down, *up]:
-        if isinstance(frame, KEPT):
-            entry: dict[str, Any] = {"type": type(frame).__name__}
-            text = getattr(frame, "text", None) or getattr(frame, "error", None)
-            if text is not None:
-                entry["text"] = text
-            kept.append(entry)
-    print(json.dumps({"frames": kept}))
+    await run_and_print(service, frames, KEPT)
 
 
 if __name__ == "__main__":

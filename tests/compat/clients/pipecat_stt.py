@@ -15,14 +15,12 @@ frames the service pushed, in order.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipecat.frames.frames import (
     ErrorFrame,
-    InputAudioRawFrame,
     InterimTranscriptionFrame,
     ProposedUserStartedSpeakingFrame,
     ProposedUserStoppedSpeakingFrame,
@@ -30,12 +28,10 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.pipeline.worker import PipelineParams
 from pipecat.services.openai.stt import OpenAIRealtimeSTTService
-from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.tests.utils import SleepFrame
+from pipecat_run import FRAME_BYTES, RATE, audio_frames, run_and_print
 
-RATE = 16_000
-FRAME_BYTES = RATE // 50 * 2  # 20 ms
 KEPT = (
     TranscriptionFrame,
     InterimTranscriptionFrame,
@@ -58,39 +54,22 @@ async def main(audio: bytes) -> None:
     )
     # Audio flows from the pipeline's start at real-time pace, as a live transport's does: its
     # first frames reach the server before the service's session.update.
-    audio_frames: list[Any] = []
-    for i in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
-        chunk = audio[i : i + FRAME_BYTES]
-        audio_frames += [
-            InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1),
-            SleepFrame(sleep=FRAME_BYTES / 2 / RATE),
-        ]
+    paced: list[Any] = []
+    for frame in audio_frames(audio):
+        paced += [frame, SleepFrame(sleep=FRAME_BYTES / 2 / RATE)]
     # Then time for the last transcript before run_test ends the pipeline (a hang guard: the
     # fake answers within milliseconds).
     frames: list[Any]
     if mode == "server_vad":
-        frames = [*audio_frames, SleepFrame(sleep=5.0)]
+        frames = [*paced, SleepFrame(sleep=5.0)]
     else:
         frames = [
             VADUserStartedSpeakingFrame(),
-            *audio_frames,
+            *paced,
             VADUserStoppedSpeakingFrame(),
             SleepFrame(sleep=5.0),
         ]
-    down, up = await run_test(
-        service,
-        frames_to_send=frames,
-        pipeline_params=PipelineParams(audio_in_sample_rate=RATE),
-    )
-    kept = []
-    for frame in [*down, *up]:
-        if isinstance(frame, KEPT):
-            entry: dict[str, Any] = {"type": type(frame).__name__}
-            text = getattr(frame, "text", None) or getattr(frame, "error", None)
-            if text is not None:
-                entry["text"] = text
-            kept.append(entry)
-    print(json.dumps({"frames": kept}))
+    await run_and_print(service, frames, KEPT)
 
 
 if __name__ == "__main__":

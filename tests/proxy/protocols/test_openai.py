@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from proxy.audio_format import AudioFormat, Encoding
+from proxy.protocols.models import ModelNames
 from proxy.protocols.openai import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -17,7 +18,6 @@ from proxy.protocols.openai import (
     DEFAULT_FORMAT,
     EAGERNESS_SILENCE_MS,
     OPENAI_TRANSCRIPTION_MODELS,
-    ModelNames,
     OpenAICodec,
     delay_name,
 )
@@ -60,7 +60,7 @@ def codec(
 ) -> OpenAICodec:
     return OpenAICodec(
         session_id="s1",
-        models=ModelNames.of(SERVED, aliases, strict=strict),
+        models=ModelNames.of(SERVED, aliases, strict=strict, vendor=OPENAI_TRANSCRIPTION_MODELS),
         transcription_delay_ms=delay_ms,
         max_message_bytes=1_048_576,
     )
@@ -244,8 +244,8 @@ def test_a_model_error_lists_the_served_name() -> None:
 
 
 def test_model_names_openais_by_default_only_the_configured_when_strict() -> None:
-    lenient = ModelNames.of(SERVED, ("voxtral",), strict=False)
-    strict = ModelNames.of(SERVED, ("voxtral",), strict=True)
+    lenient = ModelNames.of(SERVED, ("voxtral",), strict=False, vendor=OPENAI_TRANSCRIPTION_MODELS)
+    strict = ModelNames.of(SERVED, ("voxtral",), strict=True, vendor=OPENAI_TRANSCRIPTION_MODELS)
     for name in OPENAI_TRANSCRIPTION_MODELS:
         assert lenient.accepts(name)
         assert not strict.accepts(name)
@@ -382,7 +382,7 @@ def test_frames_that_are_no_transcription_event_are_refused(text: str, code: str
 def test_a_frame_over_the_size_limit_is_refused_openai_shaped() -> None:
     c = OpenAICodec(
         session_id="s1",
-        models=ModelNames.of(SERVED, (), strict=False),
+        models=ModelNames.of(SERVED, (), strict=False, vendor=OPENAI_TRANSCRIPTION_MODELS),
         transcription_delay_ms=480,
         max_message_bytes=2048,
     )
