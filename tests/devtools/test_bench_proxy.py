@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients.stats import summarize
-from devtools.bench_proxy import CHUNK_S, PhaseRun, steady_state_cpu
+from devtools.bench_proxy import CHUNK_S, PhaseRun, parse_args, steady_state_cpu
 from devtools.bench_proxy_check import (
     compare,
     expected_for,
@@ -28,6 +28,12 @@ DELAY_MS = 480
 
 def _noise(frames: int) -> bytes:
     return os.urandom(frames * FRAME_BYTES)
+
+
+def test_modes_run_in_the_order_given_each_once() -> None:
+    # Swapping the order between runs is how a comparison checks for the later run's handicap.
+    assert parse_args(["--modes", "openai,json24k,openai"]).modes == ["openai", "json24k"]
+    assert parse_args(["--modes", "json24k,openai"]).modes == ["json24k", "openai"]
 
 
 def test_trigger_index_agrees_with_the_fake_token_model() -> None:
