@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
 import httpx
 import pytest
@@ -22,11 +23,20 @@ VLLM_CONCURRENCY = re.compile(
 )
 
 
+# The launcher reads vLLM's capacity once the service is ready, so its line may land a moment
+# after the stack counts as up: wait for it, within this bound.
+LOG_WAIT_S = 60.0
+
+
 def logged(stack: Stack, event: str) -> dict[str, object]:
-    for line in stack.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            return dict(json.loads(line))
-    pytest.fail(f"no {event!r} line in the launcher's log:\n{stack.log_tail()}")
+    deadline = time.monotonic() + LOG_WAIT_S
+    while True:
+        for line in stack.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == event:
+                return dict(json.loads(line))
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {event!r} line in the launcher's log:\n{stack.log_tail()}")
+        time.sleep(0.2)
 
 
 def test_capacity_matches_vllms_own_count_and_caps_the_proxy(stack: Stack) -> None:
