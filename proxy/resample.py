@@ -9,11 +9,13 @@ stream lasts exactly as long as its input.
 
 The filter is a Kaiser-windowed sinc designed once per rate (and cached): passband to 7 kHz
 from higher rates, to 0.425 of the input rate from lower ones (3.4 kHz for 8 kHz telephony), and
-everything that would fold or image into the passband attenuated by at least 65 dB. It runs as
-`CycleResampler` where the rate's ratio to 16 kHz needs few phases (8, 12, 24, 32, 48 kHz: one
-matrix product per piece), as `Resampler` where it needs up to `MAX_PHASES` (44.1 kHz and its
-family: a gather of each output's window); soxr's stream takes the rest (8001 Hz ...), whose
-block processing holds back tens of milliseconds.
+everything that would fold or image into the passband attenuated by at least 65 dB. It runs in
+blocks of up to BLOCK_OUTPUTS consecutive outputs, each one matrix-vector product (its window of
+input times the block's matrix, zero outside each output's taps): one product for a whole piece
+where the rate's ratio to 16 kHz repeats within a block (8, 12, 24, 32, 48 kHz), a batch of them
+where it needs more phases (44.1 kHz and its family: half the cost of gathering each output's
+own window, the form this replaced). soxr's stream takes the rates needing more than
+MAX_PHASES (8001 Hz ...), whose block processing holds back tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -46,34 +48,21 @@ PASSBAND_SHARE = 0.425
 # needs 160, 11.025 kHz 640. Rates needing more (8001 Hz: 16000) would need a filter bank of
 # megabytes, designed per rate; soxr takes those.
 MAX_PHASES = 640
-# Ratios with at most this many phases run as CycleResampler (one matrix product per piece).
-CYCLE_PHASES = 4
-# Outputs computed in one step (the coefficient table holds this many rows, rounded up to whole
-# periods of the phase pattern).
-_BLOCK = 512
+# Outputs per block: the largest divisor of the phase count up to this. Larger blocks mean
+# fewer products but wider windows, whose extra taps are zeros (16 at 44.1 kHz: 173 taps read
+# for 127 used).
+BLOCK_OUTPUTS = 16
+# Outputs per product: bounds the temporaries a large piece makes (a 1 MiB frame at 48 kHz in
+# one product would copy 70 MB).
+CHUNK_OUTPUTS = 1024
 _EMPTY: Samples = np.zeros(0, dtype=np.float32)
+_ITEM = _EMPTY.itemsize
 
 
 class StreamResampler(Protocol):
     def feed(self, samples: Samples) -> Samples: ...
 
     def flush(self) -> Samples: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Design:
-    up: int  # L: output rate over the common divisor
-    down: int  # M: input rate over it
-    taps: int  # K: taps per phase
-    delay: int  # the filter's half-length, in samples at up * input rate
-    # Row i: the reversed phase filter of the i-th output of a period-aligned block, and the
-    # input index its last tap reads (relative to the block).
-    coefficients: Samples
-    last_input: npt.NDArray[np.int64]
-
-    @property
-    def block(self) -> int:
-        return int(self.coefficients.shape[0]) - self.up
 
 
 def design_filter(rate: int) -> tuple[int, int, npt.NDArray[np.float64]]:
@@ -96,162 +85,129 @@ def design_filter(rate: int) -> tuple[int, int, npt.NDArray[np.float64]]:
     return up, down, 2 * cutoff * up * np.sinc(2 * cutoff * n) * np.kaiser(length, beta)
 
 
-@lru_cache(maxsize=8)
-def _design(rate: int) -> _Design:
-    up, down, prototype = design_filter(rate)
-    length = prototype.size
-    taps = -(-length // up)
-    prototype = np.concatenate([prototype, np.zeros(taps * up - length)])
-    phases = prototype.reshape(taps, up).T[:, ::-1]
-    delay = (length - 1) // 2
-    rows = up * -(-_BLOCK // up) + up
-    position = np.arange(rows, dtype=np.int64) * down + delay
-    return _Design(
-        up=up,
-        down=down,
-        taps=taps,
-        delay=delay,
-        coefficients=np.ascontiguousarray(phases[position % up], dtype=np.float32),
-        last_input=position // up,
-    )
-
-
 def phases_for(rate: int) -> int:
     """How many phases the polyphase filter needs for `rate` (see MAX_PHASES)."""
     return OUTPUT_RATE // math.gcd(rate, OUTPUT_RATE)
 
 
+@dataclass(frozen=True, slots=True)
+class _Blocks:
+    """The filter cut into blocks of `size` consecutive outputs, of `kinds` kinds that repeat
+    every period (L outputs from M inputs). Block j of a run starting at a period's first block
+    reads `span` inputs from `starts[j]` (relative to that period's first input) through
+    `matrices[j]` (span x size); both run on for `chunk` blocks (CHUNK_OUTPUTS) past any kind,
+    so a run's matrices are a slice, not a copy."""
+
+    up: int  # L
+    down: int  # M
+    centre: int  # the prototype's half-length, at L times the input rate
+    size: int
+    kinds: int
+    span: int
+    chunk: int
+    starts: npt.NDArray[np.int64]
+    matrices: Samples
+    first_inputs: tuple[int, ...]  # `starts` of the first period, for one block at a time
+
+
 @lru_cache(maxsize=8)
-def _cycle(rate: int) -> tuple[int, int, int, Samples]:
-    """The filter as one matrix per cycle (M inputs in, L outputs out): (L, M, first input of
-    cycle 0's window, matrix of window length x L)."""
+def _blocks(rate: int) -> _Blocks:
     up, down, prototype = design_filter(rate)
     last = prototype.size - 1
-    instants = np.arange(up) * down + last // 2  # each output of cycle 0, at up * rate
-    first = int(((instants - last + up - 1) // up).min())
-    span = int((instants // up).max()) - first + 1
-    tap = instants[None, :] - (np.arange(span)[:, None] + first) * up
-    matrix = np.where((tap >= 0) & (tap <= last), prototype[tap.clip(0, last)], 0.0)
-    return up, down, first, np.ascontiguousarray(matrix, dtype=np.float32)
-
-
-class CycleResampler:
-    """One stream from `rate` to 16 kHz whose ratio needs at most CYCLE_PHASES phases (8, 12,
-    24, 32, 48 kHz): each piece is one product of its overlapping windows, M samples apart,
-    with the cycle's matrix. Outputs go in whole cycles, so up to L - 1 of them (0.2 ms) wait
-    for the next piece."""
-
-    __slots__ = ("_buffer", "_cycle", "_first", "_matrix", "_next", "_received", "_single")
-
-    def __init__(self, rate: int) -> None:
-        up, down, first, matrix = _cycle(rate)
-        self._cycle = (up, down, first, matrix.shape[0])
-        self._matrix = matrix
-        self._single = np.ascontiguousarray(matrix[:, 0]) if up == 1 else None
-        # Input from absolute index `_first` on; the stream starts with silence before 0.
-        self._buffer: Samples = np.zeros(-first, dtype=np.float32)
-        self._first = first
-        self._next = 0  # the next cycle
-        self._received = 0
-
-    def feed(self, samples: Samples) -> Samples:
-        self._received += samples.size
-        self._buffer = np.concatenate((self._buffer, samples))
-        return self._emit(None)
-
-    def flush(self) -> Samples:
-        up, down, _, span = self._cycle
-        total = -(-self._received * up // down)
-        self._buffer = np.concatenate((self._buffer, np.zeros(span + down, dtype=np.float32)))
-        return self._emit(total)
-
-    def _emit(self, limit: int | None) -> Samples:
-        up, down, first, span = self._cycle
-        buffer, start = self._buffer, self._next
-        end = (self._first + buffer.size - first - span) // down + 1  # cycles with all input
-        if limit is not None:
-            end = min(end, -(-limit // up))
-        if end <= start:
-            return _EMPTY
-        pieces = []
-        # A block at a time: the product copies its overlapping windows (a 1 MB frame at
-        # 48 kHz would take 70 MB at once).
-        for block_start in range(start, end, _BLOCK):
-            count = min(_BLOCK, end - block_start)
-            windows: Samples = np.ndarray(
-                (count, span),
-                dtype=np.float32,
-                buffer=buffer,
-                offset=(block_start * down + first - self._first) * buffer.itemsize,
-                strides=(down * buffer.itemsize, buffer.itemsize),
-            )
-            if self._single is not None:
-                pieces.append(np.dot(windows, self._single))
-            else:
-                pieces.append(np.dot(windows, self._matrix).ravel())
-        out: Samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        self._next = end
-        keep = end * down + first
-        self._buffer = buffer[keep - self._first :]
-        self._first = keep
-        if limit is not None:
-            out = out[: limit - start * up]
-        return out
+    size = max(d for d in range(1, min(up, BLOCK_OUTPUTS) + 1) if up % d == 0)
+    kinds = up // size
+    chunk = CHUNK_OUTPUTS // size
+    periods = 1 if kinds == 1 else -(-chunk // kinds) + 1
+    # Output n sits at instant n * M + centre (at L times the input rate), input i at i * L;
+    # a block's window starts at its first output's first tap.
+    instants = (np.arange(periods * up) * down + last // 2).reshape(periods * kinds, size)
+    starts = -((last - instants[:, 0]) // up)
+    span = int((instants[:, -1] // up - starts).max()) + 1
+    tap = instants[:, None, :] - (starts[:, None, None] + np.arange(span)[None, :, None]) * up
+    matrices = np.where((tap >= 0) & (tap <= last), prototype[tap.clip(0, last)], 0.0)
+    return _Blocks(
+        up=up,
+        down=down,
+        centre=last // 2,
+        size=size,
+        kinds=kinds,
+        span=span,
+        chunk=chunk,
+        starts=starts.astype(np.int64),
+        matrices=np.ascontiguousarray(matrices, dtype=np.float32),
+        first_inputs=tuple(int(start) for start in starts[:kinds]),
+    )
 
 
 class Resampler:
-    """One stream from `rate` to 16 kHz (make one per stream; see the module's doc)."""
+    """One stream from `rate` to 16 kHz (make one per stream; see the module's doc).
 
-    __slots__ = ("_buffer", "_design", "_first", "_next", "_received")
+    Each feed computes the blocks holding its new outputs, the last one with zeros for the
+    input still to come (no output it keeps reads them), so nothing waits for a block to
+    fill."""
+
+    __slots__ = ("_blocks", "_buffer", "_first", "_next", "_padding", "_received")
 
     def __init__(self, rate: int) -> None:
-        self._design = design = _design(rate)
+        self._blocks = blocks = _blocks(rate)
         # Input from absolute index `_first` on; the stream starts with silence before 0.
-        self._buffer: Samples = np.zeros(design.taps - 1, dtype=np.float32)
-        self._first = 1 - design.taps
+        self._first = blocks.first_inputs[0]
+        self._buffer: Samples = np.zeros(-self._first, dtype=np.float32)
+        # Past the input: enough zeros for the last block's window, at the end too.
+        self._padding = np.zeros(blocks.span + blocks.down, dtype=np.float32)
         self._next = 0  # the next output's index
         self._received = 0
 
     def feed(self, samples: Samples) -> Samples:
         self._received += samples.size
-        self._buffer = np.concatenate((self._buffer, samples))
-        return self._emit(None)
+        b = self._blocks
+        ready = (self._received * b.up - 1 - b.centre) // b.down + 1  # outputs with all input
+        return self._emit(samples, ready)
 
     def flush(self) -> Samples:
         """The outputs still owed: the stream then lasts as long as its input."""
-        design = self._design
-        total = -(-self._received * design.up // design.down)
-        padding = design.taps + design.delay // design.up + 1
-        self._buffer = np.concatenate((self._buffer, np.zeros(padding, dtype=np.float32)))
-        return self._emit(total)
+        b = self._blocks
+        return self._emit(_EMPTY, -(-self._received * b.up // b.down))
 
-    def _emit(self, limit: int | None) -> Samples:
-        d = self._design
-        buffer, first, start = self._buffer, self._first, self._next
-        held = first + buffer.size  # inputs before this index are here
-        end = (held * d.up - 1 - d.delay) // d.down + 1
-        if limit is not None:
-            end = min(end, limit)
+    def _emit(self, samples: Samples, end: int) -> Samples:
+        b, start, first = self._blocks, self._next, self._first
         if end <= start:
+            self._buffer = np.concatenate((self._buffer, samples))
             return _EMPTY
-        windows: Samples = np.ndarray(
-            (buffer.size - d.taps + 1, d.taps),
-            dtype=np.float32,
-            buffer=buffer,
-            strides=(buffer.itemsize, buffer.itemsize),
-        )
+        buffer = np.concatenate((self._buffer, samples, self._padding))
+        size, kinds, span, down = b.size, b.kinds, b.span, b.down
+        first_block, end_block = start // size, (end - 1) // size + 1
+        if kinds > 1:
+            every: Samples = np.ndarray(
+                (buffer.size - span + 1, span),
+                dtype=np.float32,
+                buffer=buffer,
+                strides=(_ITEM, _ITEM),
+            )
         pieces = []
-        for block_start in range(start, end, d.block):
-            count = min(d.block, end - block_start)
-            phase = block_start % d.up
-            shift = (block_start - phase) // d.up * d.down - d.taps + 1 - first
-            rows = windows[d.last_input[phase : phase + count] + shift]
-            pieces.append(np.einsum("ij,ij->i", rows, d.coefficients[phase : phase + count]))
+        for block in range(first_block, end_block, b.chunk):
+            count = min(b.chunk, end_block - block)
+            if kinds == 1:  # every block alike: windows M apart, one product
+                windows: Samples = np.ndarray(
+                    (count, span),
+                    dtype=np.float32,
+                    buffer=buffer,
+                    offset=(block * down + b.first_inputs[0] - first) * _ITEM,
+                    strides=(down * _ITEM, _ITEM),
+                )
+                pieces.append(np.dot(windows, b.matrices[0]).ravel())
+            else:
+                period, kind = divmod(block, kinds)
+                rows = every[b.starts[kind : kind + count] + (period * down - first)]
+                product = np.matmul(rows[:, None, :], b.matrices[kind : kind + count])
+                pieces.append(product.ravel())
+        out: Samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         self._next = end
-        keep = (end * d.down + d.delay) // d.up - d.taps + 1  # the next output's first input
-        self._buffer = buffer[keep - first :]
+        period, kind = divmod(end // size, kinds)
+        keep = period * down + b.first_inputs[kind]  # the next block's first input
+        self._buffer = buffer[keep - first : buffer.size - self._padding.size]
         self._first = keep
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return out[start - first_block * size : end - first_block * size]
 
 
 class _Soxr:
@@ -275,7 +231,4 @@ def make_resampler(rate: int) -> StreamResampler:
     """The resampler for a stream at `rate` (not 16 kHz): the FIR where its phases are few."""
     if rate == OUTPUT_RATE:
         raise ValueError("16 kHz needs no resampling")
-    phases = phases_for(rate)
-    if phases <= CYCLE_PHASES:
-        return CycleResampler(rate)
-    return Resampler(rate) if phases <= MAX_PHASES else _Soxr(rate)
+    return Resampler(rate) if phases_for(rate) <= MAX_PHASES else _Soxr(rate)
