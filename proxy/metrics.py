@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from proxy.audio_format import AudioFormat
 from proxy.session.actions import Outcome
 from proxy.session.inputs import AppendAudio, ClientInput
+from proxy.vad import VadFailure
 
 PREFIX = "voxtral_proxy"
 UPSTREAM_STATES = ("ready", "starting", "down")
@@ -25,6 +26,9 @@ TURN_MODES = {False: "client", True: "server_vad"}
 # The client close codes counted as sent (the protocol's own range); others count as "other".
 CLIENT_CODES_KEPT = (1000, 1015)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# A VAD step's inference: a few ms for a round, up to about 0.4 s for a second of audio of 300
+# streams, and the step deadline (3 s) past which the engine fails.
+VAD_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
 
 
 class Metrics:
@@ -119,6 +123,22 @@ class Metrics:
         self.inbound_bytes_high_water = Gauge(
             f"{PREFIX}_inbound_bytes_high_water",
             "Most bytes of client audio ever waiting for vLLM on one connection.",
+            registry=r,
+        )
+        self.vad_engine_failures = Counter(
+            f"{PREFIX}_vad_engine_failures",
+            "Turn-detection VAD engines given up, by reason (model_error: its model raised; "
+            "step_deadline: a step hung past the deadline; fell_behind: it fell behind the "
+            "real-time audio of its sessions).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in VadFailure:
+            self.vad_engine_failures.labels(reason.value)
+        self.vad_step_seconds = Histogram(
+            f"{PREFIX}_vad_step_seconds",
+            "Inference time of each turn-detection VAD step (one batch for every session).",
+            buckets=VAD_STEP_BUCKETS,
             registry=r,
         )
         self._inbound_high_water = 0

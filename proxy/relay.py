@@ -49,11 +49,12 @@ from proxy.session.actions import (
     StopVad,
     UpstreamOwes,
     UpstreamSettled,
+    VadBehind,
 )
 from proxy.session.events import ErrorCode
 from proxy.telemetry import UtteranceTelemetry
 from proxy.upstream import UpstreamConnection, UpstreamUnavailable
-from proxy.vad import VadStream, Window
+from proxy.vad import VadFailure, VadStream, Window
 from proxy.vad_service import VadService
 from proxy.vllm_wire import decode_event
 
@@ -230,6 +231,9 @@ class Relay:
                 pending.extend(self._start_vad())
             elif isinstance(action, StopVad):
                 self._stop_vad()
+            elif isinstance(action, VadBehind):
+                if self.vad is not None:
+                    self.vad.fell_behind()
             elif isinstance(action, CloseClient):
                 code = self.codec.close_code(action.error)
                 self.closed_by, self.close_code = "server", code
@@ -248,7 +252,8 @@ class Relay:
         """Opens the session's VAD stream; the session's answer if there is no engine."""
         self._stop_vad()
         if self.vad is None:
-            return self.session.on_vad_failed(self.clock())
+            # No engine at all: as one that cannot run.
+            return self.session.on_vad_failed(VadFailure.MODEL_ERROR, self.clock())
         self.vad_stream = self.vad.open(self._on_vad, self._on_vad_failed)
         return []
 
@@ -263,9 +268,9 @@ class Relay:
         except Exception:
             self._fail()
 
-    def _on_vad_failed(self) -> None:
+    def _on_vad_failed(self, reason: VadFailure) -> None:
         self.vad_stream = None
-        self.apply(self.session.on_vad_failed(self.clock()))
+        self.apply(self.session.on_vad_failed(reason, self.clock()))
 
     # ------------------------------------------------------------------ client side
 

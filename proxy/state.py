@@ -60,7 +60,7 @@ class ProxyState:
         self.relays: set[Relay] = set()
         self.draining = False
         # Loads the VAD model when the first session turns turn detection on.
-        self.vad = VadService()
+        self.vad = VadService(metrics=self.metrics)
 
     @property
     def ready(self) -> bool:

@@ -23,8 +23,10 @@ import functools
 import importlib.resources
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -68,6 +70,15 @@ _T = TypeVar("_T")
 
 class VadStalled(RuntimeError):
     """A step's inference did not finish within the engine's deadline."""
+
+
+class VadFailure(StrEnum):
+    """Why an engine was given up: its model raised, a step outlasted the deadline (hung), or
+    it kept finishing steps but fell behind the real-time audio of its streams (overloaded)."""
+
+    MODEL_ERROR = "model_error"
+    STEP_DEADLINE = "step_deadline"
+    FELL_BEHIND = "fell_behind"
 
 
 def default_model_path() -> Path:
@@ -228,6 +239,8 @@ class VadEngine:
         # Some stream has a window pending; some urgent stream has.
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
+        # Told each finished step's inference time in seconds (the metrics').
+        self.on_step: Callable[[float], None] | None = None
 
     @property
     def streams(self) -> int:
@@ -281,6 +294,7 @@ class VadEngine:
         audio = [np.frombuffer(s.take(n), dtype="<i2").reshape(n, WINDOW_SAMPLES) for s, n in batch]
         state = self._state[:, rows]
         context = self._context[rows]
+        started = time.perf_counter()
         job = self._inference.submit(functools.partial(self._score, audio, counts, state, context))
         try:
             probs, state, context = await asyncio.wait_for(
@@ -290,6 +304,8 @@ class VadEngine:
             raise VadStalled(
                 f"a VAD step over {len(batch)} streams took more than {self._step_deadline_s} s"
             ) from None
+        if self.on_step is not None:
+            self.on_step(time.perf_counter() - started)
         scored = 0
         for i, (stream, count) in enumerate(batch):
             if i and i % DELIVER_SLICE == 0:

@@ -166,6 +166,10 @@ CASE_MESSAGES: dict[ErrorCase, str] = {
     ErrorCase.TURN_DETECTION_FAILED: "Turn detection stopped working on this server: the open "
     "turn was finalized and turn detection is off for this session; open and finalize "
     "utterances with commits, or reconnect and try again.",
+    ErrorCase.TURN_DETECTION_OVERLOADED: "Turn detection is unavailable: this server is "
+    "overloaded and its voice-activity detection fell behind real time. The open turn was "
+    "finalized and turn detection is off for this session; open and finalize utterances with "
+    "commits, or reconnect later and try again.",
     ErrorCase.FORMAT_CHANGE_IN_UTTERANCE: "The audio format cannot change while an utterance is "
     "open or finalizing: send this session.update between utterances (after the last one's "
     "transcription.done).",

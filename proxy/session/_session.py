@@ -25,9 +25,10 @@ from proxy.limits import AudioAhead, MessageRates, SessionLimits
 from proxy.session import _update, _upstream
 from proxy.session._feed import UpstreamFeed
 from proxy.session._lifecycle import Lifecycle, WindDown
+from proxy.session._turn_stream import Backlog
 from proxy.session._turns import TurnDetection
 from proxy.session._utterance import Utterance
-from proxy.session.actions import Action, HoldClient, StartVad, StopVad
+from proxy.session.actions import Action, HoldClient, StartVad, StopVad, VadBehind
 from proxy.session.events import (
     AudioCleared,
     ClientLimits,
@@ -54,7 +55,7 @@ from proxy.session.inputs import (
     UpdateSettings,
 )
 from proxy.turns import TurnOptions
-from proxy.vad import Window
+from proxy.vad import VadFailure, Window
 from proxy.vllm_wire import OTHER_EVENT, STALLED, UpstreamEvent
 
 
@@ -259,12 +260,17 @@ class Session:
             detection.scored(windows)
         return self._flush()
 
-    def on_vad_failed(self, now: float) -> list[Action]:
-        """The VAD engine stopped: the open turn is finalized and turn detection goes off."""
+    def on_vad_failed(self, reason: VadFailure, now: float) -> list[Action]:
+        """The VAD engine failed (``reason``): the open turn is finalized and turn detection
+        goes off."""
         self._lifecycle.now = now
         if self.turn_detection is not None and not self.closed:
-            self._lifecycle.refuse(ErrorCode.INTERNAL_ERROR, None, ErrorCase.TURN_DETECTION_FAILED)
-            self._set_turn_detection(None)
+            overloaded = reason is VadFailure.FELL_BEHIND
+            self._turn_detection_failed(
+                ErrorCase.TURN_DETECTION_OVERLOADED
+                if overloaded
+                else ErrorCase.TURN_DETECTION_FAILED
+            )
         return self._flush()
 
     def wind_down(self, reason: WindDown, now: float) -> list[Action]:
@@ -318,6 +324,7 @@ class Session:
             # The request_id, if any, is not checked: the audio is the stream's.
             self.turn_detection.stream_audio(message.audio)
             self._pace(message.nbytes)
+            self._vad_backlog(self.turn_detection)
             return
         lifecycle = self._lifecycle
         request_id = message.request_id
@@ -486,6 +493,23 @@ class Session:
             )
         else:
             self._lifecycle.refuse(reason.value, request_id)
+
+    def _vad_backlog(self, detection: TurnDetection) -> None:
+        """The VAD far behind the stream: a client far faster than real time ends the session
+        (inbound_queue_full); an engine behind audio that came at real-time pace is the
+        server's failure, not the client's: turn detection goes off here, and the engine is
+        given up for every session it serves."""
+        backlog = detection.stream.backlog(self._ahead.ahead_s * 1000)
+        if backlog is Backlog.CLIENT:
+            self._lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
+        elif backlog is Backlog.ENGINE:
+            self._turn_detection_failed(ErrorCase.TURN_DETECTION_OVERLOADED)
+            self._out.append(VadBehind())
+
+    def _turn_detection_failed(self, case: ErrorCase) -> None:
+        """Tells the client why (no request_id), finalizes the open turn, turns detection off."""
+        self._lifecycle.refuse(ErrorCode.INTERNAL_ERROR, None, case)
+        self._set_turn_detection(None)
 
     def _set_turn_detection(self, options: TurnOptions | None) -> None:
         """Turns detection on, off, or on with new options (a new stream: its times restart)."""

@@ -11,6 +11,8 @@ turn's audio goes up as it arrives, up to ``MAX_TURN_LEAD_MS`` ahead of the VAD)
 
 from __future__ import annotations
 
+from enum import Enum
+
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat
 from proxy.containers import STREAM_RESTART, FirstAudioCheck
@@ -18,15 +20,24 @@ from proxy.turns import TurnDetector, TurnOptions
 from proxy.vad import WINDOW_MS
 from proxy.vllm_wire import PCM_BYTES_PER_MS
 
-# Audio the VAD may be behind the client before the session ends (inbound_queue_full): a
-# client far faster than real time, or an engine that cannot keep up, must not grow the
-# buffers here and in the VAD stream without bound.
+# Audio the VAD may be behind the client: past it, a client far faster than real time ends the
+# session (inbound_queue_full) and an engine that cannot keep up is given up (``Backlog``);
+# neither may grow the buffers here and in the VAD stream without bound.
 MAX_UNSCORED_MS = 10_000
 # How far a turn's audio may go upstream ahead of the VAD. A real-time client's audio is never
 # held (in a turn the VAD lags it by at most a partial window, the 100 ms between rounds and a
 # round: about 0.2 s on a busy machine); a client far faster than real time is held to the VAD's
 # pace, so the turn it ends gets at most this much audio past the moment its end is known.
 MAX_TURN_LEAD_MS = 300
+
+
+class Backlog(Enum):
+    """Who the VAD's backlog is blamed on once it passes ``MAX_UNSCORED_MS``."""
+
+    # Most of it is audio the client sent ahead of real time.
+    CLIENT = "client"
+    # Most of it came at real-time pace, which a working engine keeps up with.
+    ENGINE = "engine"
 
 
 class TurnStream:
@@ -59,6 +70,16 @@ class TurnStream:
     @property
     def unscored_ms(self) -> int:
         return (self.received - self.scored) // PCM_BYTES_PER_MS
+
+    def backlog(self, client_lead_ms: float) -> Backlog | None:
+        """Whose the unscored audio is once there is more than ``MAX_UNSCORED_MS`` of it (None
+        while there is not). ``client_lead_ms``: how far the client's audio is ahead of real
+        time; that much of the backlog is the client's, the rest arrived at real-time pace and
+        the VAD fell behind it. The larger share is the cause."""
+        unscored = self.unscored_ms
+        if unscored <= MAX_UNSCORED_MS:
+            return None
+        return Backlog.ENGINE if unscored - client_lead_ms > client_lead_ms else Backlog.CLIENT
 
     @property
     def turn_end(self) -> int:

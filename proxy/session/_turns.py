@@ -15,7 +15,7 @@ from proxy.audio_convert import InvalidAudio
 from proxy.audio_format import NATIVE, AudioFormat
 from proxy.audio_input import UtteranceAudio
 from proxy.session._lifecycle import Lifecycle
-from proxy.session._turn_stream import MAX_UNSCORED_MS, TurnStream
+from proxy.session._turn_stream import TurnStream
 from proxy.session._utterance import Utterance
 from proxy.session.actions import FeedVad
 from proxy.session.events import ErrorCode, SpeechStarted, SpeechStopped
@@ -52,8 +52,6 @@ class TurnDetection:
         opens_at = stream.detector.opens_at_ms
         urgent = opens_at is not None and stream.received >= opens_at * PCM_BYTES_PER_MS
         lifecycle.out.extend(FeedVad(chunk, urgent) for chunk in chunks)
-        if stream.unscored_ms > MAX_UNSCORED_MS:
-            lifecycle.end_all(ErrorCode.INBOUND_QUEUE_FULL)
 
     def scored(self, windows: list[Window]) -> None:
         """Scored windows of the stream, in order: the turns they start and stop."""

@@ -101,6 +101,13 @@ class StopVad:
     """Close the session's voice-activity stream (turn detection went off)."""
 
 
+@dataclass(frozen=True, slots=True)
+class VadBehind:
+    """The voice-activity engine fell far behind this session's real-time audio (the session
+    turned its turn detection off, after a ``StopVad``): it is given up for every session, as
+    a failed one is."""
+
+
 # ---------------------------------------------------------------- lifecycle facts
 
 
@@ -148,6 +155,7 @@ Action = (
     | StartVad
     | FeedVad
     | StopVad
+    | VadBehind
     | UtteranceStarted
     | UtteranceRolledOver
     | UtteranceEnded

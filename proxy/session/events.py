@@ -66,6 +66,9 @@ class ErrorCase(StrEnum):
     NO_OPEN_TURN = "no_open_turn"
     # The voice-activity engine failed: turn detection went off.
     TURN_DETECTION_FAILED = "turn_detection_failed"
+    # The voice-activity engine fell behind real time (the server is overloaded): turn
+    # detection went off.
+    TURN_DETECTION_OVERLOADED = "turn_detection_overloaded"
     # The audio format was changed while an utterance is open or finalizing.
     FORMAT_CHANGE_IN_UTTERANCE = "format_change_in_utterance"
     # A settings update named another model than the one served (details: the served one).

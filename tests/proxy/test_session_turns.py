@@ -8,13 +8,14 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 
 from proxy.audio_format import make_format
 from proxy.config import ProxyConfig
 from proxy.limits import SessionLimits
 from proxy.protocols.envelope import EnvelopeCodec
 from proxy.session import Session
-from proxy.session._turn_stream import MAX_TURN_LEAD_MS, MAX_UNSCORED_MS
+from proxy.session._turn_stream import MAX_TURN_LEAD_MS, MAX_UNSCORED_MS, Backlog, TurnStream
 from proxy.session.actions import (
     Action,
     CloseClient,
@@ -24,10 +25,11 @@ from proxy.session.actions import (
     StopVad,
     UtteranceEnded,
     UtteranceStarted,
+    VadBehind,
 )
 from proxy.session.events import ErrorCode
 from proxy.turns import TurnOptions
-from proxy.vad import WINDOW_MS
+from proxy.vad import WINDOW_MS, VadFailure
 from proxy.vllm_wire import COMMIT_FINAL, COMMIT_OPEN, PCM_BYTES_PER_MS, decode_event
 from tests.proxy.envelope_client import (
     Append,
@@ -71,9 +73,9 @@ class Harness:
         self.log.extend(seen)
         return seen
 
-    def send(self, message: ClientMessage) -> list[Action]:
-        """A client message, through the envelope codec."""
-        self.now += 0.01
+    def send(self, message: ClientMessage, after_s: float = 0.01) -> list[Action]:
+        """A client message ``after_s`` after the last input, through the envelope codec."""
+        self.now += after_s
         frame = message.frame()
         if isinstance(frame, bytes):
             parsed = self.codec.parse_binary(frame)
@@ -81,8 +83,17 @@ class Harness:
             parsed = self.codec.parse_text(frame)
         return self.keep(self.session.on_client(parsed, self.now))
 
-    def audio(self, pcm: bytes, request_id: str | None = None) -> list[Action]:
-        return self.send(Append(SID, request_id, base64.b64encode(pcm).decode(), len(pcm)))
+    def audio(
+        self, pcm: bytes, request_id: str | None = None, after_s: float = 0.01
+    ) -> list[Action]:
+        return self.send(Append(SID, request_id, base64.b64encode(pcm).decode(), len(pcm)), after_s)
+
+    def real_time(self, ms: int) -> list[Action]:
+        """``ms`` of audio in 80 ms appends, each 80 ms after the one before (real-time pace)."""
+        actions: list[Action] = []
+        for _ in range(ms // 80):
+            actions += self.audio(stream_pcm(80), after_s=0.08)
+        return actions
 
     def windows(self, ms: int, probability: float) -> list[Action]:
         """``ms`` of windows (whole windows) after the last scored one."""
@@ -309,7 +320,7 @@ def test_a_failed_vad_ends_turn_detection_with_an_error() -> None:
     harness.audio(stream_pcm(2000))
     harness.windows(512, 0.0)
     harness.windows(512, 0.9)
-    actions = harness.keep(harness.session.on_vad_failed(harness.now))
+    actions = harness.keep(harness.session.on_vad_failed(VadFailure.MODEL_ERROR, harness.now))
     errors = harness.events("error")
     assert [(e["request_id"], e["payload"]["code"]) for e in errors] == [(None, "internal_error")]
     assert "Turn detection stopped working" in errors[0]["payload"]["message"]
@@ -318,13 +329,73 @@ def test_a_failed_vad_ends_turn_detection_with_an_error() -> None:
     assert harness.session.turn_detection is None
 
 
-def test_a_vad_far_behind_the_client_ends_the_session() -> None:
+def test_an_engine_that_fell_behind_ends_turn_detection_as_overloaded() -> None:
+    harness = Harness()
+    harness.audio(stream_pcm(2000))
+    harness.windows(512, 0.0)
+    harness.windows(512, 0.9)
+    actions = harness.keep(harness.session.on_vad_failed(VadFailure.FELL_BEHIND, harness.now))
+    errors = harness.events("error")
+    assert [(e["request_id"], e["payload"]["code"]) for e in errors] == [(None, "internal_error")]
+    assert "overloaded" in errors[0]["payload"]["message"]
+    assert "commits" in errors[0]["payload"]["message"]
+    assert any(isinstance(a, StopVad) for a in actions)
+    assert not any(isinstance(a, VadBehind) for a in actions)  # the service knows already
+    assert harness.upstream()[-1]["final"] is True
+    assert not harness.session.closed
+
+
+def test_a_vad_far_behind_a_client_sending_faster_than_real_time_ends_the_session() -> None:
     harness = Harness()
     for _ in range(MAX_UNSCORED_MS // 1000 + 1):
-        harness.audio(stream_pcm(1000))
+        harness.audio(stream_pcm(1000))  # a second of audio every 10 ms
     closes = [a for a in harness.log if isinstance(a, CloseClient)]
     assert [c.error for c in closes] == [ErrorCode.INBOUND_QUEUE_FULL]
     assert harness.events("error")[-1]["payload"]["code"] == "inbound_queue_full"
+    assert not any(isinstance(a, VadBehind) for a in harness.log)
+
+
+def test_a_vad_far_behind_real_time_audio_is_the_engines_failure_not_the_clients() -> None:
+    harness = Harness()
+    harness.real_time(1200)
+    harness.windows(512, 0.0)
+    harness.windows(512, 0.9)  # a turn opens; then the VAD scores nothing more
+    assert harness.events("input_audio_buffer.speech_started")
+    # 10 960 ms received, 1 024 ms scored: 9 936 ms behind, not yet past the bound.
+    before = harness.real_time(MAX_UNSCORED_MS - 240)
+    assert harness.session.turn_detection is not None
+    assert not any(isinstance(a, VadBehind) for a in before)
+    actions = harness.real_time(80)
+    errors = harness.events("error")
+    assert [(e["request_id"], e["payload"]["code"]) for e in errors] == [(None, "internal_error")]
+    assert "overloaded" in errors[0]["payload"]["message"]
+    # Turn detection goes off here first, then the engine is given up for the others.
+    vad = [type(a) for a in actions if isinstance(a, (StopVad, VadBehind))]
+    assert vad == [StopVad, VadBehind]
+    assert harness.upstream()[-1]["final"] is True  # the open turn is finalized
+    assert harness.session.turn_detection is None
+    assert not harness.session.closed
+    assert not any(isinstance(a, CloseClient) for a in harness.log)
+
+
+@pytest.mark.parametrize(
+    ("unscored_ms", "client_lead_ms", "expected"),
+    [
+        (MAX_UNSCORED_MS, 0, None),  # at the bound, not past it
+        (MAX_UNSCORED_MS + 64, 0, Backlog.ENGINE),  # all of it came in real time
+        (MAX_UNSCORED_MS + 64, 4000, Backlog.ENGINE),  # the engine is 6 s behind
+        (MAX_UNSCORED_MS + 64, 6000, Backlog.CLIENT),  # the client is 6 s ahead
+        (MAX_UNSCORED_MS + 64, 30_000, Backlog.CLIENT),  # the engine keeps up with a burst
+    ],
+)
+def test_the_larger_share_of_the_backlog_is_its_cause(
+    unscored_ms: int, client_lead_ms: int, expected: Backlog | None
+) -> None:
+    stream = TurnStream(OPTIONS, make_format("pcm16", 16000))
+    stream.take(stream_pcm(unscored_ms + 640)[: (unscored_ms + 640) * PCM_BYTES_PER_MS])
+    stream.scored_to(640)
+    assert stream.unscored_ms == unscored_ms
+    assert stream.backlog(client_lead_ms) is expected
 
 
 def test_binary_frames_feed_the_stream_converted_from_the_session_format() -> None:
