@@ -363,7 +363,7 @@ def test_a_vad_far_behind_real_time_audio_is_the_engines_failure_not_the_clients
     assert harness.events("input_audio_buffer.speech_started")
     # 10 960 ms received, 1 024 ms scored: 9 936 ms behind, not yet past the bound.
     before = harness.real_time(MAX_UNSCORED_MS - 240)
-    assert harness.session.turn_detection is not None
+    assert harness.session.settings().turn_detection is not None
     assert not any(isinstance(a, VadBehind) for a in before)
     actions = harness.real_time(80)
     errors = harness.events("error")
