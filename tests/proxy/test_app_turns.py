@@ -9,8 +9,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from devtools.fake_vllm import predict_text
-from proxy.session._turn_stream import MAX_TURN_LEAD_MS
+from proxy.session._turn_stream import MAX_TURN_LEAD_MS, MAX_UNSCORED_MS
 from proxy.turns import TurnOptions
 from proxy.vad import WINDOW_MS, Float32Array, VadEngine, VadModel
 from tests.harness import (
@@ -92,6 +95,18 @@ async def stream(client: Client, pcm: bytes, *, request_id: str | None = None) -
             "input_audio_buffer.append", None, {"audio": b64(piece)}
         )
         await asyncio.sleep(PACE_S)
+
+
+async def engine_failures(proxy: RunningProxy) -> dict[str, float]:
+    """``voxtral_proxy_vad_engine_failures_total`` by reason, read from /metrics."""
+    async with httpx.AsyncClient(base_url=proxy.http_url, timeout=5.0) as http:
+        text = (await http.get("/metrics")).text
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "voxtral_proxy_vad_engine_failures_total"
+    }
 
 
 def turn_audio(
@@ -307,6 +322,8 @@ async def test_a_failed_vad_engine_ends_turn_detection_for_each_session_with_an_
         async with turn_client(proxy) as (client, events):
             await stream(client, recording.pcm)
             done = await events.until("transcription.done", "turn-1")
+        counted = await engine_failures(proxy)
+    assert counted == {"model_error": 1.0, "step_deadline": 0.0, "fell_behind": 0.0}
     for error in errors:
         assert error["payload"]["code"] == "internal_error"
         assert "Turn detection stopped working" in error["payload"]["message"]
@@ -419,8 +436,10 @@ async def test_a_hung_vad_fails_turn_detection_at_its_deadline_and_a_fresh_engin
             async with turn_client(proxy) as (client, later):
                 await stream(client, short.pcm)
                 later_done = await later.until("transcription.done", "turn-1")
+            counted = await engine_failures(proxy)
         finally:
             model.release.set()
+    assert counted == {"model_error": 0.0, "step_deadline": 1.0, "fell_behind": 0.0}
     # The engine is blamed, not the client, and the open turn ends with all the audio received.
     assert (error["request_id"], error["payload"]["code"]) == (None, "internal_error")
     assert "Turn detection stopped working" in error["payload"]["message"]
@@ -430,3 +449,60 @@ async def test_a_hung_vad_fails_turn_detection_at_its_deadline_and_a_fresh_engin
     assert done["payload"]["audio_ms"] == len(audio) // PCM_BYTES_PER_MS
     assert done["payload"]["text"] == predict_text(audio)
     assert later_done["payload"]["text"]
+
+
+class SlowModel(VadModel):
+    """The real model, taking ``delay_s`` longer for each batch (until ``release``): its steps
+    finish, at a tenth of real time or less."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.release = threading.Event()
+
+    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
+        self.release.wait(self.delay_s)
+        return super().run(audio, state)
+
+
+async def test_an_engine_behind_real_time_audio_is_given_up_and_the_client_is_not_blamed() -> None:
+    model = SlowModel(delay_s=0.5)
+    piece = bytes(PIECE_BYTES)
+    # 1.5 times real time: at most a third of the backlog is the client's lead when the VAD is
+    # 10 s behind (a busier machine only sends slower).
+    pace_s = PIECE_BYTES / PCM_BYTES_PER_MS / 1000 / 1.5
+    async with fake_and_proxy() as (_, proxy):
+        service = proxy.server.state.vad
+        # A deadline the slow steps never reach: this engine is slow, not hung.
+        service._engine_factory = lambda: VadEngine(model, step_deadline_s=60)
+        try:
+            async with (
+                turn_client(proxy) as (client, events),
+                turn_client(proxy) as (other, other_events),
+            ):
+                await other.send_raw(piece)
+                for _ in range(2 * MAX_UNSCORED_MS // 320):
+                    await client.send_raw(piece)
+                    await asyncio.sleep(pace_s)
+                    if events.of_type("error"):
+                        break
+                error = await events.until("error")
+                other_error = await other_events.until("error")
+                # The session goes on without turn detection: appends need a request_id again.
+                await client.send("input_audio_buffer.append", None, {"audio": b64(piece)})
+                refused = await events.first(
+                    lambda e: e["type"] == "error" and e["payload"]["code"] == "invalid_message"
+                )
+            assert service.streams == 0
+            counted = await engine_failures(proxy)
+        finally:
+            model.release.set()
+    for told in (error, other_error):
+        assert (told["request_id"], told["payload"]["code"]) == (None, "internal_error")
+        assert "overloaded" in told["payload"]["message"]
+    assert [e["payload"]["code"] for e in events.of_type("error")] == [
+        "internal_error",
+        "invalid_message",
+    ]
+    assert "request_id" in refused["payload"]["message"]
+    assert counted == {"model_error": 0.0, "step_deadline": 0.0, "fell_behind": 1.0}
