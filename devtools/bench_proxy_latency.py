@@ -7,9 +7,11 @@ it. The same speech (samples/short.wav) is streamed at real-time pace, one strea
 `--repeats` times per shape: straight to the fake in 16 kHz 20 ms appends (the floor), then
 through the proxy in each shape of SHAPES. Per shape (median over the repeats): the first word's
 time from the first frame sent, the mean delay of each word against the same word on the direct
-path, and the time from the final commit to `transcription.done` (with server VAD on there is
-no commit: from the last frame of speech). Results: a table on stdout and
-`bench-proxy-latency.json` in `--out`.
+path, the time from the final commit to `transcription.done` (with server VAD on there is
+no commit: from the last frame of speech), and with server VAD on the time from the speech's
+onset to the turn opening (`speech_started`, as `make bench-proxy MODE=turns` measures it: the
+first word's time includes it). Results: a table on stdout and `bench-proxy-latency.json` in
+`--out`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from clients.audio import encode_pcm16, load_audio
 from devtools.bench_proxy_load import json_text, sleep_until
 from devtools.bench_proxy_procs import ROOT, start_fake, start_proxy, stop
+from devtools.bench_proxy_turns import onset_to_open_s
 from devtools.fake_vllm import DEFAULT_MODEL
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
@@ -63,6 +66,7 @@ SHAPES = (
 class Run:
     words_s: list[float]  # each word's arrival, from the first frame sent
     done_after_s: float | None  # transcription.done after the final commit (or the speech)
+    onset_to_open_s: float | None = None  # the (first) turn's, with server VAD on
 
 
 def frames(shape: Shape, audio: Path) -> list[bytes]:
@@ -71,8 +75,11 @@ def frames(shape: Shape, audio: Path) -> list[bytes]:
     return [data[i : i + step] for i in range(0, len(data) - step + 1, step)]
 
 
-async def _words(ws: ClientConnection, start: list[float], words: list[float]) -> float:
-    """Collects each non-empty delta's time; returns when the (first) done arrives."""
+async def _words(
+    ws: ClientConnection, start: list[float], words: list[float], opens: list[float] | None = None
+) -> float:
+    """Collects each non-empty delta's time (and into ``opens`` each turn's onset→turn-open);
+    returns when the (first) done arrives."""
     async for raw in ws:
         event = orjson.loads(raw)
         kind = event["type"]
@@ -80,6 +87,8 @@ async def _words(ws: ClientConnection, start: list[float], words: list[float]) -
             text = event["delta"] if "delta" in event else event["payload"]["delta"]
             if text:
                 words.append(time.monotonic() - start[0])
+        elif kind == "input_audio_buffer.speech_started" and opens is not None:
+            opens.append(onset_to_open_s(event, start[0], time.monotonic()))
         elif kind == "transcription.done":
             return time.monotonic()
         elif kind == "error":
@@ -127,7 +136,8 @@ async def run_proxied(url: str, api_key: str, shape: Shape, pieces: list[bytes],
         frame_s = shape.frame_ms / 1000
         start = [time.monotonic()]
         words: list[float] = []
-        reader = asyncio.create_task(_words(ws, start, words))
+        opens: list[float] = []
+        reader = asyncio.create_task(_words(ws, start, words, opens))
         silence = encode_pcm16(bytes(len(pieces[0]) * 2), shape.fmt.encoding)[: len(pieces[0])]
         tail = round(SILENCE_AFTER_S / frame_s) if shape.server_vad else 0
         for i, piece in enumerate([*pieces, *[silence] * tail]):
@@ -151,7 +161,7 @@ async def run_proxied(url: str, api_key: str, shape: Shape, pieces: list[bytes],
             commit = {"type": "input_audio_buffer.commit", **envelope, "payload": {"final": True}}
             await ws.send(json_text(commit))
         done = await reader
-        return Run(words, done - ended)
+        return Run(words, done - ended, opens[0] if opens else None)
 
 
 def _ms(value: float | None) -> float | None:
@@ -167,11 +177,13 @@ def summarise(direct: list[Run], runs: list[Run]) -> dict[str, Any]:
         if r.words_s
     ]
     done = [r.done_after_s for r in runs if r.done_after_s is not None]
+    opens = [r.onset_to_open_s for r in runs if r.onset_to_open_s is not None]
     return {
         "first_word_ms": _ms(first),
         "first_word_vs_direct_ms": _ms(first - reference[0]),
         "mean_word_delay_vs_direct_ms": _ms(statistics.median(per_word)),
         "done_after_commit_ms": _ms(statistics.median(done)) if done else None,
+        "onset_to_turn_open_ms": _ms(statistics.median(opens)) if opens else None,
         "words": statistics.median(len(r.words_s) for r in runs),
     }
 
@@ -201,7 +213,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    head = ("shape", "first word ms", "vs direct", "mean word delay vs direct", "done after commit")
+    head = (
+        "shape",
+        "first word ms",
+        "vs direct",
+        "mean word delay vs direct",
+        "done after commit",
+        "onset→turn open",
+    )
     rows = [head] + [
         (
             name,
@@ -209,6 +228,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             str(r["first_word_vs_direct_ms"]),
             str(r["mean_word_delay_vs_direct_ms"]),
             str(r["done_after_commit_ms"]),
+            "" if r["onset_to_turn_open_ms"] is None else str(r["onset_to_turn_open_ms"]),
         )
         for name, r in results.items()
     ]

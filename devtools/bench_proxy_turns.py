@@ -110,6 +110,14 @@ async def _stream(plan: Plan, index: int, result: Result) -> None:
     await ws.close()
 
 
+def onset_to_open_s(speech_started: dict[str, Any], stream_start: float, arrived: float) -> float:
+    """Onset→turn-open of an envelope ``speech_started`` that arrived at ``arrived``: from the
+    moment the stream reached the speech's ``audio_start_ms`` in real time (frame i, the audio
+    from i frame spans on, is sent at ``stream_start`` plus i frame spans) to its arrival."""
+    audio_start_ms: int = speech_started["payload"]["audio_start_ms"]
+    return arrived - (stream_start + audio_start_ms / 1000)
+
+
 def _commit(envelope: dict[str, Any], *, final: bool) -> str:
     return json_text({"type": "input_audio_buffer.commit", **envelope, "payload": {"final": final}})
 
@@ -122,8 +130,7 @@ async def _read(ws: ClientConnection, result: Result, start: float) -> None:
             result.rtts_s.append(time.monotonic() - event["payload"]["t"])
         elif kind == "input_audio_buffer.speech_started":
             result.turns += 1
-            onset = start + event["payload"]["audio_start_ms"] / 1000
-            result.onset_to_open_s.append(time.monotonic() - onset)
+            result.onset_to_open_s.append(onset_to_open_s(event, start, time.monotonic()))
         elif kind == "transcription.done":
             result.done += 1
         elif kind == "error":

@@ -19,9 +19,20 @@ def test_summary_is_against_the_same_words_on_the_direct_path() -> None:
     # Per run: mean of (0.035, 0.055, 0.015) = 35 ms and of (0.055, 0.015, 0.055) = 41.7 ms.
     assert summary["mean_word_delay_vs_direct_ms"] == pytest.approx(38.3)
     assert summary["done_after_commit_ms"] == pytest.approx(3.0)
+    assert summary["onset_to_turn_open_ms"] is None  # no server VAD
     table = format_table({"shape a": summary})
     assert "shape a" in table
     assert "38.3" in table
+
+
+def test_server_vad_runs_report_the_median_onset_to_turn_open() -> None:
+    direct = [Run([0.56, 0.64], 0.002)]
+    proxied = [Run([0.80, 0.88], 0.003, 0.25), Run([0.82, 0.90], 0.004, 0.31), Run([], None, 0.27)]
+    summary = summarise(direct, proxied)
+    assert summary["onset_to_turn_open_ms"] == pytest.approx(270.0)
+    table = format_table({"vad shape": summary})
+    assert "onset→turn open" in table
+    assert "270.0" in table
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from devtools.bench_proxy_turns import onset_to_open_s
 from tests.clients.conftest import run_tool
+
+
+def test_onset_to_open_counts_from_when_the_stream_reached_the_onset_in_real_time() -> None:
+    started = {"type": "input_audio_buffer.speech_started", "payload": {"audio_start_ms": 1200}}
+    # The audio from 1.2 s on was sent at 101.2; the event came 0.25 s later.
+    assert onset_to_open_s(started, 100.0, 101.45) == pytest.approx(0.25)
 
 
 @pytest.mark.timeout(240)
