@@ -159,10 +159,18 @@ _CASE_MESSAGES: Final[Mapping[ErrorCase, str]] = {
     "waits uncommitted: commit or clear the input audio buffer first.",
     ErrorCase.FORMAT_CHANGE_IN_UTTERANCE: "The audio format cannot change while audio waits "
     "uncommitted or a transcription is running: change it after the item's completed event.",
+    ErrorCase.TURN_DETECTION_FAILED: "Turn detection stopped working on this server and is off "
+    "for this session (the audio so far was committed): commit the input audio buffer "
+    "yourself, or reconnect and try again.",
+    ErrorCase.TURN_DETECTION_OVERLOADED: "Turn detection is unavailable: this server is "
+    "overloaded and fell behind the audio. It is off for this session (the audio so far was "
+    "committed): commit the input audio buffer yourself, or reconnect later and try again.",
 }
 _CASE_CODES: Final[Mapping[ErrorCase, str]] = {
     ErrorCase.NOTHING_TO_FINISH: COMMIT_EMPTY,
     ErrorCase.NO_OPEN_TURN: COMMIT_EMPTY,
+    ErrorCase.TURN_DETECTION_FAILED: ErrorCode.INTERNAL_ERROR.value,
+    ErrorCase.TURN_DETECTION_OVERLOADED: ErrorCode.INTERNAL_ERROR.value,
 }
 _CASE_PARAMS: Final[Mapping[ErrorCase, str]] = {
     ErrorCase.TURNS_NEED_NO_OPEN_UTTERANCE: "session.audio.input.turn_detection",

@@ -512,6 +512,22 @@ def test_session_ending_errors_and_their_close_codes(
         assert "envelope" not in error["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        (ErrorCase.TURN_DETECTION_FAILED, "stopped working"),
+        (ErrorCase.TURN_DETECTION_OVERLOADED, "overloaded"),
+    ],
+)
+def test_turn_detection_going_off_is_a_server_error_that_says_to_commit(
+    case: ErrorCase, says: str
+) -> None:
+    error = one(codec(), SessionError(ErrorCode.INTERNAL_ERROR, None, case))["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal_error")
+    assert says in error["message"]
+    assert "commit the input audio buffer" in error["message"]
+
+
 def test_only_a_sensible_client_event_id_is_echoed() -> None:
     c = codec()
     for event_id, echoed in (("e" * 128, "e" * 128), ("e" * 129, None), (7, None)):
