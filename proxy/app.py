@@ -36,6 +36,7 @@ from proxy.state import ProxyState
 from proxy.token_endpoint import TOKEN_ROUTE_METHODS, mint_token
 from proxy.upstream import UpstreamUnavailable, open_upstream
 from proxy.vllm_wire import segment_limit
+from proxy.ws_protocol import MESSAGE_READY
 
 log = structlog.get_logger("proxy.app")
 
@@ -136,6 +137,7 @@ async def _relay_session(
         functools.partial(open_upstream, config.upstream_url, config.served_model_name),
         state.vad,
         codec,
+        (websocket.scope.get("extensions") or {}).get(MESSAGE_READY),
     )
     try:
         for text in codec.render(session.created(connection_id)):

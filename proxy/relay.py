@@ -84,8 +84,13 @@ class Relay:
         open_upstream: OpenUpstreamFn,
         vad: VadService | None = None,
         codec: Codec | None = None,
+        message_ready: Callable[[], bool] | None = None,
     ) -> None:
         self.receive = receive
+        # Whether ``receive`` has the next client message waiting (the edge's MESSAGE_READY;
+        # None: never known). Then what this one makes for vLLM waits to go in one write with
+        # what the next ones make.
+        self.message_ready = message_ready
         self.send = send
         self.session = session
         # The connection's protocol (the envelope unless the route says otherwise).
@@ -280,6 +285,7 @@ class Relay:
         while True:
             held = self.hold_until - self.clock()
             if held > 0:
+                self._uncork_upstream()
                 # Unread frames wait in the socket: the client's sending slows to real time.
                 self.metrics.client_held_seconds.inc(held)
                 await asyncio.sleep(held)
@@ -288,9 +294,13 @@ class Relay:
                 code = message.get("code")
                 self._client_code = None if code in NO_CLIENT_CODE else code
                 self.client_gone = True
+                self._uncork_upstream()
                 return
             now = self.clock()
             self.last_activity = now
+            burst = self.message_ready is not None and self.message_ready()
+            if burst and self.upstream is not None:
+                self.upstream.corked = True
             text = message.get("text")
             if text is not None:
                 parsed = codec.parse_text(text)
@@ -305,6 +315,12 @@ class Relay:
                 )
             )
             self.metrics.note_inbound_depth(session.inbound_depth, session.inbound_depth_bytes)
+            if not burst:
+                self._uncork_upstream()
+
+    def _uncork_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.uncork()
 
     async def _write(self) -> None:
         send = self.send

@@ -45,7 +45,8 @@ class UpstreamConnection(asyncio.Protocol):
     """One realtime WebSocket to vLLM.
 
     ``send`` writes a text message at once (``writable`` turns false while the socket's buffer
-    is over its high-water mark, and ``on_writable`` fires when it drains). Received text
+    is over its high-water mark, and ``on_writable`` fires when it drains), or, while
+    ``corked``, at the next ``uncork``: messages sent together go in one write. Received text
     messages go to ``on_message`` one by one, synchronously; ``pause`` holds them (and stops
     reading the socket) until ``resume``. ``on_lost`` fires once, when the socket is gone.
     Messages that arrive before ``attach`` are kept and delivered by it.
@@ -61,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._fragments: list[bytes] = []
         self._paused = False
         self.writable = True
+        self.corked = False
         self.closed = False
         self._opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._arrival: asyncio.Future[None] | None = None
@@ -106,7 +108,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed or self._protocol.state is not State.OPEN:
             return
         self._protocol.send_text(text.encode())
-        self._flush()
+        if not self.corked:
+            self._flush()
+
+    def uncork(self) -> None:
+        """Writes what was sent while corked."""
+        if self.corked:
+            self.corked = False
+            self._flush()
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -201,7 +210,11 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        for data in self._protocol.data_to_send():
+        chunks = self._protocol.data_to_send()
+        if len(chunks) > 1 and SEND_EOF not in chunks:
+            transport.write(b"".join(chunks))  # one system call for all
+            return
+        for data in chunks:
             if data == SEND_EOF:
                 if transport.can_write_eof():
                     transport.write_eof()

@@ -12,6 +12,9 @@ under an ``asyncio.Protocol``) with bounds of its own, below the app, where fram
   and only while the client takes what we write;
 - once we close, a peer that does not read is aborted when the close timer fires.
 Client misbehaviour is logged at INFO, without a traceback.
+
+The app learns from the scope's ``MESSAGE_READY`` extension whether its next ``receive`` has a
+message waiting (the relay then writes what the frames make for vLLM once, after the last).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ CONTROL_WINDOW_S = 1.0
 # websockets queues a pong for every ping it parses; a frame's first byte says it is one (FIN,
 # opcode 0xA, unmasked: the server never sends another pong).
 _PONG = bytes((0x80 | Opcode.PONG.value,))
+# The scope extension whose value is a callable: True when a parsed message waits for the app.
+MESSAGE_READY = "yap.message_ready"
 
 
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -173,6 +178,15 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         elif not wanted and self.transport.is_reading():
             self.transport.pause_reading()
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if not self.handshake_complete:  # accepted: the scope is made
+            extensions = cast(dict[str, Any], self.scope["extensions"])
+            extensions[MESSAGE_READY] = self.message_ready
+
+    def message_ready(self) -> bool:
+        return not self.queue.empty()
 
     def handle_events(self) -> int:  # type: ignore[override]
         """Dispatches the parsed events; returns how many frames there were."""

@@ -30,7 +30,11 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        # What each write carried (several texts: sent while corked).
+        self.writes: list[list[str]] = []
+        self._corked_texts: list[str] = []
         self.writable = True
+        self.corked = False
         self.closed = False
         self.paused = False
         self.on_writable: Callable[[], None] = lambda: None
@@ -43,7 +47,19 @@ class FakeUpstream:
     def send(self, text: str) -> None:
         assert self.writable
         assert not self.closed
+        if self.corked:
+            self._corked_texts.append(text)
+            return
         self.sent.append(text)
+        self.writes.append([text])
+
+    def uncork(self) -> None:
+        if self.corked:
+            self.corked = False
+            if self._corked_texts:
+                self.sent.extend(self._corked_texts)
+                self.writes.append(self._corked_texts)
+                self._corked_texts = []
 
     def close(self) -> None:
         self.closed = True
@@ -89,7 +105,7 @@ class FakeClient:
 
 
 class Rig:
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, message_ready: Callable[[], bool] | None = None, **config: Any) -> None:
         self.config = ProxyConfig(api_keys=("k",), served_model_name=MODEL, **config)
         self.client = FakeClient()
         self.upstream = FakeUpstream()
@@ -109,6 +125,7 @@ class Rig:
             Metrics(),
             time.monotonic,
             self._open_upstream,
+            message_ready=message_ready,
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -163,6 +180,45 @@ async def test_audio_goes_up_verbatim_and_vllms_events_come_back_in_order() -> N
     await rig.stop()
     assert rig.client.sent[-1] == {"type": "websocket.close", "code": 1000}
     assert upstream.closed
+
+
+async def test_frames_read_together_go_to_vllm_in_one_write_after_the_last() -> None:
+    # The edge says whether the next client message is already waiting: the texts the
+    # waiting ones make are held (corked) and written with the last one's, in order.
+    rig: Rig
+    rig = Rig(message_ready=lambda: not rig.client.inbox.empty())
+    chunks = [audio(640 + 2 * i) for i in range(3)]
+    rig.client.text("input_audio_buffer.commit", "r1", final=False)
+    for chunk in chunks:
+        rig.client.text("input_audio_buffer.append", "r1", audio=chunk)
+    rig.start()
+    upstream = rig.upstream
+    await wait_until(lambda: len(upstream.sent) == 4)
+    expected = [vllm_wire.COMMIT_OPEN, *(vllm_wire.append_text(c) for c in chunks)]
+    assert upstream.writes == [expected]
+    # One at a time, each goes at once.
+    rig.client.text("input_audio_buffer.append", "r1", audio=chunks[0])
+    await wait_until(lambda: len(upstream.sent) == 5)
+    assert upstream.writes[-1] == [vllm_wire.append_text(chunks[0])]
+    assert not upstream.corked
+    rig.client.text("input_audio_buffer.commit", "r1", final=True)
+    await wait_until(lambda: upstream.sent[-1] == vllm_wire.COMMIT_FINAL)
+    upstream.deliver({"type": "transcription.done", "text": "", "usage": {}})
+    await rig.stop()
+
+
+async def test_a_client_that_leaves_inside_a_burst_leaves_nothing_corked() -> None:
+    rig: Rig
+    rig = Rig(message_ready=lambda: not rig.client.inbox.empty())
+    rig.client.text("input_audio_buffer.commit", "r1", final=False)
+    rig.client.text("input_audio_buffer.append", "r1", audio=audio(640))
+    rig.client.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    rig.start()
+    assert rig.task is not None
+    async with asyncio.timeout(5):
+        await rig.task
+    assert rig.upstream.sent[:2] == [vllm_wire.COMMIT_OPEN, vllm_wire.append_text(audio(640))]
+    assert not rig.upstream.corked
 
 
 async def test_text_waits_while_vllms_socket_is_full_and_goes_in_order_when_it_drains() -> None:

@@ -73,6 +73,26 @@ async def test_greeting_then_session_update_then_events_in_order(fake: FakeVllm)
     await wait_for(lambda: fake.open_connections == 0)
 
 
+async def test_sends_while_corked_go_out_at_uncork_whole_and_in_order(fake: FakeVllm) -> None:
+    connection = await open_upstream(fake.url, DEFAULT_MODEL)
+    recorder = Recorder(connection)
+    await wait_for(lambda: len(fake.received) == 1)  # the session.update
+    connection.corked = True
+    send_utterance(connection, PCM)
+    await asyncio.sleep(0.1)
+    assert len(fake.received) == 1  # nothing written while corked
+    connection.uncork()
+    await wait_for(lambda: "transcription.done" in recorder.types())
+    assert [event["type"] for _, event in fake.received][1:] == [
+        "input_audio_buffer.commit",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+    ]
+    deltas = [m["delta"] for m in recorder.messages if m["type"] == "transcription.delta"]
+    assert deltas == predict_deltas(PCM)
+    connection.close()
+
+
 async def test_messages_before_attach_are_delivered_by_attach(fake: FakeVllm) -> None:
     connection = await open_upstream(fake.url, "no-such-model")
     # vLLM answers an unknown model with an error event, before anyone listens.
