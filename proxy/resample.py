@@ -107,6 +107,7 @@ class _Blocks:
     chunk: int
     starts: npt.NDArray[np.int64]
     matrices: Samples
+    matrix: Samples  # matrices[0]: every block's, where there is one kind
     first_inputs: tuple[int, ...]  # `starts` of the first period, for one block at a time
 
 
@@ -125,6 +126,7 @@ def _blocks(rate: int) -> _Blocks:
     span = int((instants[:, -1] // up - starts).max()) + 1
     tap = instants[:, None, :] - (starts[:, None, None] + np.arange(span)[None, :, None]) * up
     matrices = np.where((tap >= 0) & (tap <= last), prototype[tap.clip(0, last)], 0.0)
+    matrices = np.ascontiguousarray(matrices, dtype=np.float32)
     return _Blocks(
         up=up,
         down=down,
@@ -134,7 +136,8 @@ def _blocks(rate: int) -> _Blocks:
         span=span,
         chunk=chunk,
         starts=starts.astype(np.int64),
-        matrices=np.ascontiguousarray(matrices, dtype=np.float32),
+        matrices=matrices,
+        matrix=matrices[0],
         first_inputs=tuple(int(start) for start in starts[:kinds]),
     )
 
@@ -170,44 +173,53 @@ class Resampler:
         return self._emit(_EMPTY, -(-self._received * b.up // b.down))
 
     def _emit(self, samples: Samples, end: int) -> Samples:
-        b, start, first = self._blocks, self._next, self._first
+        start, first = self._next, self._first
         if end <= start:
             self._buffer = np.concatenate((self._buffer, samples))
             return _EMPTY
-        buffer = np.concatenate((self._buffer, samples, self._padding))
-        size, kinds, span, down = b.size, b.kinds, b.span, b.down
+        b, padding = self._blocks, self._padding
+        buffer = np.concatenate((self._buffer, samples, padding))
+        size, chunk = b.size, b.chunk
         first_block, end_block = start // size, (end - 1) // size + 1
-        if kinds > 1:
-            every: Samples = np.ndarray(
-                (buffer.size - span + 1, span),
-                dtype=np.float32,
-                buffer=buffer,
-                strides=(_ITEM, _ITEM),
+        if end_block - first_block <= chunk:
+            out = self._product(buffer, first_block, end_block - first_block)
+        else:
+            out = np.concatenate(
+                [
+                    self._product(buffer, block, min(chunk, end_block - block))
+                    for block in range(first_block, end_block, chunk)
+                ]
             )
-        pieces = []
-        for block in range(first_block, end_block, b.chunk):
-            count = min(b.chunk, end_block - block)
-            if kinds == 1:  # every block alike: windows M apart, one product
-                windows: Samples = np.ndarray(
-                    (count, span),
-                    dtype=np.float32,
-                    buffer=buffer,
-                    offset=(block * down + b.first_inputs[0] - first) * _ITEM,
-                    strides=(down * _ITEM, _ITEM),
-                )
-                pieces.append(np.dot(windows, b.matrices[0]).ravel())
-            else:
-                period, kind = divmod(block, kinds)
-                rows = every[b.starts[kind : kind + count] + (period * down - first)]
-                product = np.matmul(rows[:, None, :], b.matrices[kind : kind + count])
-                pieces.append(product.ravel())
-        out: Samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         self._next = end
-        period, kind = divmod(end // size, kinds)
-        keep = period * down + b.first_inputs[kind]  # the next block's first input
-        self._buffer = buffer[keep - first : buffer.size - self._padding.size]
+        period, kind = divmod(end // size, b.kinds)
+        keep = period * b.down + b.first_inputs[kind]  # the next block's first input
+        self._buffer = buffer[keep - first : buffer.size - padding.size]
         self._first = keep
         return out[start - first_block * size : end - first_block * size]
+
+    def _product(self, buffer: Samples, block: int, count: int) -> Samples:
+        """The outputs of `count` blocks from `block` on, in order."""
+        b = self._blocks
+        if b.kinds == 1:  # every block alike: windows M apart, one product
+            windows: Samples = np.ndarray(
+                (count, b.span),
+                dtype=np.float32,
+                buffer=buffer,
+                offset=(block * b.down + b.first_inputs[0] - self._first) * _ITEM,
+                strides=(b.down * _ITEM, _ITEM),
+            )
+            out: Samples = np.dot(windows, b.matrix).ravel()
+            return out
+        every: Samples = np.ndarray(
+            (buffer.size - b.span + 1, b.span),
+            dtype=np.float32,
+            buffer=buffer,
+            strides=(_ITEM, _ITEM),
+        )
+        period, kind = divmod(block, b.kinds)
+        rows = every[b.starts[kind : kind + count] + (period * b.down - self._first)]
+        product: Samples = np.matmul(rows[:, None, :], b.matrices[kind : kind + count]).ravel()
+        return product
 
 
 class _Soxr:
