@@ -3,7 +3,8 @@
 Run: `.venv/bin/python -m devtools.bench_audio_convert [--seconds 60] [--repeats 5]`. Each path
 converts `--seconds` of a speech-like signal cut into pieces of the given size, as one utterance
 (converter made, fed, flushed); the best of `--repeats` runs is reported, since other load only
-ever adds time.
+ever adds time. `--resamplers` measures the resampler alone instead, at each common rate in
+20 ms pieces of noise, beside soxr's HQ stream in the same run.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from clients.audio import encode_pcm16
 from proxy.audio_convert import AudioConverter
 from proxy.audio_format import AudioFormat, Encoding
+from proxy.resample import SoxrStream, StreamResampler, make_resampler
+
+RESAMPLER_RATES = (8_000, 11_025, 22_050, 24_000, 32_000, 44_100, 48_000)
 
 PATHS = (
     ("pcm16 16 kHz mono (passthrough), 80 ms", AudioFormat(Encoding.PCM16, 16_000, 1), 80),
@@ -61,6 +66,24 @@ def cpu_ms_per_audio_s(fmt: AudioFormat, piece_ms: int, seconds: float, repeats:
     return best / seconds * 1000.0
 
 
+def resampler_ms_per_audio_s(
+    make: Callable[[int], StreamResampler], rate: int, seconds: float, repeats: int
+) -> float:
+    """One resampler stream alone, fed `seconds` of noise in 20 ms pieces and flushed."""
+    x = np.random.default_rng(2).standard_normal(int(rate * seconds)).astype(np.float32) * 3000
+    step = rate // 50
+    pieces = [x[i : i + step] for i in range(0, x.size, step)]
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        resampler = make(rate)
+        for piece in pieces:
+            resampler.feed(piece)
+        resampler.flush()
+        best = min(best, time.process_time() - started)
+    return best / seconds * 1000.0
+
+
 def utterance_setup_us(fmt: AudioFormat, repeats: int = 2000) -> float:
     """Making and flushing a converter with no audio: the fixed cost per utterance."""
     started = time.process_time()
@@ -73,7 +96,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--resamplers", action="store_true", help="the resampler alone, by rate")
     args = parser.parse_args()
+    if args.resamplers:
+        print(f"{'rate':>6} {'FIR ms per audio s':>18} {'soxr HQ':>8}")
+        for rate in RESAMPLER_RATES:
+            fir = resampler_ms_per_audio_s(make_resampler, rate, args.seconds, args.repeats)
+            hq = resampler_ms_per_audio_s(SoxrStream, rate, args.seconds, args.repeats)
+            print(f"{rate:>6} {fir:>18.3f} {hq:>8.3f}")
+        return 0
     print(f"{'path':<42} {'CPU ms per audio s':>18} {'setup us':>9}")
     for label, fmt, piece_ms in PATHS:
         cost = cpu_ms_per_audio_s(fmt, piece_ms, args.seconds, args.repeats)

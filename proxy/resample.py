@@ -222,8 +222,9 @@ class Resampler:
         return product
 
 
-class _Soxr:
-    """soxr's stream behind the same two calls, for rates the FIR does not take."""
+class SoxrStream:
+    """soxr's HQ stream behind the same two calls, for rates the FIR does not take (and the
+    benchmarks' reference: what the proxy used before the FIR)."""
 
     __slots__ = ("_stream",)
 
@@ -243,4 +244,4 @@ def make_resampler(rate: int) -> StreamResampler:
     """The resampler for a stream at `rate` (not 16 kHz): the FIR where its phases are few."""
     if rate == OUTPUT_RATE:
         raise ValueError("16 kHz needs no resampling")
-    return Resampler(rate) if phases_for(rate) <= MAX_PHASES else _Soxr(rate)
+    return Resampler(rate) if phases_for(rate) <= MAX_PHASES else SoxrStream(rate)
