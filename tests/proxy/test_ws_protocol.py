@@ -14,7 +14,7 @@ import httpx
 import orjson
 from websockets.frames import Frame, Opcode
 
-from devtools.fake_vllm import FakeVllm
+from devtools.fake_vllm import FakeVllm, predict_deltas
 from tests.harness import RunningProxy, connected, load_pcm, proxy_subprocess
 
 KEY = "edge-test-key-0123456789abcdef-0123456789"
@@ -273,4 +273,44 @@ async def test_invalid_utf8_text_closes_1007_without_a_traceback() -> None:
     async with edge_proxy(lines) as proxy, raw_websocket(proxy) as (reader, writer):
         writer.write(frame(Opcode.TEXT, b"\xff\xfe{}"))
         assert close_code(await frames_until_closed(reader)) == 1007
+    no_tracebacks(lines)
+
+
+# Frames read together: what they make for vLLM is written in one go after the last of them.
+
+
+async def test_frames_sent_in_one_write_all_reach_vllm_in_order() -> None:
+    """A client's commit, 50 binary frames of 20 ms and its final commit, in one TCP write: the
+    edge has each next message waiting, the relay corks vLLM's socket until the last, and the
+    transcript is exactly the fake's for that audio (nothing lost, reordered or left held)."""
+    lines: list[str] = []
+    pcm = load_pcm()[:32_000]  # 1 s
+    step = 640  # 20 ms of 16 kHz PCM16
+    async with edge_proxy(lines) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy))
+        try:
+            writer.write(UPGRADE.format(query="", extra=f"X-API-Key: {KEY}\r\n").encode())
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
+            created = orjson.loads((await read_frame(reader))[1])
+            envelope = {"type": "input_audio_buffer.commit", "session_id": created["session_id"]}
+            opening = {**envelope, "request_id": "b1", "payload": {"final": False}}
+            final = {**envelope, "request_id": "b1", "payload": {"final": True}}
+            audio = (frame(Opcode.BINARY, pcm[i : i + step]) for i in range(0, len(pcm), step))
+            writer.write(
+                frame(Opcode.TEXT, orjson.dumps(opening))
+                + b"".join(audio)
+                + frame(Opcode.TEXT, orjson.dumps(final))
+            )
+            events = []
+            async with asyncio.timeout(GUARD_S):
+                while not events or events[-1]["type"] != "transcription.done":
+                    opcode, payload = await read_frame(reader)
+                    if opcode is Opcode.TEXT:
+                        events.append(orjson.loads(payload))
+        finally:
+            writer.close()
+    deltas = [e["payload"]["delta"] for e in events if e["type"] == "transcription.delta"]
+    assert [e["type"] for e in events if e["type"] == "error"] == []
+    assert "".join(deltas) == "".join(predict_deltas(pcm))
+    assert events[-1]["request_id"] == "b1"
     no_tracebacks(lines)
