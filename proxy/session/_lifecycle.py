@@ -102,14 +102,18 @@ class Lifecycle:
     def held_messages(self) -> int:
         """Messages of audio held, and one for each utterance waiting in the line (its own
         state costs memory even when it holds no audio)."""
-        # On every message: no list built here, unlike in_flight.
-        held = sum(len(u.held) for u in self.line) + len(self.line)
-        return held + len(self.current.held) if self.current is not None else held
+        # On every message: no list built here, unlike in_flight, and no sum for an empty line.
+        current = len(self.current.held) if self.current is not None else 0
+        if not self.line:
+            return current
+        return current + sum(len(u.held) for u in self.line) + len(self.line)
 
     @property
     def held_bytes(self) -> int:
-        held = sum(u.held.nbytes for u in self.line)
-        return held + self.current.held.nbytes if self.current is not None else held
+        current = self.current.held.nbytes if self.current is not None else 0
+        if not self.line:
+            return current
+        return current + sum(u.held.nbytes for u in self.line)
 
     def _each(self) -> Iterator[Utterance]:
         if self.current is not None:
