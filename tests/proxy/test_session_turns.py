@@ -315,33 +315,30 @@ def test_turning_it_on_needs_no_open_utterance_and_takes_a_prefix() -> None:
     assert harness.events("input_audio_buffer.speech_started")[-1]["request_id"] == "talk/1"
 
 
-def test_a_failed_vad_ends_turn_detection_with_an_error() -> None:
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        (VadFailure.MODEL_ERROR, ("Turn detection stopped working",)),
+        (VadFailure.STEP_DEADLINE, ("Turn detection stopped working",)),
+        (VadFailure.FELL_BEHIND, ("overloaded", "commits")),
+    ],
+)
+def test_a_failed_vad_ends_turn_detection_with_an_error_saying_why(
+    reason: VadFailure, says: tuple[str, ...]
+) -> None:
     harness = Harness()
     harness.audio(stream_pcm(2000))
     harness.windows(512, 0.0)
     harness.windows(512, 0.9)
-    actions = harness.keep(harness.session.on_vad_failed(VadFailure.MODEL_ERROR, harness.now))
+    actions = harness.keep(harness.session.on_vad_failed(reason, harness.now))
     errors = harness.events("error")
     assert [(e["request_id"], e["payload"]["code"]) for e in errors] == [(None, "internal_error")]
-    assert "Turn detection stopped working" in errors[0]["payload"]["message"]
-    assert any(isinstance(a, StopVad) for a in actions)
-    assert harness.upstream()[-1]["final"] is True  # the open turn is finalized
-    assert harness.session.turn_detection is None
-
-
-def test_an_engine_that_fell_behind_ends_turn_detection_as_overloaded() -> None:
-    harness = Harness()
-    harness.audio(stream_pcm(2000))
-    harness.windows(512, 0.0)
-    harness.windows(512, 0.9)
-    actions = harness.keep(harness.session.on_vad_failed(VadFailure.FELL_BEHIND, harness.now))
-    errors = harness.events("error")
-    assert [(e["request_id"], e["payload"]["code"]) for e in errors] == [(None, "internal_error")]
-    assert "overloaded" in errors[0]["payload"]["message"]
-    assert "commits" in errors[0]["payload"]["message"]
+    for words in says:
+        assert words in errors[0]["payload"]["message"]
     assert any(isinstance(a, StopVad) for a in actions)
     assert not any(isinstance(a, VadBehind) for a in actions)  # the service knows already
-    assert harness.upstream()[-1]["final"] is True
+    assert harness.upstream()[-1]["final"] is True  # the open turn is finalized
+    assert harness.session.turn_detection is None
     assert not harness.session.closed
 
 
