@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -46,18 +47,27 @@ async def until_closed(reader: asyncio.StreamReader) -> bytes:
     return received
 
 
+async def open_session(
+    proxy: RunningProxy,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+    """An upgraded, authenticated socket and its session.created event."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy))
+    writer.write(UPGRADE.format(query="", extra=f"X-API-Key: {KEY}\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    _, payload = await read_frame(reader)
+    created: dict[str, Any] = orjson.loads(payload)
+    assert created["type"] == "session.created"
+    return reader, writer, created
+
+
 @contextlib.asynccontextmanager
 async def raw_websocket(
     proxy: RunningProxy, *, rcvbuf: int | None = None
 ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """An upgraded, authenticated socket past session.created, spoken to in raw frames."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy))
+    reader, writer, _ = await open_session(proxy)
     try:
-        writer.write(UPGRADE.format(query="", extra=f"X-API-Key: {KEY}\r\n").encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        _, payload = await read_frame(reader)
-        assert orjson.loads(payload)["type"] == "session.created"
         if rcvbuf is not None:
             import socket
 
@@ -287,11 +297,8 @@ async def test_frames_sent_in_one_write_all_reach_vllm_in_order() -> None:
     pcm = load_pcm()[:32_000]  # 1 s
     step = 640  # 20 ms of 16 kHz PCM16
     async with edge_proxy(lines) as proxy:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy))
+        reader, writer, created = await open_session(proxy)
         try:
-            writer.write(UPGRADE.format(query="", extra=f"X-API-Key: {KEY}\r\n").encode())
-            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
-            created = orjson.loads((await read_frame(reader))[1])
             envelope = {"type": "input_audio_buffer.commit", "session_id": created["session_id"]}
             opening = {**envelope, "request_id": "b1", "payload": {"final": False}}
             final = {**envelope, "request_id": "b1", "payload": {"final": True}}
