@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,19 +52,32 @@ def client_audio(fmt: AudioFormat, seconds: float) -> bytes:
     return encode_pcm16(pcm.tobytes(), fmt.encoding)
 
 
+class _Stream(Protocol):
+    def feed(self, piece: Any, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+def best_ms_per_audio_s(
+    make: Callable[[], _Stream], pieces: Sequence[Any], seconds: float, repeats: int
+) -> float:
+    """A fresh stream fed `pieces` (`seconds` of audio) and flushed, best of `repeats`."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.process_time()
+        stream = make()
+        for piece in pieces:
+            stream.feed(piece)
+        stream.flush()
+        best = min(best, time.process_time() - started)
+    return best / seconds * 1000.0
+
+
 def cpu_ms_per_audio_s(fmt: AudioFormat, piece_ms: int, seconds: float, repeats: int) -> float:
     data = client_audio(fmt, seconds)
     step = fmt.chunk_bytes(piece_ms)
     pieces = [data[i : i + step] for i in range(0, len(data), step)]
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        converter = AudioConverter(fmt)
-        for piece in pieces:
-            converter.feed(piece)
-        converter.flush()
-        best = min(best, time.process_time() - started)
-    return best / seconds * 1000.0
+    return best_ms_per_audio_s(lambda: AudioConverter(fmt), pieces, seconds, repeats)
 
 
 def resampler_ms_per_audio_s(
@@ -73,15 +87,7 @@ def resampler_ms_per_audio_s(
     x = np.random.default_rng(2).standard_normal(int(rate * seconds)).astype(np.float32) * 3000
     step = rate // 50
     pieces = [x[i : i + step] for i in range(0, x.size, step)]
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.process_time()
-        resampler = make(rate)
-        for piece in pieces:
-            resampler.feed(piece)
-        resampler.flush()
-        best = min(best, time.process_time() - started)
-    return best / seconds * 1000.0
+    return best_ms_per_audio_s(lambda: make(rate), pieces, seconds, repeats)
 
 
 def utterance_setup_us(fmt: AudioFormat, repeats: int = 2000) -> float:
