@@ -24,6 +24,9 @@ BOS_FRAMES: Final = 1
 PROMPT_BASE_TOKENS: Final = BOS_FRAMES + LEFT_PAD_FRAMES
 # The model looks 2.5 ms past each frame: a step runs only once that much more audio is in.
 LOOK_AHEAD_BYTES: Final = 80
+# The most audio the proxy gathers into one append while it waits for a step boundary (2 s):
+# held audio sent at once goes up in appends of this size, far below vLLM's 16 MiB message cap.
+APPEND_MAX_BYTES: Final = 25 * FRAME_BYTES
 # Tokens a final commit adds after the last audio frame (its flush silence, minus the delay).
 FLUSH_EXTRA_TOKENS: Final = 11
 
@@ -153,6 +156,12 @@ def steps_sent(run_bytes: int, delay_ms: int, *, final: bool) -> int:
     if final:
         stream += right_pad_frames(delay_ms) * FRAME_BYTES
     return max(0, (stream - LOOK_AHEAD_BYTES) // FRAME_BYTES - prompt_tokens(delay_ms) + 1)
+
+
+def step_audio_bytes(step: int, delay_ms: int) -> int:
+    """The audio a generation needs before its step ``step`` (from 0) runs: ``steps_sent`` of
+    this much is ``step + 1``, of a sample less ``step``."""
+    return (prompt_tokens(delay_ms) - LEFT_PAD_FRAMES + step) * FRAME_BYTES + LOOK_AHEAD_BYTES
 
 
 def max_steps(max_model_len: int, delay_ms: int) -> int:

@@ -100,17 +100,24 @@ class Lifecycle:
 
     @property
     def held_messages(self) -> int:
-        """Messages of audio held, and one for each utterance waiting in the line (its own
-        state costs memory even when it holds no audio)."""
+        """Messages of audio held (the audio waiting for a step boundary counts as the one
+        append it goes up in), and one for each utterance waiting in the line (its own state
+        costs memory even when it holds no audio)."""
         # On every message: no list built here, unlike in_flight, and no sum for an empty line.
         current = len(self.current.held) if self.current is not None else 0
+        current += self.feed.pending_nbytes > 0
         if not self.line:
             return current
         return current + sum(len(u.held) for u in self.line) + len(self.line)
 
     @property
     def held_bytes(self) -> int:
-        current = self.current.held.nbytes if self.current is not None else 0
+        current = (
+            self.current.held.nbytes + self.current.audio.waiting_bytes
+            if self.current is not None
+            else 0
+        )
+        current += self.feed.pending_nbytes
         if not self.line:
             return current
         return current + sum(u.held.nbytes for u in self.line)
@@ -163,13 +170,19 @@ class Lifecycle:
     def take_audio(self, utterance: Utterance, audio: str | bytes, nbytes: int) -> None:
         """Client audio for ``utterance``, converted to vLLM's format and delivered. Raises
         ``InvalidAudio`` (nothing taken)."""
-        upstream = utterance.audio.take(audio, nbytes)
+        # Audio that cannot complete vLLM's next step yet is converted with what follows it.
+        wanted = (
+            self.feed.audio_wanted(utterance)
+            if utterance is self.current and utterance.phase is Phase.OPEN
+            else 0
+        )
+        upstream = utterance.audio.take(audio, nbytes, wanted)
         if utterance.first_audio_at is None:
             utterance.first_audio_at = self.now
         for chunk, pcm_bytes in upstream:
             self.deliver(utterance, chunk, pcm_bytes)
 
-    def deliver(self, utterance: Utterance, audio: str, pcm_bytes: int) -> None:
+    def deliver(self, utterance: Utterance, audio: str | bytes, pcm_bytes: int) -> None:
         """Audio for vLLM: sent up while the utterance's segment takes it, held otherwise."""
         if utterance is self.current and utterance.phase is Phase.OPEN:
             self.feed.forward_audio(utterance, audio, pcm_bytes, self.now)
@@ -221,7 +234,8 @@ class Lifecycle:
         its done is gone, its queue wiped)."""
         utterance.add_usage(usage)
         if utterance.phase is not Phase.FINALIZING:
-            utterance.clock.end_run(utterance.segment_bytes)
+            # The run ends where vLLM's audio did: what waited for a step opens the next run.
+            utterance.clock.end_run(utterance.segment_bytes - self.feed.pending_pcm_bytes)
             utterance.segments += 1
             self.out.append(UtteranceRolledOver(utterance.request_id))
             if not utterance.phase.client_final or utterance.held:

@@ -55,15 +55,16 @@ _SEGMENT_COMMITTED = frozenset({Phase.OPEN_ROLLING, Phase.CLOSED_ROLLING, Phase.
 
 
 class HeldAudio:
-    """Audio an utterance keeps until it can go upstream, oldest first: (audio, PCM bytes)
-    chunks and their size in bytes as held here (``len`` of the held object, which is its size
-    for base64 text and raw bytes alike), kept as a sum so the budget costs nothing per message.
+    """Audio an utterance keeps until it can go upstream, oldest first: (base64 text or PCM,
+    PCM bytes) chunks and their size in bytes as held here (``len`` of the held object, which is
+    its size for base64 text and raw bytes alike), kept as a sum so the budget costs nothing per
+    message.
     """
 
     __slots__ = ("_chunks", "nbytes")
 
     def __init__(self) -> None:
-        self._chunks: deque[tuple[str, int]] = deque()
+        self._chunks: deque[tuple[str | bytes, int]] = deque()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -72,15 +73,15 @@ class HeldAudio:
     def __bool__(self) -> bool:
         return bool(self._chunks)
 
-    def append(self, audio: str, pcm_bytes: int) -> None:
+    def append(self, audio: str | bytes, pcm_bytes: int) -> None:
         self._chunks.append((audio, pcm_bytes))
         self.nbytes += len(audio)
 
-    def appendleft(self, audio: str, pcm_bytes: int) -> None:
+    def appendleft(self, audio: str | bytes, pcm_bytes: int) -> None:
         self._chunks.appendleft((audio, pcm_bytes))
         self.nbytes += len(audio)
 
-    def popleft(self) -> tuple[str, int]:
+    def popleft(self) -> tuple[str | bytes, int]:
         chunk = self._chunks.popleft()
         self.nbytes -= len(chunk[0])
         return chunk

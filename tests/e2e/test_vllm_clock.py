@@ -201,9 +201,11 @@ async def test_one_delta_per_frame_plus_the_flush(vllm: Vllm) -> None:
 @ALL_DELAYS
 async def test_steps_wait_for_their_audio(vllm: Vllm) -> None:
     """Nothing before (delay/80 + 1) frames plus 2.5 ms of audio, then one delta per frame as
-    it arrives, then the flush on the final commit."""
+    it arrives (one sample short of a frame gives none), then the flush on the final commit.
+    The proxy sends audio on exactly these boundaries: one sample off costs a frame per word."""
     first = (vllm.delay_ms // FRAME_MS + 1) * FRAME_BYTES + LOOK_AHEAD_BYTES
-    cuts = [first - 2, first, first + FRAME_BYTES, first + 4 * FRAME_BYTES]
+    step = first + FRAME_BYTES
+    cuts = [first - 2, first, step - 2, step, first + 4 * FRAME_BYTES]
     counts = []
     async with upstream(vllm) as socket:
         await socket.commit()
@@ -215,7 +217,7 @@ async def test_steps_wait_for_their_audio(vllm: Vllm) -> None:
             await socket.deltas_reach(expected)
             report(vllm, f"{sent} bytes, no final", len(socket.deltas), expected)
             counts.append(len(socket.deltas))
-        assert counts == [0, 1, 2, 5]
+        assert counts == [0, 1, 1, 2, 5]
         await socket.commit(final=True)
         done = await socket.done()
     report(vllm, f"{sent} bytes, then final", done["deltas"], deltas_with_final(sent))

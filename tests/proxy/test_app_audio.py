@@ -15,7 +15,9 @@ import soundfile as sf
 
 from devtools.fake_vllm import predict_text
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
+from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.g711 import encode_ulaw
+from proxy.vllm_wire import FRAME_BYTES, FRAME_MS, LOOK_AHEAD_BYTES, steps_sent
 from tests.harness import (
     Client,
     assert_error,
@@ -141,21 +143,33 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("fmt", SHAPES, ids=str)
-async def test_each_20_ms_frame_reaches_vllm_before_the_next_is_sent(fmt: AudioFormat) -> None:
-    # Nothing waits for 80 ms to gather: each frame's audio (less the resampler's 2 ms at most)
-    # is at vLLM while the client still holds the next one.
-    parts = pieces(fmt, encode(fmt, tone(fmt.sample_rate, TONE_HZ, 0.2)))
+async def test_each_20_ms_frame_that_completes_a_step_reaches_vllm_before_the_next_is_sent(
+    fmt: AudioFormat,
+) -> None:
+    # Nothing waits for a later frame: every step of vLLM's that a frame's audio (less the
+    # resampler's 2 ms at most) completes has its audio at vLLM while the client still holds
+    # the next frame. The frames in between wait for the one that completes a step, so vLLM
+    # gets one append per step.
+    parts = pieces(fmt, encode(fmt, tone(fmt.sample_rate, TONE_HZ, 1.2)))
     owed_slack = UPSTREAM_RATE * 2 * 2 // 1000
     async with fake_and_proxy() as (fake, proxy), connected(proxy, query=query(fmt)) as client:
+        delay_ms = proxy.server.state.config.transcription_delay_ms
         await client.open("r1")
         sent = 0
         for part in parts:
             await client.send_raw(part)
             sent += len(part)
-            owed = UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second
-            await wait_for(lambda owed=owed: len(upstream_audio(fake)) >= owed - owed_slack)
+            owed = UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second - owed_slack
+            due = steps_sent(owed, delay_ms, final=False)
+            await wait_for(
+                lambda due=due: steps_sent(len(upstream_audio(fake)), delay_ms, final=False) >= due
+            )
+        steps = steps_sent(len(upstream_audio(fake)), delay_ms, final=False)
+        appends = sum(1 for _, e in fake.received if e["type"] == "input_audio_buffer.append")
         await client.final("r1")
         await client.recv_until("transcription.done", "r1")
+    assert steps == steps_sent(UPSTREAM_RATE * 2 * 12 // 10 - owed_slack, delay_ms, final=False)
+    assert appends == steps
     assert len(upstream_audio(fake)) == UPSTREAM_RATE * 2 * sent // fmt.bytes_per_second
 
 
@@ -180,12 +194,17 @@ async def test_binary_and_json_appends_interleaved_arrive_in_order(fmt: AudioFor
     assert "".join(texts(events, "r1")) == predict_text(expected)
 
 
-async def test_native_json_appends_go_up_verbatim() -> None:
+async def test_native_json_appends_that_each_complete_a_step_go_up_verbatim() -> None:
     speech = load_pcm()
     async with fake_and_proxy() as (fake, proxy), connected(proxy) as client:
         await client.utterance("r1", speech)
         await client.recv_until("transcription.done", "r1")
-    sent = [b64(speech[i : i + 2560]) for i in range(0, len(speech), 2560)]
+    # The 80 ms appends before vLLM's first step go up together with the one that completes it;
+    # from there each completes a step of its own and goes up as it came.
+    first = (DEFAULT_TRANSCRIPTION_DELAY_MS // FRAME_MS + 1) * FRAME_BYTES + LOOK_AHEAD_BYTES
+    joined = -(-first // FRAME_BYTES) * FRAME_BYTES
+    sent = [b64(speech[:joined])]
+    sent += [b64(speech[i : i + FRAME_BYTES]) for i in range(joined, len(speech), FRAME_BYTES)]
     appends = [e["audio"] for _, e in fake.received if e["type"] == "input_audio_buffer.append"]
     assert appends == sent
 

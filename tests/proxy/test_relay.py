@@ -23,6 +23,9 @@ from proxy.upstream import UpstreamConnection
 
 SID = "s1"
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+# PCM bytes that complete vLLM's first step at the default delay: a chunk of at least this much
+# goes up as soon as the session has it (a smaller one waits for the step it completes).
+STEP = (480 // vllm_wire.FRAME_MS + 1) * vllm_wire.FRAME_BYTES + vllm_wire.LOOK_AHEAD_BYTES
 
 
 class FakeUpstream:
@@ -187,7 +190,7 @@ async def test_frames_read_together_go_to_vllm_in_one_write_after_the_last() -> 
     # waiting ones make are held (corked) and written with the last one's, in order.
     rig: Rig
     rig = Rig(message_ready=lambda: not rig.client.inbox.empty())
-    chunks = [audio(640 + 2 * i) for i in range(3)]
+    chunks = [audio(STEP + 2 * i) for i in range(3)]
     rig.client.text("input_audio_buffer.commit", "r1", final=False)
     for chunk in chunks:
         rig.client.text("input_audio_buffer.append", "r1", audio=chunk)
@@ -211,13 +214,13 @@ async def test_a_client_that_leaves_inside_a_burst_leaves_nothing_corked() -> No
     rig: Rig
     rig = Rig(message_ready=lambda: not rig.client.inbox.empty())
     rig.client.text("input_audio_buffer.commit", "r1", final=False)
-    rig.client.text("input_audio_buffer.append", "r1", audio=audio(640))
+    rig.client.text("input_audio_buffer.append", "r1", audio=audio(STEP))
     rig.client.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
     rig.start()
     assert rig.task is not None
     async with asyncio.timeout(5):
         await rig.task
-    assert rig.upstream.sent[:2] == [vllm_wire.COMMIT_OPEN, vllm_wire.append_text(audio(640))]
+    assert rig.upstream.sent[:2] == [vllm_wire.COMMIT_OPEN, vllm_wire.append_text(audio(STEP))]
     assert not rig.upstream.corked
 
 
@@ -228,7 +231,7 @@ async def test_text_waits_while_vllms_socket_is_full_and_goes_in_order_when_it_d
     rig.client.text("input_audio_buffer.commit", "r1", final=False)
     await wait_until(lambda: upstream.sent == [vllm_wire.COMMIT_OPEN])
     upstream.writable = False
-    chunks = [audio(640 + 2 * i) for i in range(3)]
+    chunks = [audio(STEP + 2 * i) for i in range(3)]
     for chunk in chunks:
         rig.client.text("input_audio_buffer.append", "r1", audio=chunk)
     await wait_until(lambda: len(rig.relay.pending_upstream) == 3)
@@ -245,14 +248,14 @@ async def test_text_waits_while_vllms_socket_is_full_and_goes_in_order_when_it_d
 async def test_text_waiting_for_vllms_socket_counts_toward_the_inbound_byte_budget() -> None:
     """What waits in pending_upstream is held audio too: its bytes, reported to the session,
     end the connection with inbound_queue_full before they pass the budget."""
-    budget = 16_384
+    chunk = audio(STEP)  # 24000 characters of base64
+    budget = 65_536
     rig = Rig(inbound_queue_max_bytes=budget)
     rig.start()
     upstream = rig.upstream
     rig.client.text("input_audio_buffer.commit", "r1", final=False)
     await wait_until(lambda: upstream.sent == [vllm_wire.COMMIT_OPEN])
     upstream.writable = False
-    chunk = audio(3000)  # 4000 characters of base64
     for _ in range(10):
         rig.client.text("input_audio_buffer.append", "r1", audio=chunk)
     assert rig.task is not None

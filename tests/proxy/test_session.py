@@ -65,6 +65,9 @@ SERVER_SID = "sess_0123456789abcdef"
 SID = "client-session"
 USAGE = {"prompt_tokens": 39, "completion_tokens": 5, "total_tokens": 44}
 DELAY_MS = 480
+# The audio vLLM's first step waits for at this delay (2.5 ms past 7 frames): less of it is held
+# in the session until more comes or the final commit.
+FIRST_STEP_BYTES = (DELAY_MS // 80 + 1) * FRAME_BYTES + 80
 
 
 def b64(pcm: bytes) -> str:
@@ -351,7 +354,9 @@ def test_frame_level_refusals_keep_the_connection() -> None:
     invalid = InvalidInput(ErrorCode.INVALID_MESSAGE, "Not an envelope.")
     assert summary(harness.send(invalid)) == [("error", None, "invalid_message")]
     assert not harness.session.closed
-    assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
+    assert summary(harness.append("A", pcm_of(FIRST_STEP_BYTES))) == [
+        ("append", 0, FIRST_STEP_BYTES)
+    ]
 
 
 def test_connection_level_events_before_the_client_spoke_use_the_server_session_id() -> None:
@@ -385,11 +390,12 @@ def test_full_utterance() -> None:
     harness = Harness()
     chunk1, chunk2 = pcm_of(3200, 1), pcm_of(1600, 2)
     assert summary(harness.commit("r1")) == [("open", 0)]
-    assert summary(harness.append("r1", chunk1)) == [("append", 0, 3200)]
-    assert summary(harness.append("r1", chunk2)) == [("append", 0, 1600)]
+    # Less than vLLM's first step: it waits for the final commit.
+    assert summary(harness.append("r1", chunk1)) == []
+    assert summary(harness.append("r1", chunk2)) == []
+    assert summary(harness.commit("r1", final=True)) == [("append", 0, 4800), ("final", 0)]
     assert summary(harness.delta("")) == []
     assert summary(harness.delta(" hello")) == [("delta", "r1", " hello")]
-    assert summary(harness.commit("r1", final=True)) == [("final", 0)]
     assert summary(harness.delta("")) == []
     assert summary(harness.delta(" world")) == [("delta", "r1", " world")]
     done = only_event(harness.done(USAGE, text=" hello world"))
@@ -415,8 +421,8 @@ def test_full_utterance() -> None:
 def test_appended_audio_is_forwarded_verbatim() -> None:
     harness = Harness()
     harness.commit("r1")
-    audio = b64(pcm_of(640))
-    [action] = harness.send(Append(SID, "r1", audio, 640))
+    audio = b64(pcm_of(FIRST_STEP_BYTES))
+    [action] = harness.send(Append(SID, "r1", audio, FIRST_STEP_BYTES))
     assert isinstance(action, SendUpstream)
     assert json.loads(action.text) == {"type": "input_audio_buffer.append", "audio": audio}
 
@@ -483,14 +489,14 @@ def test_commit_same_open_id_again_has_no_effect() -> None:
     assert harness.commit("r1") == []
     harness.append("r1", pcm_of(64))
     assert harness.commit("r1") == []
-    assert summary(harness.commit("r1", final=True)) == [("final", 0)]
+    assert summary(harness.commit("r1", final=True)) == [("append", 0, 64), ("final", 0)]
 
 
 def test_commit_before_upstream_ready_waits() -> None:
     harness = Harness(ready=False)
     assert wire(harness.commit("r1")) == []
-    assert harness.append("r1", pcm_of(64)) == []
-    assert summary(harness.ready()) == [("open", 0), ("append", 0, 64)]
+    assert harness.append("r1", pcm_of(FIRST_STEP_BYTES)) == []
+    assert summary(harness.ready()) == [("open", 0), ("append", 0, FIRST_STEP_BYTES)]
 
 
 def test_stale_ready_is_ignored() -> None:
@@ -574,7 +580,7 @@ def test_id_may_be_reused_after_done() -> None:
 
 def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
     harness = Harness()
-    a1, b1, b2 = pcm_of(320, 1), pcm_of(640, 2), pcm_of(960, 3)
+    a1, b1, b2 = pcm_of(320, 1), pcm_of(640, 2), pcm_of(FIRST_STEP_BYTES, 3)
     harness.commit("A")
     harness.append("A", a1)
     harness.commit("A", final=True)
@@ -584,19 +590,19 @@ def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
     assert harness.append("B", b2) == []
     assert harness.session.held_messages == 3  # two appends, and B waiting in the line
     assert summary(harness.delta("a")) == [("delta", "A", "a")]
-    # A's done releases B's audio, in order, on the same upstream connection.
+    # A's done releases B's audio, in order, on the same upstream connection: in one append,
+    # as it completes vLLM's first step.
     actions = harness.done()
     assert summary(actions) == [
         ("done", "A", "a"),
         ("open", 0),
-        ("append", 0, 640),
-        ("append", 0, 960),
+        ("append", 0, 640 + FIRST_STEP_BYTES),
     ]
     assert upstream_pcm(actions) == b1 + b2
     assert harness.session.held_messages == 0
-    # B is now current: its audio flows straight through.
-    assert summary(harness.append("B", pcm_of(64))) == [("append", 0, 64)]
-    assert summary(harness.commit("B", final=True)) == [("final", 0)]
+    # B is now current: its audio waits only for the step it completes (or the final commit).
+    assert summary(harness.append("B", pcm_of(64))) == []
+    assert summary(harness.commit("B", final=True)) == [("append", 0, 64), ("final", 0)]
     assert summary(harness.delta("b")) == [("delta", "B", "b")]
     assert summary(harness.done()) == [("done", "B", "b")]
 
@@ -624,10 +630,10 @@ def test_back_to_back_utterances_come_back_complete_and_in_order() -> None:
         for chunk in audio[rid]:
             harness.append(rid, chunk)
         harness.commit(rid, final=True)
+    # A's two appends complete no step: they go up as one with its final commit.
     assert summary(upstream(harness.log)) == [
         ("open", 0),
-        ("append", 0, 320),
-        ("append", 0, 640),
+        ("append", 0, 960),
         ("final", 0),
     ]
     assert harness.session.finalizing
@@ -644,7 +650,7 @@ def test_back_to_back_utterances_come_back_complete_and_in_order() -> None:
     assert upstream_pcm(harness.log) == b"".join(b"".join(audio[r]) for r in "ABC")
     # Each utterance went upstream as open, its audio, final; one after the other.
     kinds = [s[0] for s in summary(upstream(harness.log))]
-    assert kinds == ["open", "append", "append", "final"] * 3
+    assert kinds == ["open", "append", "final"] * 3
     assert not harness.session.finalizing
 
 
@@ -663,8 +669,8 @@ def test_barge_in_cancels_the_open_utterance() -> None:
     assert harness.done(generation=0) == []
     # R waits for the fresh upstream connection, audio held.
     assert harness.append("R", pcm_of(128)) == []
-    assert summary(harness.ready()) == [("open", 1), ("append", 1, 128)]
-    harness.commit("R", final=True)
+    assert summary(harness.ready()) == [("open", 1)]
+    assert summary(harness.commit("R", final=True)) == [("append", 1, 128), ("final", 1)]
     harness.delta("r")
     assert summary(harness.done()) == [("done", "R", "r")]
     assert harness.outcomes()[Outcome.CANCELLED] == 1
@@ -679,7 +685,8 @@ def test_barge_in_on_a_queued_open_utterance_keeps_the_finalizing_one() -> None:
     assert summary(harness.commit("R")) == [("cancelled", "S", "superseded")]
     assert summary(harness.delta("t")) == [("delta", "T", "t")]
     harness.append("R", pcm_of(32))
-    assert summary(harness.done()) == [("done", "T", "t"), ("open", 0), ("append", 0, 32)]
+    assert summary(harness.done()) == [("done", "T", "t"), ("open", 0)]
+    assert summary(harness.commit("R", final=True)) == [("append", 0, 32), ("final", 0)]
     # S's audio never went upstream.
     assert len(upstream_pcm(harness.log)) == 32
 
@@ -751,9 +758,9 @@ def test_cancel_current_lets_the_next_one_run_on_the_fresh_connection() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    harness.append("B", pcm_of(64))
+    harness.append("B", pcm_of(FIRST_STEP_BYTES))
     assert summary(harness.cancel("A")) == [("cancelled", "A", "client_request"), ("reopen", 1)]
-    assert summary(harness.ready()) == [("open", 1), ("append", 1, 64)]
+    assert summary(harness.ready()) == [("open", 1), ("append", 1, FIRST_STEP_BYTES)]
 
 
 def test_cancel_queued_utterance_drops_its_audio_without_touching_upstream() -> None:
@@ -764,10 +771,14 @@ def test_cancel_queued_utterance_drops_its_audio_without_touching_upstream() -> 
     harness.append("B", pcm_of(64))
     harness.commit("B", final=True)
     harness.commit("C")
-    harness.append("C", pcm_of(32))
+    harness.append("C", pcm_of(FIRST_STEP_BYTES))
     assert summary(harness.cancel("B", "nope")) == [("cancelled", "B", "nope")]
-    assert summary(harness.done()) == [("done", "A", ""), ("open", 0), ("append", 0, 32)]
-    assert len(upstream_pcm(harness.log)) == 32
+    assert summary(harness.done()) == [
+        ("done", "A", ""),
+        ("open", 0),
+        ("append", 0, FIRST_STEP_BYTES),
+    ]
+    assert len(upstream_pcm(harness.log)) == FIRST_STEP_BYTES
 
 
 def test_cancel_unknown_id() -> None:
@@ -820,12 +831,12 @@ def test_vllm_error_while_finalizing_then_next_in_line_runs() -> None:
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
-    harness.append("B", pcm_of(64))
+    harness.append("B", pcm_of(FIRST_STEP_BYTES))
     assert summary(harness.upstream_error("boom")) == [
         ("error", "A", "upstream_error"),
         ("reopen", 1),
     ]
-    assert summary(harness.ready()) == [("open", 1), ("append", 1, 64)]
+    assert summary(harness.ready()) == [("open", 1), ("append", 1, FIRST_STEP_BYTES)]
 
 
 def test_vllm_error_with_nothing_running_is_connection_level() -> None:
@@ -973,7 +984,7 @@ def test_end_sends_the_final_commit_of_the_current_utterance() -> None:
     harness = Harness()
     harness.commit("A")
     harness.append("A", pcm_of(64))
-    assert summary(harness.send(End(SID, None))) == [("final", 0)]
+    assert summary(harness.send(End(SID, None))) == [("append", 0, 64), ("final", 0)]
     assert summary(harness.done()) == [("done", "A", ""), ("session.ended", None), ("close", 1000)]
 
 
@@ -1016,7 +1027,7 @@ def test_wind_down_finalizes_delivers_then_closes(reason: WindDown, code: str, c
     harness.commit("A")
     harness.append("A", pcm_of(64))
     actions = harness.wind_down(reason)
-    assert summary(actions) == [("final", 0)]
+    assert summary(actions) == [("append", 0, 64), ("final", 0)]
     # No new utterances meanwhile; the reply names why.
     assert summary(harness.commit("B")) == [("error", "B", code)]
     assert summary(harness.delta("a")) == [("delta", "A", "a")]
@@ -1094,7 +1105,8 @@ def test_finalizing_flag() -> None:
 def test_backlog_just_under_the_limit_is_fine() -> None:
     harness = Harness(inbound_queue_max=4)
     assert summary(harness.commit("A", backlog=3)) == [("open", 0)]
-    assert summary(harness.append("A", pcm_of(2), backlog=3)) == [("append", 0, 2)]
+    step = pcm_of(FIRST_STEP_BYTES)
+    assert summary(harness.append("A", step, backlog=3)) == [("append", 0, FIRST_STEP_BYTES)]
 
 
 def test_backlog_over_the_limit_closes_4004() -> None:
@@ -1162,21 +1174,27 @@ def test_held_audio_is_counted_in_bytes_as_held() -> None:
     for count in range(1, 4):
         harness.append("B", CHUNK)
         assert harness.session.held_bytes == count * HELD
-    harness.done()  # B goes upstream with all it held
+    # B runs upstream: its audio completes no step of vLLM's, so it is still held, as the one
+    # append it will go up in.
+    assert summary(harness.done()) == [("done", "A", ""), ("open", 0)]
+    assert harness.session.held_bytes == 3 * HELD
+    assert harness.session.held_messages == 1
+    assert summary(harness.commit("B", final=True)) == [("append", 0, 3 * len(CHUNK)), ("final", 0)]
     assert harness.session.held_bytes == 0
     assert harness.session.held_messages == 0
 
 
-def test_binary_frames_are_held_as_the_base64_that_goes_to_vllm() -> None:
-    """A binary frame's raw PCM is held as base64 for vLLM: its bytes are counted as held,
-    not as they came."""
-    harness = Harness(inbound_queue_max_bytes=2 * HELD)
+def test_binary_frames_are_held_as_the_bytes_they_came_in() -> None:
+    """A binary frame's raw PCM is held as it came (it is base64-encoded only when it goes to
+    vLLM): 3000 bytes held for each 3000 received, where a JSON append holds its 4000 of text."""
+    budget = 2 * len(CHUNK)
+    harness = Harness(inbound_queue_max_bytes=budget)
     harness.commit("A")
     harness.commit("A", final=True)
     harness.commit("B")
     for count in range(1, 3):
         assert harness.binary(CHUNK) == []
-        assert harness.session.held_bytes == count * HELD  # 4000 held for 3000 received
+        assert harness.session.held_bytes == count * len(CHUNK)
     assert summary(harness.binary(CHUNK))[-1] == ("close", 4004)
 
 
@@ -1197,13 +1215,15 @@ def test_held_audio_past_the_byte_budget_closes_4004_below_the_message_bound() -
 
 
 def test_bytes_waiting_in_the_relay_count_toward_the_byte_budget() -> None:
-    budget = 10 * HELD
+    step = pcm_of(FIRST_STEP_BYTES)  # it goes up at once: nothing stays held here
+    held = len(b64(step))
+    budget = 10 * held
     harness = Harness(inbound_queue_max_bytes=budget)
     harness.commit("A")
-    assert summary(harness.append("A", CHUNK, backlog=1, backlog_bytes=budget - HELD)) == [
-        ("append", 0, len(CHUNK))
+    assert summary(harness.append("A", step, backlog=1, backlog_bytes=budget - held)) == [
+        ("append", 0, len(step))
     ]
-    actions = harness.append("A", CHUNK, backlog=1, backlog_bytes=budget - HELD + 1)
+    actions = harness.append("A", step, backlog=1, backlog_bytes=budget - held + 1)
     assert summary(actions)[-1] == ("close", 4004)
 
 
@@ -1371,7 +1391,9 @@ def test_message_rate_limit_refuses_with_details_and_drops() -> None:
     assert harness.session.open.audio.client_bytes == 4
     # Once the window has passed, messages are accepted again.
     harness.now += 10.0
-    assert summary(harness.append("A", pcm_of(2))) == [("append", 0, 2)]
+    # The two appends taken go up with this one, which completes vLLM's first step.
+    step = pcm_of(FIRST_STEP_BYTES)
+    assert summary(harness.append("A", step)) == [("append", 0, 4 + FIRST_STEP_BYTES)]
 
 
 def test_ping_and_end_are_not_rate_limited() -> None:
@@ -1449,20 +1471,17 @@ def test_proactive_rollover_splits_the_crossing_chunk() -> None:
     harness = Harness(segment_max_bytes=4000)
     chunks = [pcm_of(2560, i) for i in range(4)]
     harness.commit("R")
-    assert summary(harness.append("R", chunks[0])) == [("append", 0, 2560)]
+    # Segments this short complete no step of vLLM's: their audio goes up with their final.
+    assert summary(harness.append("R", chunks[0])) == []
     # 2560 + 2560 > 4000: 1440 bytes fit, the segment ends with a final commit, the rest is held.
-    assert summary(harness.append("R", chunks[1])) == [("append", 0, 1440), ("final", 0)]
+    assert summary(harness.append("R", chunks[1])) == [("append", 0, 4000), ("final", 0)]
     assert harness.append("R", chunks[2]) == []  # held while the segment ends
     harness.delta("one")
     # The segment's done is not the utterance's done: the next segment starts with held audio.
     usage1 = {"prompt_tokens": 39, "completion_tokens": 3, "total_tokens": 42}
-    assert summary(harness.done(usage1)) == [
-        ("open", 0),
-        ("append", 0, 1120),
-        ("append", 0, 2560),
-    ]
+    assert summary(harness.done(usage1)) == [("open", 0)]
     # 3680 + 2560 > 4000 again: 320 bytes fit, the second segment ends.
-    assert summary(harness.append("R", chunks[3])) == [("append", 0, 320), ("final", 0)]
+    assert summary(harness.append("R", chunks[3])) == [("append", 0, 4000), ("final", 0)]
     assert harness.commit("R", final=True) == []  # a final commit is already upstream
     harness.delta("two")
     usage2 = {"prompt_tokens": 39, "completion_tokens": 4, "total_tokens": 43}
@@ -1503,10 +1522,11 @@ def _segments(actions: list[Action]) -> list[int]:
 def test_rollover_when_a_chunk_fills_the_segment_exactly() -> None:
     harness = Harness(segment_max_bytes=4096)
     harness.commit("R")
-    assert summary(harness.append("R", pcm_of(4096))) == [("append", 0, 4096)]
+    assert summary(harness.append("R", pcm_of(4096))) == []
     # Nothing fits any more: the next chunk is held whole and the segment ends.
-    assert summary(harness.append("R", pcm_of(64, 3))) == [("final", 0)]
-    assert summary(harness.done()) == [("open", 0), ("append", 0, 64)]
+    assert summary(harness.append("R", pcm_of(64, 3))) == [("append", 0, 4096), ("final", 0)]
+    assert summary(harness.done()) == [("open", 0)]
+    assert summary(harness.commit("R", final=True)) == [("append", 0, 64), ("final", 0)]
     assert upstream_pcm(harness.log) == pcm_of(4096) + pcm_of(64, 3)
 
 
@@ -1549,17 +1569,11 @@ def test_queued_utterance_rolls_over_when_released() -> None:
     assert summary(harness.done()) == [
         ("done", "A", ""),
         ("open", 0),
-        ("append", 0, 1500),
-        ("append", 0, 500),
+        ("append", 0, 2000),
         ("final", 0),
     ]
     harness.delta("x")
-    assert summary(harness.done()) == [
-        ("open", 0),
-        ("append", 0, 1000),
-        ("append", 0, 1000),
-        ("final", 0),
-    ]
+    assert summary(harness.done()) == [("open", 0), ("append", 0, 2000), ("final", 0)]
     harness.delta("y")
     assert summary(harness.done()) == [("open", 0), ("append", 0, 500), ("final", 0)]
     assert summary(harness.done()) == [("done", "B", "xy")]
@@ -1574,9 +1588,10 @@ def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
     # vLLM hit --max-model-len: done without any final commit.
     actions = harness.done({"prompt_tokens": 39, "completion_tokens": 89, "total_tokens": 128})
     assert summary(actions) == [("open", 0)]
-    assert summary(harness.append("R", pcm_of(640))) == [("append", 0, 640)]
+    # The first 640 bytes completed no step: vLLM never had them, the next generation does.
+    assert summary(harness.append("R", pcm_of(640))) == []
     harness.delta(" second")
-    harness.commit("R", final=True)
+    assert summary(harness.commit("R", final=True)) == [("append", 0, 1280), ("final", 0)]
     done = only_event(
         harness.done({"prompt_tokens": 39, "completion_tokens": 2, "total_tokens": 41})
     )
@@ -1594,12 +1609,14 @@ def test_reactive_rollover_when_vllm_ends_a_generation_by_itself() -> None:
     assert len(harness.facts(UtteranceRolledOver)) == 1
 
 
-def test_reactive_rollover_keeps_audio_held_for_the_segment() -> None:
+def test_reactive_rollover_carries_the_audio_vllm_never_had_into_the_next_segment() -> None:
     harness = Harness(segment_max_bytes=1000)
     harness.commit("R")
     harness.append("R", pcm_of(800))
-    harness.done()  # vLLM stopped early by itself
-    assert summary(harness.append("R", pcm_of(400, 5))) == [("append", 0, 400)]
+    harness.done()  # vLLM stopped early by itself, before a step took the 800 bytes
+    # They count toward the new segment's limit: 200 bytes more fit, then it ends.
+    assert summary(harness.append("R", pcm_of(400, 5))) == [("append", 0, 1000), ("final", 0)]
+    assert upstream_pcm(harness.log) == pcm_of(800) + pcm_of(400, 5)[:200]
 
 
 # ====================================================================== times
@@ -1668,15 +1685,15 @@ def test_a_rolled_segment_counts_from_where_the_previous_one_ended() -> None:
 def test_audio_vllm_dropped_at_its_cut_still_moves_the_clock() -> None:
     harness = Harness()
     harness.commit("R")
-    harness.append("R", pcm_of(5 * FRAME_BYTES))
+    assert upstream(harness.append("R", pcm_of(FIRST_STEP_BYTES)))
     harness.delta("")
     harness.delta("x")  # 80 ms
     harness.done()  # vLLM's own cut: it dropped the frames it had not stepped through
     harness.append("R", pcm_of(FRAME_BYTES))
-    harness.delta("y")  # the new generation's step 0, at the audio after the first 5 frames
+    harness.delta("y")  # the new generation's step 0, at the audio after what went up before
     harness.commit("R", final=True)
     harness.done()
-    assert delta_times(harness.log) == [("x", 80), ("y", 400)]
+    assert delta_times(harness.log) == [("x", 80), ("y", FIRST_STEP_BYTES // 32)]
 
 
 def test_session_update_sets_the_pause_of_the_next_dones() -> None:
@@ -2113,11 +2130,14 @@ def test_vllm_owes_an_event_after_its_delay_worth_of_audio_until_it_answers() ->
     # Under the delay plus margin, vLLM's silence is only its delay.
     actions = harness.append("r1", pcm_of(owed - 2))
     assert [a for a in actions if isinstance(a, UpstreamOwes)] == []
-    actions = harness.append("r1", pcm_of(2))
+    # Owed from the append that takes the audio sent past it (it completes a step, so it goes).
+    actions = harness.append("r1", pcm_of(FRAME_BYTES))
     assert [a for a in actions if isinstance(a, UpstreamOwes)] == [UpstreamOwes(0, harness.now)]
     assert harness.session.feed.owes_since == harness.now
     # Owed once: more audio does not restart the clock.
-    assert [a for a in harness.append("r1", pcm_of(64)) if isinstance(a, UpstreamOwes)] == []
+    more = harness.append("r1", pcm_of(FRAME_BYTES))
+    assert upstream(more)
+    assert [a for a in more if isinstance(a, UpstreamOwes)] == []
     assert UpstreamSettled() in harness.delta("")
     assert harness.session.feed.owes_since is None
     # Any event settles the debt; the count of audio starts again from there.
@@ -2163,9 +2183,9 @@ def test_a_binary_frame_is_audio_for_the_open_utterance() -> None:
     harness.commit("r1")
     actions = harness.binary(pcm_of(640))
     assert client_events(actions) == []
-    assert upstream_pcm(actions) == pcm_of(640)
     harness.append("r1", pcm_of(320, seed=1))
-    harness.commit("r1", final=True)
+    final = harness.commit("r1", final=True)
+    assert upstream_pcm(actions + final) == pcm_of(640) + pcm_of(320, seed=1)
     done = only_event(harness.done())
     assert done["payload"]["audio_ms"] == 30
     assert harness.codec.session_id == SID  # a binary frame carries no session_id
@@ -2194,25 +2214,41 @@ def test_native_audio_must_be_whole_samples(size: int) -> None:
     assert harness.session.open.audio.client_bytes == 0
 
 
-def test_converted_audio_goes_up_piece_by_piece_and_the_tail_before_the_final() -> None:
+def test_converted_audio_goes_up_with_the_piece_that_completes_a_step_then_the_tail() -> None:
     harness = Harness(audio_format=ULAW_8K)
     harness.commit("r1")
-    pieces = [pcm_of(160, seed=i) for i in range(13)]  # 13 x 20 ms of 8 kHz mu-law
+    pieces = [pcm_of(160, seed=i) for i in range(45)]  # 45 x 20 ms of 8 kHz mu-law
+    reference = AudioConverter(ULAW_8K)
+    converted = sent_upstream = 0
     sent: list[Action] = []
     for index, piece in enumerate(pieces):
         actions = harness.append("r1", piece) if index % 2 else harness.binary(piece)
-        # Each 20 ms piece goes up at once, as one append of nearly 20 ms at 16 kHz.
-        assert len(upstream(actions)) == 1
-        assert 640 - 2 * 32 <= len(upstream_pcm(actions)) <= 640 + 2 * 32
+        converted += sum(map(len, reference.feed(piece)))
+        # The 20 ms piece that completes one of vLLM's steps takes up all that waited for it,
+        # in one append; the others go nowhere yet.
+        completes = steps_sent(converted, DELAY_MS, final=False) > steps_sent(
+            sent_upstream, DELAY_MS, final=False
+        )
+        assert len(upstream(actions)) == completes, index
+        if completes:
+            assert len(upstream_pcm(actions)) == converted - sent_upstream
+            sent_upstream = converted
+        elif index == 0:
+            # The piece waits unconverted (it cannot complete a step), counted as held.
+            assert harness.session.held_bytes == len(piece)
         sent += actions
+    # 900 ms: vLLM's first step after 562.5 ms, then one per 80 ms.
+    assert len(upstream(sent)) == steps_sent(converted, DELAY_MS, final=False) == 5
+    # The final commit sends what waited and the converter's tail, in one append, before it.
     final = harness.commit("r1", final=True)
-    reference = AudioConverter(ULAW_8K)
-    expected = [c for p in pieces for c in reference.feed(p)] + reference.flush()
-    assert upstream_pcm(sent + final) == b"".join(expected)
-    assert commits(final) == [True]  # after the tail
-    assert json.loads(upstream(final)[-1].text)["type"] == "input_audio_buffer.commit"
+    tail = sum(map(len, reference.flush()))
+    assert summary(final) == [("append", 0, converted - sent_upstream + tail), ("final", 0)]
+    whole = AudioConverter(ULAW_8K)
+    assert upstream_pcm(sent + final) == b"".join(
+        [c for p in pieces for c in whole.feed(p)] + whole.flush()
+    )
     done = only_event(harness.done())
-    assert done["payload"]["audio_ms"] == 260
+    assert done["payload"]["audio_ms"] == 900
 
 
 def test_a_queued_utterance_holds_its_converted_audio_and_tail() -> None:

@@ -23,6 +23,7 @@ from proxy.vllm_wire import (
     right_pad_frames,
     segment_audio_limit,
     segment_limit,
+    step_audio_bytes,
     steps_sent,
 )
 
@@ -121,6 +122,16 @@ def test_steps_before_the_final_commit_match_vllm(
     delay_ms: int, audio_bytes: int, deltas: int
 ) -> None:
     assert steps_sent(audio_bytes, delay_ms, final=False) == deltas
+
+
+@pytest.mark.parametrize("delay_ms", DELAYS)
+def test_each_step_runs_from_exactly_its_audio(delay_ms: int) -> None:
+    """The session sends audio on these boundaries: a sample short of one, the step waits."""
+    for step in range(6):
+        needed = step_audio_bytes(step, delay_ms)
+        assert steps_sent(needed, delay_ms, final=False) == step + 1
+        assert steps_sent(needed - 2, delay_ms, final=False) == step
+    assert step_audio_bytes(0, 480) == 18_000  # 562.5 ms
 
 
 @pytest.mark.parametrize(
