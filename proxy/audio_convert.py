@@ -4,10 +4,10 @@ mono.
 `AudioConverter(fmt)` is made for an utterance's first audio. `feed(data)` takes client audio
 (one or more whole pieces: binary frames, or appends' decoded base64) and returns what it
 converts to at once, as one chunk; when to feed it is `proxy.audio_input`'s choice. `flush()` at
-the final commit drains the resampler. Native audio
-(PCM16 16 kHz mono) passes as it is. Other audio is decoded to float samples (G.711 by table),
-mixed down to mono, and resampled by one stream for the whole utterance (`proxy.resample`), so
-piece boundaries leave no trace in the output.
+the final commit drains the resampler. Native audio (PCM16 16 kHz mono) passes as it is. Other
+audio is decoded to float samples (G.711 by table), mixed down to mono, and resampled by one
+stream for the whole utterance (`proxy.resample`), so piece boundaries leave no trace in the
+output.
 """
 
 from __future__ import annotations

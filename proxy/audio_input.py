@@ -25,7 +25,6 @@ from proxy.containers import FirstAudioCheck
 
 # Audio for vLLM: (base64 text or PCM, PCM bytes).
 Upstream = list[tuple[str | bytes, int]]
-UPSTREAM_BYTES_PER_SECOND = NATIVE.bytes_per_second
 
 
 class UtteranceAudio:
@@ -65,7 +64,7 @@ class UtteranceAudio:
             return [(audio, nbytes)]
         self._waiting.append(audio if isinstance(audio, bytes) else binascii.a2b_base64(audio))
         self.waiting_bytes += nbytes
-        if self.waiting_bytes * UPSTREAM_BYTES_PER_SECOND < wanted * self.format.bytes_per_second:
+        if self.waiting_bytes * NATIVE.bytes_per_second < wanted * self.format.bytes_per_second:
             return []
         return self._convert()
 
