@@ -17,7 +17,7 @@ from devtools.fake_vllm import predict_text
 from proxy.audio_format import NATIVE, AudioFormat, Encoding
 from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS
 from proxy.g711 import encode_ulaw
-from proxy.vllm_wire import FRAME_BYTES, FRAME_MS, LOOK_AHEAD_BYTES, steps_sent
+from proxy.vllm_wire import FRAME_BYTES, step_audio_bytes, steps_sent
 from tests.harness import (
     Client,
     assert_error,
@@ -201,7 +201,7 @@ async def test_native_json_appends_that_each_complete_a_step_go_up_verbatim() ->
         await client.recv_until("transcription.done", "r1")
     # The 80 ms appends before vLLM's first step go up together with the one that completes it;
     # from there each completes a step of its own and goes up as it came.
-    first = (DEFAULT_TRANSCRIPTION_DELAY_MS // FRAME_MS + 1) * FRAME_BYTES + LOOK_AHEAD_BYTES
+    first = step_audio_bytes(0, DEFAULT_TRANSCRIPTION_DELAY_MS)
     joined = -(-first // FRAME_BYTES) * FRAME_BYTES
     sent = [b64(speech[:joined])]
     sent += [b64(speech[i : i + FRAME_BYTES]) for i in range(joined, len(speech), FRAME_BYTES)]

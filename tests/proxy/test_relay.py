@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from proxy import vllm_wire
-from proxy.config import ProxyConfig
+from proxy.config import DEFAULT_TRANSCRIPTION_DELAY_MS, ProxyConfig
 from proxy.limits import SessionLimits
 from proxy.metrics import Metrics
 from proxy.relay import Relay
@@ -25,7 +25,7 @@ SID = "s1"
 MODEL = "mistralai/Voxtral-Mini-4B-Realtime-2602"
 # PCM bytes that complete vLLM's first step at the default delay: a chunk of at least this much
 # goes up as soon as the session has it (a smaller one waits for the step it completes).
-STEP = (480 // vllm_wire.FRAME_MS + 1) * vllm_wire.FRAME_BYTES + vllm_wire.LOOK_AHEAD_BYTES
+STEP = vllm_wire.step_audio_bytes(0, DEFAULT_TRANSCRIPTION_DELAY_MS)
 
 
 class FakeUpstream:

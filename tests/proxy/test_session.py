@@ -45,7 +45,7 @@ from proxy.session.inputs import (
     SessionRules,
 )
 from proxy.turns import TurnOptions
-from proxy.vllm_wire import FRAME_BYTES, UpstreamEvent, decode_event, steps_sent
+from proxy.vllm_wire import FRAME_BYTES, UpstreamEvent, decode_event, step_audio_bytes, steps_sent
 from tests.proxy.envelope_client import (
     Append,
     Cancel,
@@ -67,7 +67,7 @@ USAGE = {"prompt_tokens": 39, "completion_tokens": 5, "total_tokens": 44}
 DELAY_MS = 480
 # The audio vLLM's first step waits for at this delay (2.5 ms past 7 frames): less of it is held
 # in the session until more comes or the final commit.
-FIRST_STEP_BYTES = (DELAY_MS // 80 + 1) * FRAME_BYTES + 80
+FIRST_STEP_BYTES = step_audio_bytes(0, DELAY_MS)
 
 
 def b64(pcm: bytes) -> str:
