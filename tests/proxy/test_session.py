@@ -45,7 +45,14 @@ from proxy.session.inputs import (
     SessionRules,
 )
 from proxy.turns import TurnOptions
-from proxy.vllm_wire import FRAME_BYTES, UpstreamEvent, decode_event, step_audio_bytes, steps_sent
+from proxy.vllm_wire import (
+    APPEND_MAX_BYTES,
+    FRAME_BYTES,
+    UpstreamEvent,
+    decode_event,
+    step_audio_bytes,
+    steps_sent,
+)
 from tests.proxy.envelope_client import (
     Append,
     Cancel,
@@ -1182,6 +1189,24 @@ def test_held_audio_is_counted_in_bytes_as_held() -> None:
     assert summary(harness.commit("B", final=True)) == [("append", 0, 3 * len(CHUNK)), ("final", 0)]
     assert harness.session.held_bytes == 0
     assert harness.session.held_messages == 0
+
+
+def test_held_audio_released_at_once_goes_up_in_appends_of_at_most_two_seconds() -> None:
+    harness = Harness()
+    harness.commit("A")
+    harness.commit("A", final=True)
+    harness.commit("B")
+    second = pcm_of(32_000)
+    for _ in range(3):
+        harness.append("B", second)
+    # Each append carries at most APPEND_MAX_BYTES; the rest completes a step too, so it goes.
+    assert APPEND_MAX_BYTES == 64_000
+    assert summary(harness.done()) == [
+        ("done", "A", ""),
+        ("open", 0),
+        ("append", 0, 64_000),
+        ("append", 0, 32_000),
+    ]
 
 
 def test_binary_frames_are_held_as_the_bytes_they_came_in() -> None:
