@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -305,7 +306,11 @@ def test_the_running_service_is_read_from_the_pid_and_state_files(tmp_path: Path
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run / "launcher.pid").write_text(f"{sleeper.pid}\n")
-        service = running_service(environ)
+        # Polled: a CI run once found no launcher there right after the start (5 s is a hang
+        # guard, not a timing assertion).
+        deadline = time.monotonic() + 5.0
+        while (service := running_service(environ)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert service == {"SERVER_PORT": "8123", "VLLM_PORT": "8124", "PID": str(sleeper.pid)}
         (run / "launcher.pid").write_text(f"{other.pid}\n")  # a recycled pid, not a launcher
         assert running_service(environ) is None
