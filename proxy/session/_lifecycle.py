@@ -171,11 +171,7 @@ class Lifecycle:
         """Client audio for ``utterance``, converted to vLLM's format and delivered. Raises
         ``InvalidAudio`` (nothing taken)."""
         # Audio that cannot complete vLLM's next step yet is converted with what follows it.
-        wanted = (
-            self.feed.audio_wanted(utterance)
-            if utterance is self.current and utterance.phase is Phase.OPEN
-            else 0
-        )
+        wanted = self.feed.audio_wanted(utterance) if self._streaming(utterance) else 0
         upstream = utterance.audio.take(audio, nbytes, wanted)
         if utterance.first_audio_at is None:
             utterance.first_audio_at = self.now
@@ -184,10 +180,14 @@ class Lifecycle:
 
     def deliver(self, utterance: Utterance, audio: str | bytes, pcm_bytes: int) -> None:
         """Audio for vLLM: sent up while the utterance's segment takes it, held otherwise."""
-        if utterance is self.current and utterance.phase is Phase.OPEN:
+        if self._streaming(utterance):
             self.feed.forward_audio(utterance, audio, pcm_bytes, self.now)
         else:
             utterance.held.append(audio, pcm_bytes)
+
+    def _streaming(self, utterance: Utterance) -> bool:
+        """Whether the segment running upstream takes ``utterance``'s audio as it comes."""
+        return utterance is self.current and utterance.phase is Phase.OPEN
 
     def finalize(self, utterance: Utterance) -> None:
         """The utterance's audio is complete: its last segment is committed upstream as soon as
