@@ -156,6 +156,13 @@ class Harness:
     def cancel(self, rid: str, reason: str = "client_request") -> list[Action]:
         return self.send(Cancel(SID, rid, reason))
 
+    def b_behind_finalizing_a(self) -> None:
+        """Utterance A finalizes (it runs upstream until its done) and B opens behind it, so
+        B's audio is held in the session."""
+        self.commit("A")
+        self.commit("A", final=True)
+        self.commit("B")
+
     def facts(self, kind: type) -> list[Any]:
         """The lifecycle facts of one kind the session emitted so far."""
         return [a for a in self.log if isinstance(a, kind)]
@@ -616,9 +623,7 @@ def test_second_utterance_waits_behind_finalizing_one_with_its_audio() -> None:
 
 def test_queued_utterance_finalized_before_its_turn() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.append("B", pcm_of(64))
     assert harness.commit("B", final=True) == []
     assert summary(harness.done()) == [
@@ -762,9 +767,7 @@ def test_cancel_finalizing_utterance() -> None:
 
 def test_cancel_current_lets_the_next_one_run_on_the_fresh_connection() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.append("B", pcm_of(FIRST_STEP_BYTES))
     assert summary(harness.cancel("A")) == [("cancelled", "A", "client_request"), ("reopen", 1)]
     assert summary(harness.ready()) == [("open", 1), ("append", 1, FIRST_STEP_BYTES)]
@@ -772,9 +775,7 @@ def test_cancel_current_lets_the_next_one_run_on_the_fresh_connection() -> None:
 
 def test_cancel_queued_utterance_drops_its_audio_without_touching_upstream() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.append("B", pcm_of(64))
     harness.commit("B", final=True)
     harness.commit("C")
@@ -835,9 +836,7 @@ def test_vllm_error_ends_the_running_utterance() -> None:
 
 def test_vllm_error_while_finalizing_then_next_in_line_runs() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.append("B", pcm_of(FIRST_STEP_BYTES))
     assert summary(harness.upstream_error("boom")) == [
         ("error", "A", "upstream_error"),
@@ -881,9 +880,7 @@ def test_unknown_upstream_event_types_are_ignored() -> None:
 
 def test_stalled_upstream_ends_the_running_utterance() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     actions = harness.stalled(0)
     assert summary(actions) == [("error", "A", "upstream_error"), ("reopen", 1)]
     assert client_events(actions)[0]["payload"]["details"]["upstream_code"] == "no_response"
@@ -905,9 +902,7 @@ def test_stall_of_an_old_upstream_or_with_nothing_running_is_ignored() -> None:
 
 def test_upstream_lost_errors_every_utterance_then_closes_1013() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.commit("B", final=True)
     harness.commit("C")
     actions = harness.lost()
@@ -966,9 +961,7 @@ def test_end_with_nothing_in_flight() -> None:
 
 def test_end_finalizes_the_open_utterance_and_waits_for_every_done() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.append("B", pcm_of(64))
     assert harness.send(End(SID, "e")) == []  # B is queued: its final goes up with it later
     assert summary(harness.commit("C")) == [("error", "C", "invalid_message")]
@@ -1073,9 +1066,7 @@ def test_wind_down_deadline_then_terminate() -> None:
 
 def test_terminate_errors_every_utterance_then_closes() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     actions = harness.terminate(ErrorCode.IDLE_TIMEOUT)
     assert summary(actions) == [
         ("error", "A", "idle_timeout"),
@@ -1129,9 +1120,7 @@ def test_backlog_over_the_limit_closes_4004() -> None:
 
 def test_held_audio_counts_toward_the_backlog() -> None:
     harness = Harness(inbound_queue_max=4)
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     for _ in range(3):
         assert harness.append("B", pcm_of(2)) == []
     assert harness.session.held_messages == 4  # three appends, and B waiting in the line
@@ -1193,9 +1182,7 @@ def test_held_audio_is_counted_in_bytes_as_held() -> None:
 
 def test_held_audio_released_at_once_goes_up_in_appends_of_at_most_two_seconds() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     second = pcm_of(32_000)
     for _ in range(3):
         harness.append("B", second)
@@ -1214,9 +1201,7 @@ def test_binary_frames_are_held_as_the_bytes_they_came_in() -> None:
     vLLM): 3000 bytes held for each 3000 received, where a JSON append holds its 4000 of text."""
     budget = 2 * len(CHUNK)
     harness = Harness(inbound_queue_max_bytes=budget)
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     for count in range(1, 3):
         assert harness.binary(CHUNK) == []
         assert harness.session.held_bytes == count * len(CHUNK)
@@ -1225,9 +1210,7 @@ def test_binary_frames_are_held_as_the_bytes_they_came_in() -> None:
 
 def test_held_audio_past_the_byte_budget_closes_4004_below_the_message_bound() -> None:
     harness = Harness(inbound_queue_max_bytes=3 * HELD)
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     for _ in range(3):
         assert harness.append("B", CHUNK) == []  # exactly the budget is allowed
     assert summary(harness.append("B", CHUNK)) == [
@@ -1254,9 +1237,7 @@ def test_bytes_waiting_in_the_relay_count_toward_the_byte_budget() -> None:
 
 def test_inbound_depth_bytes_is_what_waited_before_the_last_audio_message() -> None:
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.append("B", CHUNK, backlog=1, backlog_bytes=500)
     harness.append("B", CHUNK, backlog=1, backlog_bytes=500)
     assert harness.session.inbound_depth_bytes == 500 + HELD
@@ -1266,9 +1247,7 @@ def test_three_minutes_held_behind_a_finalizing_utterance_fit_the_default_budget
     """Normal use never trips the defaults: three minutes of audio in one-second chunks (180
     messages, 7.7 MB of base64) wait while the previous utterance finalizes."""
     harness = Harness()
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     second = pcm_of(32_000)
     for _ in range(180):
         harness.now += 1.0  # at real-time pace
@@ -1282,9 +1261,7 @@ def test_three_minutes_held_behind_a_finalizing_utterance_fit_the_default_budget
 
 def test_utterances_in_flight_are_bounded_and_the_refusal_names_the_bound() -> None:
     harness = Harness(max_utterances_in_flight=2)
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     # At the bound, an open that supersedes the open one keeps the count: it goes through.
     assert summary(harness.commit("C")) == [("cancelled", "B", "superseded")]
     harness.commit("C", final=True)
@@ -1314,9 +1291,7 @@ def test_session_opened_utterances_are_bounded_too() -> None:
 
 def test_cancelling_a_queued_utterance_frees_its_place_and_its_id() -> None:
     harness = Harness(max_utterances_in_flight=2)
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     harness.cancel("B")
     assert client_events(harness.commit("B")) == []
     assert [u.request_id for u in harness.session.in_flight] == ["A", "B"]
@@ -1584,9 +1559,7 @@ def test_final_exactly_at_the_end_of_a_rolled_segment_needs_no_empty_generation(
 
 def test_queued_utterance_rolls_over_when_released() -> None:
     harness = Harness(segment_max_bytes=2000)
-    harness.commit("A")
-    harness.commit("A", final=True)
-    harness.commit("B")
+    harness.b_behind_finalizing_a()
     chunks = [pcm_of(1500, i) for i in range(3)]
     for chunk in chunks:
         harness.append("B", chunk)
